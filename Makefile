@@ -1,0 +1,45 @@
+# Every target creates and uses .venv on its own: a fresh clone needs only python3, npm and make.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+RESTATE_VERSION := 1.7.12
+RESTATE_SERVER := $(TOOLS)/restate-server-$(RESTATE_VERSION)/bin/restate-server
+
+.PHONY: all venv peers test test-fast lint bench demo soak clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# restate-server is the reference peer; npm carries the Linux binary.
+$(RESTATE_SERVER):
+	mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent @restatedev/restate-server-linux-x64@$(RESTATE_VERSION)
+	rm -rf $(TOOLS)/restate-server-$(RESTATE_VERSION) && mkdir -p $(TOOLS)/restate-server-$(RESTATE_VERSION)
+	tar xzf $(TOOLS)/npm/restatedev-restate-server-linux-x64-$(RESTATE_VERSION).tgz \
+		-C $(TOOLS)/restate-server-$(RESTATE_VERSION) --strip-components=1
+	chmod +x $@
+	$@ --version
+
+peers: venv $(RESTATE_SERVER)
+
+test: peers
+	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: peers
+	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(TOOLS) sluice-data

@@ -1,0 +1,1 @@
+"""Sluice SDK: durable handlers in Python."""
