@@ -1,1 +1,0 @@
-"""Sluice ingress."""

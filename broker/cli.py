@@ -1,0 +1,230 @@
+"""``sluice``: run the broker, and talk to a running one through its admin API.
+
+Errors are one line on stderr and exit code 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class CliError(Exception):
+    pass
+
+
+def _server(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from broker.config import BrokerSettings
+    from broker.server import Broker
+
+    try:
+        settings = BrokerSettings(
+            data_dir=Path(args.data_dir),
+            host=args.host,
+            ingress_port=args.ingress_port,
+            admin_port=args.admin_port,
+            partitions=args.partitions,
+            body_limit=args.body_limit,
+            fsync=not args.no_fsync,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise CliError(f"--{'-'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+    async def run() -> None:
+        try:
+            import uvloop  # noqa: F401  (optional speed-up, not required)
+        except ImportError:
+            pass
+        broker = Broker(settings)
+        try:
+            await broker.start()
+        except OSError as e:
+            raise CliError(f"cannot start: {e}") from None
+        print(
+            f"sluice: ingress on http://{settings.host}:{broker.ingress_port}, "
+            f"admin on http://{settings.host}:{broker.admin_port}, data in {settings.data_dir}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await broker.stop()
+
+    _run_loop(run())
+
+
+def _run_loop(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    url = args.admin_url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            msg = json.loads(raw).get("message", raw.decode())
+        except ValueError:
+            msg = raw.decode("utf-8", "replace")
+        raise CliError(f"{method} {path}: HTTP {e.code}: {msg}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CliError(f"cannot reach the admin API at {args.admin_url}: {reason}") from None
+    return json.loads(raw) if raw else None
+
+
+def _progress(text: str) -> Any:
+    """A spinner on a terminal; nothing when piped."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
+
+
+def _deployments(args: argparse.Namespace) -> None:
+    if args.action == "register":
+        with _progress(f"discovering {args.url} ..."):
+            out = _admin(
+                args,
+                "POST",
+                "/deployments",
+                {"uri": args.url, "use_http_11": args.http1, "force": not args.no_force},
+            )
+        names = ", ".join(s["name"] for s in out["services"])
+        print(f"registered {out['id']}: {names}")
+    elif args.action == "list":
+        for d in _admin(args, "GET", "/deployments")["deployments"]:
+            svcs = ",".join(s["name"] for s in d["services"])
+            print(f"{d['id']}  {d['uri']}  {d['http_version']}  v{d['max_protocol_version']}  {svcs}")
+    elif args.action == "remove":
+        _admin(args, "DELETE", f"/deployments/{args.id}")
+        print(f"removed {args.id}")
+
+
+def _services(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        for s in _admin(args, "GET", "/services")["services"]:
+            handlers = ", ".join(h["name"] for h in s["handlers"])
+            print(f"{s['name']}  {s['ty']}  rev {s['revision']}  [{handlers}]")
+    else:
+        print(json.dumps(_admin(args, "GET", f"/services/{urllib.parse.quote(args.name)}"), indent=2))
+
+
+def _invocations(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        q = {k: v for k, v in (("status", args.status), ("service", args.service)) if v}
+        path = "/invocations" + ("?" + urllib.parse.urlencode(q) if q else "")
+        rows = _admin(args, "GET", path)["invocations"]
+        for r in rows:
+            fail = f"  last failure: {r['last_failure']}" if r["last_failure"] else ""
+            print(f"{r['id']}  {r['status']:<11}  {r['target']}{fail}")
+        if not rows:
+            print("no invocations")
+    else:
+        with _progress(f"{args.action} {args.id} ..."):
+            _admin(args, "PATCH", f"/invocations/{args.id}/{args.action}")
+        print(f"{args.action}: {args.id}")
+
+
+def _state(args: argparse.Namespace) -> None:
+    svc = urllib.parse.quote(args.service, safe="")
+    key = urllib.parse.quote(args.key, safe="")
+    out = _admin(args, "GET", f"/state/{svc}/{key}")
+    if not out["state"]:
+        print(f"no state for {args.service}/{args.key}")
+    for k, v in out["state"].items():
+        print(f"{k} = {json.dumps(v)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sluice", description="Sluice durable execution broker")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("server", help="run the broker")
+    s.add_argument("--data-dir", default="./sluice-data")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--ingress-port", type=int, default=8080)
+    s.add_argument("--admin-port", type=int, default=9070)
+    s.add_argument("--partitions", type=int, default=8)
+    s.add_argument("--body-limit", type=int, default=32 * 1024 * 1024, help="bytes")
+    s.add_argument("--no-fsync", action="store_true", help="unsafe: skip fdatasync (benchmarks only)")
+    s.set_defaults(fn=_server)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--admin-url", default="http://127.0.0.1:9070")
+        c.add_argument("--timeout", type=float, default=30.0)
+        return c
+
+    d = client("deployments", "register, list and remove deployments")
+    dsub = d.add_subparsers(dest="action", required=True)
+    r = dsub.add_parser("register")
+    r.add_argument("url")
+    r.add_argument("--http1", action="store_true", help="use HTTP/1.1 request/response")
+    r.add_argument("--no-force", action="store_true")
+    dsub.add_parser("list")
+    rm = dsub.add_parser("remove")
+    rm.add_argument("id")
+    d.set_defaults(fn=_deployments)
+
+    sv = client("services", "list and describe services")
+    ssub = sv.add_subparsers(dest="action", required=True)
+    ssub.add_parser("list")
+    ds = ssub.add_parser("describe")
+    ds.add_argument("name")
+    sv.set_defaults(fn=_services)
+
+    inv = client("invocations", "list, cancel and kill invocations")
+    isub = inv.add_subparsers(dest="action", required=True)
+    ls = isub.add_parser("list")
+    ls.add_argument("--status")
+    ls.add_argument("--service")
+    for name in ("cancel", "kill", "purge", "resume"):
+        x = isub.add_parser(name)
+        x.add_argument("id")
+    inv.set_defaults(fn=_invocations)
+
+    st = client("state", "read object and workflow state")
+    stsub = st.add_subparsers(dest="action", required=True)
+    g = stsub.add_parser("get")
+    g.add_argument("service")
+    g.add_argument("key")
+    st.set_defaults(fn=_state)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except CliError as e:
+        print(f"sluice: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

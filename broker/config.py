@@ -1,0 +1,29 @@
+"""Broker configuration: one pydantic model, validated, with errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class RetrySettings(BaseModel):
+    initial_interval_ms: int = Field(50, ge=1)
+    factor: float = Field(2.0, ge=1.0)
+    max_interval_ms: int = Field(10_000, ge=1)
+    max_attempts: int = Field(100, ge=1, description="then the invocation pauses")
+
+
+class BrokerSettings(BaseModel):
+    data_dir: Path = Path("./sluice-data")
+    host: str = "127.0.0.1"
+    ingress_port: int = Field(8080, ge=0, le=65535)
+    admin_port: int = Field(9070, ge=0, le=65535)
+    partitions: int = Field(8, ge=1, le=4096, description="fixed when the data dir is created")
+    body_limit: int = Field(32 * 1024 * 1024, ge=1024, description="ingress request body bytes")
+    fsync: bool = Field(True, description="fdatasync the log before acknowledging anything")
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    inactivity_timeout_s: float = Field(60.0, gt=0)
+    abort_timeout_s: float = Field(60.0, gt=0)
+    idempotency_retention_s: float = Field(86_400.0, ge=0)
+    workflow_retention_s: float = Field(86_400.0, ge=0)

@@ -1,0 +1,201 @@
+"""A small HTTP/1.1 server on asyncio.Protocol: keep-alive, Content-Length and chunked request
+bodies with a size limit enforced while reading, one request at a time per connection.
+
+Lean on purpose: the ingress hot path is parse, append to the log, wait, answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    470: "Not Ready",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes = b""
+    path: str = ""
+    query: dict[str, str] = field(default_factory=dict)
+
+    def segments(self) -> list[str]:
+        return [unquote(s) for s in self.path.strip("/").split("/")] if self.path.strip("/") else []
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = None
+
+
+def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, json.dumps(obj).encode(), headers or [], "application/json")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("_buf", "_busy", "_closing", "_handler", "_limit", "_transport")
+
+    def __init__(self, handler: Handler, limit: int) -> None:
+        self._handler = handler
+        self._limit = limit
+        self._buf = bytearray()
+        self._busy = False
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if not self._busy:
+            self._next()
+
+    def _next(self) -> None:
+        if self._closing or self._transport is None:
+            return
+        try:
+            req = self._parse()
+        except _BodyTooLarge:
+            self._write(
+                json_response(413, {"code": 413, "message": f"request body exceeds the {self._limit} byte limit"}),
+                close=True,
+            )
+            return
+        except ValueError as e:
+            self._write(json_response(400, {"code": 400, "message": f"bad request: {e}"}), close=True)
+            return
+        if req is None:
+            if len(self._buf) > 64 * 1024 and b"\r\n\r\n" not in self._buf:
+                self._write(json_response(400, {"code": 400, "message": "headers too large"}), close=True)
+            return
+        self._busy = True
+        keep = req.headers.get("connection", "").lower() != "close"
+        task = asyncio.ensure_future(self._handler(req))
+        task.add_done_callback(lambda t: self._done(t, keep))
+
+    def _done(self, task: asyncio.Task[Response], keep: bool) -> None:
+        self._busy = False
+        if task.cancelled():
+            resp = json_response(503, {"code": 503, "message": "shutting down"})
+        elif task.exception() is not None:
+            exc = task.exception()
+            resp = json_response(500, {"code": 500, "message": f"internal error: {exc!r}"})
+        else:
+            resp = task.result()
+        self._write(resp, close=not keep)
+        if keep and self._buf:
+            self._next()
+
+    def _write(self, resp: Response, *, close: bool) -> None:
+        t = self._transport
+        if t is None:
+            return
+        reason = _REASONS.get(resp.status, "Unknown")
+        head = [f"HTTP/1.1 {resp.status} {reason}\r\ncontent-length: {len(resp.body)}\r\n"]
+        if resp.content_type:
+            head.append(f"content-type: {resp.content_type}\r\n")
+        for k, v in resp.headers:
+            head.append(f"{k}: {v}\r\n")
+        if close:
+            head.append("connection: close\r\n")
+        head.append("\r\n")
+        t.write("".join(head).encode("latin-1") + resp.body)
+        if close:
+            self._closing = True
+            t.close()
+
+    def _parse(self) -> Request | None:
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise ValueError(f"bad request line {lines[0][:100]!r}")
+        method, target, _ = parts
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, sep, v = line.partition(":")
+            if not sep:
+                raise ValueError("bad header line")
+            headers[k.strip().lower()] = v.strip()
+        pos = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = bytearray()
+            while True:
+                le = buf.find(b"\r\n", pos)
+                if le < 0:
+                    if len(body) + len(buf) - pos > self._limit + 1024:
+                        raise _BodyTooLarge
+                    return None
+                size = int(bytes(buf[pos:le]).split(b";", 1)[0].strip() or b"0", 16)
+                if len(body) + size > self._limit:
+                    raise _BodyTooLarge
+                if size == 0:
+                    te = buf.find(b"\r\n\r\n", le)
+                    if te < 0:
+                        return None
+                    pos = te + 4
+                    break
+                if len(buf) < le + 2 + size + 2:
+                    return None
+                body += buf[le + 2 : le + 2 + size]
+                pos = le + 2 + size + 2
+            data = bytes(body)
+        else:
+            length = int(headers.get("content-length", "0") or 0)
+            if length > self._limit:
+                raise _BodyTooLarge
+            if len(buf) - pos < length:
+                return None
+            data = bytes(buf[pos : pos + length])
+            pos += length
+        del buf[:pos]
+        path, _, qs = target.partition("?")
+        return Request(method, target, headers, data, path, dict(parse_qsl(qs)) if qs else {})
+
+
+async def serve(handler: Handler, host: str, port: int, *, body_limit: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _Conn(handler, body_limit), host, port, reuse_address=True, backlog=1024
+    )

@@ -1,0 +1,271 @@
+"""Attempts: one stream per (invocation, epoch). What the handler sends goes to the log as
+``Effects`` tagged with the epoch, so a stream left over from an earlier attempt cannot append
+anything (the state machine drops effects whose epoch is not the current one)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sdk import protocol as p
+
+from broker.partition._records import Effects
+from broker.partition.actions import AbortAttempt, SendToAttempt, StartAttempt
+from broker.schema import Registry
+
+from ._h2 import H2Client, StreamHandler, _Conn
+from ._http1 import Http1Pool
+
+_HEAD = struct.Struct(">HHI")
+_TERMINAL = (0x0001, 0x0002, 0x0003)  # Suspension, Error, End
+
+
+@dataclass(slots=True)
+class InvokerOptions:
+    inactivity_timeout: float = 60.0  # then ask the handler to suspend (close our half)
+    abort_timeout: float = 60.0  # then reset the stream and retry
+
+
+def split_frames(buf: bytearray) -> tuple[bytes, bool]:
+    """Cut the complete frames off the front of buf; return them and whether one is terminal."""
+    pos = 0
+    terminal = False
+    n = len(buf)
+    while n - pos >= 8:
+        ty, _, length = _HEAD.unpack_from(buf, pos)
+        end = pos + 8 + length
+        if end > n:
+            break
+        if ty in _TERMINAL:
+            terminal = True
+            pos = end
+            break
+        pos = end
+    out = bytes(buf[:pos])
+    del buf[:pos]
+    return out, terminal
+
+
+class _Attempt(StreamHandler):
+    __slots__ = (
+        "bidi",
+        "buf",
+        "conn",
+        "epoch",
+        "error_body",
+        "finished",
+        "half_closed_at",
+        "id",
+        "invoker",
+        "last_activity",
+        "sid",
+        "status",
+        "task",
+    )
+
+    def __init__(self, invoker: Invoker, id: bytes, epoch: int) -> None:
+        self.invoker = invoker
+        self.id = id
+        self.epoch = epoch
+        self.buf = bytearray()
+        self.conn: _Conn | None = None
+        self.sid = 0
+        self.status = 0
+        self.error_body = bytearray()
+        self.finished = False
+        self.last_activity = time.monotonic()
+        self.half_closed_at = 0.0
+        self.task: asyncio.Task[None] | None = None
+        self.bidi = False
+
+    # --- h2 stream events ---
+    def on_headers(self, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+        self.last_activity = time.monotonic()
+
+    def on_data(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.last_activity = time.monotonic()
+        if self.status != 200:
+            self.error_body += data
+            return
+        self.buf += data
+        frames, terminal = split_frames(self.buf)
+        if frames:
+            self.invoker._submit(Effects(id=self.id, epoch=self.epoch, frames=frames))
+        if terminal:
+            self._done()
+
+    def on_end(self) -> None:
+        if not self.finished:
+            self.fail(self._why("the handler closed the stream without End, Suspension or Error"))
+
+    def on_reset(self, reason: str) -> None:
+        if not self.finished:
+            self.fail(self._why(reason))
+
+    def _why(self, default: str) -> str:
+        if self.status and self.status != 200:
+            text = bytes(self.error_body[:500]).decode("utf-8", "replace")
+            return f"the handler answered HTTP {self.status}: {text}".strip()
+        return default
+
+    def fail(self, message: str, code: int = 503) -> None:
+        if self.finished:
+            return
+        self._done()
+        self.invoker._submit(
+            Effects(id=self.id, epoch=self.epoch, transport_failure=p.Failure(code=code, message=message))
+        )
+
+    def _done(self) -> None:
+        self.finished = True
+        inv = self.invoker
+        if inv._active.get(self.id) is self:
+            del inv._active[self.id]
+
+    def abort(self) -> None:
+        self._done()
+        if self.conn is not None:
+            self.conn.reset(self.sid)
+        if self.task is not None:
+            self.task.cancel()
+
+
+class Invoker:
+    def __init__(
+        self,
+        registry: Registry,
+        submit: Callable[[Effects], None],
+        options: InvokerOptions | None = None,
+    ) -> None:
+        self._registry = registry
+        self._submit = submit
+        self._options = options or InvokerOptions()
+        self._active: dict[bytes, _Attempt] = {}
+        self._h2: dict[tuple[str, int], H2Client] = {}
+        self._h1: dict[tuple[str, int], Http1Pool] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start_sweeper(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        opts = self._options
+        while True:
+            await asyncio.sleep(min(1.0, opts.inactivity_timeout / 4))
+            now = time.monotonic()
+            for att in list(self._active.values()):
+                if att.conn is None:
+                    continue
+                if not att.half_closed_at and now - att.last_activity > opts.inactivity_timeout:
+                    att.half_closed_at = now  # ask the handler to suspend
+                    att.conn.end(att.sid)
+                elif att.half_closed_at and now - att.half_closed_at > opts.abort_timeout:
+                    att.conn.reset(att.sid)
+                    att.fail("inactivity: the handler did not suspend within the abort timeout")
+
+    # --- actions -------------------------------------------------------------------------
+
+    def start(self, action: StartAttempt) -> None:
+        old = self._active.get(action.id)
+        if old is not None:
+            old.abort()
+        att = _Attempt(self, action.id, action.epoch)
+        self._active[action.id] = att
+        dep = self._registry.deployments.get(action.deployment_id)
+        if dep is None:
+            att.fail(f"no deployment serves service '{action.service}'", code=404)
+            return
+        url = urlsplit(dep.uri)
+        host = url.hostname or "127.0.0.1"
+        port = url.port or 80
+        path = f"{url.path.rstrip('/')}/invoke/{action.service}/{action.handler}"
+        ctype = p.content_type(dep.protocol_version)
+        headers = [("content-type", ctype), ("accept", ctype), *dep.headers.items()]
+        if dep.use_http_11:
+            pool = self._h1.get((host, port))
+            if pool is None:
+                pool = self._h1[(host, port)] = Http1Pool(host, port)
+            att.task = asyncio.ensure_future(self._request_response(att, pool, path, headers, action.frames))
+        else:
+            client = self._h2.get((host, port))
+            if client is None:
+                client = self._h2[(host, port)] = H2Client(host, port)
+            bidi = dep.protocol_mode != "REQUEST_RESPONSE"
+            att.bidi = bidi
+            att.task = asyncio.ensure_future(self._open_h2(att, client, path, headers, action.frames, bidi))
+
+    async def _open_h2(
+        self, att: _Attempt, client: H2Client, path: str, headers: list[tuple[str, str]], body: bytes, bidi: bool
+    ) -> None:
+        try:
+            conn, sid = await client.open("POST", path, headers, att, body, end=not bidi)
+        except (OSError, ConnectionError) as e:
+            att.fail(f"cannot reach the deployment: {e}")
+            return
+        except Exception as e:  # h2 state errors: treat as a transport failure and retry
+            att.fail(f"HTTP/2 error: {e!r}")
+            return
+        att.task = None
+        if att.finished:
+            conn.reset(sid)
+            return
+        att.conn = conn
+        att.sid = sid
+
+    async def _request_response(
+        self, att: _Attempt, pool: Http1Pool, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        try:
+            status, _, data = await pool.request("POST", path, headers, body)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
+            att.fail(f"cannot reach the deployment: {e}")
+            return
+        if att.finished:
+            return
+        if status != 200:
+            att.fail(f"the handler answered HTTP {status}: {data[:500].decode('utf-8', 'replace')}")
+            return
+        buf = bytearray(data)
+        frames, terminal = split_frames(buf)
+        att._done()
+        failure = None
+        if not terminal:
+            failure = p.Failure(code=503, message="the response ended without End, Suspension or Error")
+        self._submit(Effects(id=att.id, epoch=att.epoch, frames=frames, transport_failure=failure))
+
+    def send(self, action: SendToAttempt) -> None:
+        att = self._active.get(action.id)
+        if att is None or att.epoch != action.epoch or att.conn is None:
+            if (
+                att is not None
+                and att.bidi
+                and att.epoch == action.epoch
+                and att.task is not None
+                and not att.task.done()
+            ):
+                # The stream is still opening: send once it is open.
+                att.task.add_done_callback(lambda _: self.send(action))
+            return
+        att.conn.send(att.sid, action.frame)
+
+    def abort(self, action: AbortAttempt) -> None:
+        att = self._active.get(action.id)
+        if att is not None and att.epoch <= action.epoch:
+            att.abort()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for att in list(self._active.values()):
+            att.abort()
+        for c in self._h2.values():
+            c.close()
+        for pool in self._h1.values():
+            pool.close()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from broker.ids import Lsn
+
+
+@dataclass(slots=True, frozen=True)
+class Record:
+    """One log entry: its position, the append wall-clock time (ms) and an opaque payload."""
+
+    lsn: Lsn
+    timestamp: int
+    payload: bytes
+
+
+class Log(abc.ABC):
+    """An append-only sequence of records with group commit.
+
+    ``append`` returns at once; the record becomes durable with the next commit, and then the
+    ``on_durable`` callback receives every record of that commit, in order. Nothing may be
+    acted upon before that callback.
+    """
+
+    @abc.abstractmethod
+    def open(self, on_durable: Callable[[list[Record]], None]) -> None: ...
+
+    @abc.abstractmethod
+    def append(self, payload: bytes, timestamp: int) -> Lsn: ...
+
+    @abc.abstractmethod
+    def read_from(self, lsn: Lsn) -> Iterator[Record]:
+        """Records with position >= lsn, oldest first (used on recovery)."""
+
+    @property
+    @abc.abstractmethod
+    def tail(self) -> Lsn:
+        """The position the next append gets."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,307 @@
+"""Binary records: the log commands and the table rows, in the same small proto3 codec as the
+service protocol (so the log and the tables stay compact and schema-evolvable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from sdk.protocol import Failure, Header, Message
+from sdk.protocol._proto import (
+    BOOL,
+    BYTES,
+    MSG,
+    OPT_BYTES,
+    OPT_STRING,
+    OPT_UINT,
+    REP_BYTES,
+    REP_MSG,
+    REP_STRING,
+    REP_UINT,
+    STRING,
+    UINT,
+)
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+
+class SinkKind:
+    INGRESS = 1  # an HTTP request waiting on this node (waiter id; lost on restart, by design)
+    CALLER = 2  # another invocation's journal (invocation id, completion id, notification type)
+
+
+@dataclass(slots=True)
+class Sink(Message):
+    kind: int = 0
+    waiter: int = 0
+    invocation: bytes = b""
+    completion_id: int = 0
+    notification_type: int = 0
+    _schema: ClassVar = (
+        (1, "kind", UINT),
+        (2, "waiter", UINT),
+        (3, "invocation", BYTES),
+        (4, "completion_id", UINT),
+        (5, "notification_type", UINT),
+    )
+
+
+class Kind:
+    """How an invocation holds its key."""
+
+    SERVICE = 0
+    EXCLUSIVE = 1  # virtual object exclusive handler: one at a time per key, FIFO
+    SHARED = 2  # object or workflow shared handler: concurrent, read-only state
+    WORKFLOW = 3  # the workflow's run handler: once per workflow id, exclusive
+
+
+# --- log commands ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Invoke(Message):
+    id: bytes = b""
+    service: str = ""
+    handler: str = ""
+    key: str = ""
+    kind: int = 0
+    input: bytes = b""
+    headers: list[Header] = field(default_factory=list)
+    idempotency_key: str | None = None
+    sink: Sink | None = None
+    send: bool = False  # the sink wants an acceptance, not the result
+    execute_at: int = 0  # ms since the epoch; 0 = now
+    retention_ms: int = 0  # how long the completed result stays attachable
+    caller: bytes = b""  # the calling invocation, for cancellation propagation
+    _schema: ClassVar = (
+        (1, "id", BYTES),
+        (2, "service", STRING),
+        (3, "handler", STRING),
+        (4, "key", STRING),
+        (5, "kind", UINT),
+        (6, "input", BYTES),
+        (7, "headers", REP_MSG, Header),
+        (8, "idempotency_key", OPT_STRING),
+        (9, "sink", MSG, Sink),
+        (10, "send", BOOL),
+        (11, "execute_at", UINT),
+        (12, "retention_ms", UINT),
+        (13, "caller", BYTES),
+    )
+
+
+@dataclass(slots=True)
+class Effects(Message):
+    """Messages an attempt's stream produced (raw frames), tagged with the attempt's epoch."""
+
+    id: bytes = b""
+    epoch: int = 0
+    frames: bytes = b""
+    transport_failure: Failure | None = None
+    _schema: ClassVar = (
+        (1, "id", BYTES),
+        (2, "epoch", UINT),
+        (3, "frames", BYTES),
+        (4, "transport_failure", MSG, Failure),
+    )
+
+
+@dataclass(slots=True)
+class Signal(Message):
+    """A signal from outside (awakeable resolve/reject from the ingress)."""
+
+    target: bytes = b""
+    idx: int | None = None
+    name: str | None = None
+    value: bytes | None = None
+    failure: Failure | None = None
+    waiter: int = 0
+    _schema: ClassVar = (
+        (1, "target", BYTES),
+        (2, "idx", OPT_UINT),
+        (3, "name", OPT_STRING),
+        (4, "value", OPT_BYTES),
+        (5, "failure", MSG, Failure),
+        (6, "waiter", UINT),
+    )
+
+
+@dataclass(slots=True)
+class TimerFired(Message):
+    key: bytes = b""
+    _schema: ClassVar = ((1, "key", BYTES),)
+
+
+class Terminate:
+    CANCEL = 1
+    KILL = 2
+    PURGE = 3
+    RESUME = 4
+    RESTART = 5  # after a broker restart: the running attempt died with the old process
+
+
+@dataclass(slots=True)
+class Manage(Message):
+    """An operator's action on one invocation (admin API)."""
+
+    id: bytes = b""
+    action: int = 0
+    waiter: int = 0
+    _schema: ClassVar = ((1, "id", BYTES), (2, "action", UINT), (3, "waiter", UINT))
+
+
+class AttachMode:
+    ATTACH = 1
+    OUTPUT = 2
+
+
+@dataclass(slots=True)
+class Attach(Message):
+    id: bytes = b""
+    mode: int = 0
+    waiter: int = 0
+    _schema: ClassVar = ((1, "id", BYTES), (2, "mode", UINT), (3, "waiter", UINT))
+
+
+@dataclass(slots=True)
+class SchemaUpdate(Message):
+    """Register (json) or remove (remove_id) a deployment."""
+
+    deployment_json: bytes = b""
+    remove_id: str = ""
+    waiter: int = 0
+    _schema: ClassVar = ((1, "deployment_json", BYTES), (2, "remove_id", STRING), (3, "waiter", UINT))
+
+
+COMMANDS: dict[int, type[Message]] = {
+    1: Invoke,
+    2: Effects,
+    3: Signal,
+    4: TimerFired,
+    5: Manage,
+    6: Attach,
+    7: SchemaUpdate,
+}
+COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
+
+
+def encode_command(cmd: Message) -> bytes:
+    return bytes((COMMAND_CODES[type(cmd)],)) + cmd.encode()
+
+
+def decode_command(payload: bytes) -> Message:
+    return COMMANDS[payload[0]].decode(payload[1:])
+
+
+# --- table rows -----------------------------------------------------------------------------
+
+
+class Phase:
+    SCHEDULED = 1  # delayed send, waiting for its timer
+    INBOXED = 2  # waiting for its key
+    INVOKED = 3  # an attempt is running
+    SUSPENDED = 4
+    BACKING_OFF = 5
+    PAUSED = 6  # retries exhausted; an operator resumes or kills it
+    COMPLETED = 7
+
+    NAMES: ClassVar[dict[int, str]] = {
+        1: "scheduled",
+        2: "inboxed",
+        3: "running",
+        4: "suspended",
+        5: "backing-off",
+        6: "paused",
+        7: "completed",
+    }
+
+
+@dataclass(slots=True)
+class Status(Message):
+    id: bytes = b""
+    phase: int = 0
+    service: str = ""
+    handler: str = ""
+    key: str = ""
+    kind: int = 0
+    epoch: int = 0
+    journal_len: int = 0
+    deployment_id: str = ""
+    sinks: list[Sink] = field(default_factory=list)
+    idempotency_key: str | None = None
+    retention_ms: int = 0
+    result: bytes | None = None
+    failure: Failure | None = None
+    has_output: bool = False
+    created_at: int = 0
+    modified_at: int = 0
+    completed_at: int = 0
+    retry_count: int = 0
+    waiting_completions: list[int] = field(default_factory=list)
+    waiting_signals: list[int] = field(default_factory=list)
+    waiting_names: list[str] = field(default_factory=list)
+    children: list[bytes] = field(default_factory=list)
+    last_failure: str = ""
+    inbox_seq: int = 0
+    _schema: ClassVar = (
+        (1, "id", BYTES),
+        (2, "phase", UINT),
+        (3, "service", STRING),
+        (4, "handler", STRING),
+        (5, "key", STRING),
+        (6, "kind", UINT),
+        (7, "epoch", UINT),
+        (8, "journal_len", UINT),
+        (9, "deployment_id", STRING),
+        (10, "sinks", REP_MSG, Sink),
+        (11, "idempotency_key", OPT_STRING),
+        (12, "retention_ms", UINT),
+        (13, "result", OPT_BYTES),
+        (14, "failure", MSG, Failure),
+        (15, "has_output", BOOL),
+        (16, "created_at", UINT),
+        (17, "modified_at", UINT),
+        (18, "completed_at", UINT),
+        (19, "retry_count", UINT),
+        (20, "waiting_completions", REP_UINT),
+        (21, "waiting_signals", REP_UINT),
+        (22, "waiting_names", REP_STRING),
+        (23, "children", REP_BYTES),
+        (24, "last_failure", STRING),
+        (25, "inbox_seq", UINT),
+    )
+
+
+class TimerKind:
+    SLEEP = 1  # complete a SleepCommand
+    RETRY = 2  # next attempt after a backoff
+    START = 3  # a delayed send becomes due
+    CLEANUP = 4  # a retained completed invocation expires
+
+
+@dataclass(slots=True)
+class Timer(Message):
+    kind: int = 0
+    id: bytes = b""
+    completion_id: int = 0
+    epoch: int = 0
+    _schema: ClassVar = (
+        (1, "kind", UINT),
+        (2, "id", BYTES),
+        (3, "completion_id", UINT),
+        (4, "epoch", UINT),
+    )
+
+
+@dataclass(slots=True)
+class Promise(Message):
+    completed: bool = False
+    value: bytes | None = None
+    failure: Failure | None = None
+    waiters: list[Sink] = field(default_factory=list)
+    _schema: ClassVar = (
+        (1, "completed", BOOL),
+        (2, "value", OPT_BYTES),
+        (3, "failure", MSG, Failure),
+        (4, "waiters", REP_MSG, Sink),
+    )

@@ -1,0 +1,57 @@
+"""AttachInvocation and GetInvocationOutput commands from inside a handler."""
+
+from __future__ import annotations
+
+from sdk import protocol as p
+
+from broker.ids import InvocationId, partition_key_of
+
+from .._context import Ctx, failure
+from .._records import Phase, Status
+from ..lifecycle.complete import answer_sink
+from ..lifecycle.invoke import caller_sink
+
+
+def _target(cmd: p.AttachInvocationCommand) -> bytes | None:
+    try:
+        if cmd.invocation_id is not None:
+            return InvocationId.parse(cmd.invocation_id).raw
+    except ValueError:
+        return None
+    if cmd.workflow_target is not None:
+        wt = cmd.workflow_target
+        return InvocationId.derive(partition_key_of(wt.workflow_key), "wf", wt.workflow_name, wt.workflow_key).raw
+    if cmd.idempotent_request_target is not None:
+        t = cmd.idempotent_request_target
+        key = t.service_key or ""
+        pk = partition_key_of(key) if t.service_key is not None else partition_key_of(
+            f"{t.service_name}/{t.handler_name}/{t.idempotency_key}"
+        )
+        return InvocationId.derive(pk, "idem", t.service_name, key, t.handler_name, t.idempotency_key).raw
+    return None
+
+
+def attach(ctx: Ctx, st: Status, cmd: p.AttachInvocationCommand) -> None:
+    sink = caller_sink(st.id, cmd.result_completion_id, 0x8012)
+    target = _target(cmd)
+    tst = ctx.status(target) if target else None
+    if tst is None or target is None:
+        answer_sink(ctx, sink, st.id, None, failure(404, "invocation not found"))
+    elif tst.phase == Phase.COMPLETED:
+        answer_sink(ctx, sink, target, tst.result, tst.failure)
+    else:
+        tst.sinks.append(sink)
+        ctx.put_status(tst)
+
+
+def get_output(ctx: Ctx, st: Status, cmd: p.GetInvocationOutputCommand) -> None:
+    target = _target(cmd)
+    tst = ctx.status(target) if target else None
+    n = p.GetInvocationOutputCompletionNotification(completion_id=cmd.result_completion_id)
+    if tst is None or tst.phase != Phase.COMPLETED:
+        n.void = True
+    elif tst.failure is not None:
+        n.failure = tst.failure
+    else:
+        n.value = tst.result or b""
+    ctx.notify(st.id, n)

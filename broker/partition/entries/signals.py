@@ -1,0 +1,59 @@
+"""Signals between invocations: SendSignal (incl. cancel) and CompleteAwakeable."""
+
+from __future__ import annotations
+
+from sdk import protocol as p
+
+from broker.ids import InvocationId, parse_awakeable_id
+
+from .._context import Ctx
+from .._records import Phase, Signal, Status
+from ..lifecycle.manage import cancel
+
+
+def send_signal(ctx: Ctx, st: Status, cmd: p.SendSignalCommand) -> None:
+    try:
+        target = InvocationId.parse(cmd.target_invocation_id).raw
+    except ValueError:
+        return
+    if cmd.idx == p.CANCEL_SIGNAL:
+        tst = ctx.status(target)
+        if tst is not None and tst.phase != Phase.COMPLETED:
+            cancel(ctx, tst)
+        return
+    n = p.SignalNotification(signal_idx=cmd.idx, signal_name=cmd.signal_name)
+    if cmd.failure is not None:
+        n.failure = cmd.failure
+    elif cmd.value is not None:
+        n.value = cmd.value
+    else:
+        n.void = True
+    ctx.notify(target, n)
+
+
+def complete_awakeable(ctx: Ctx, st: Status, cmd: p.CompleteAwakeableCommand) -> None:
+    try:
+        target, idx = parse_awakeable_id(cmd.awakeable_id)
+    except ValueError:
+        return
+    n = p.SignalNotification(signal_idx=idx)
+    if cmd.failure is not None:
+        n.failure = cmd.failure
+    else:
+        n.value = cmd.value or b""
+    ctx.notify(target.raw, n)
+
+
+def external(ctx: Ctx, cmd: Signal) -> None:
+    """An awakeable resolved or rejected through the ingress."""
+    st = ctx.status(cmd.target)
+    if st is None or st.phase == Phase.COMPLETED:
+        ctx.reply(cmd.waiter, "error", code=404, message="awakeable not found")
+        return
+    n = p.SignalNotification(signal_idx=cmd.idx, signal_name=cmd.name)
+    if cmd.failure is not None:
+        n.failure = cmd.failure
+    else:
+        n.value = cmd.value or b""
+    ctx.notify(cmd.target, n)
+    ctx.reply(cmd.waiter, "ok")

@@ -1,0 +1,91 @@
+"""Attempts: starting one (StartMessage + journal replay), suspension, failure and retry."""
+
+from __future__ import annotations
+
+from sdk import protocol as p
+
+from broker.ids import InvocationId
+
+from .. import actions as a
+from .._context import Ctx, key_prefix
+from .._records import Kind, Phase, Status, Timer, TimerKind
+
+
+def start_attempt(ctx: Ctx, st: Status) -> None:
+    """Bump the epoch and stream the journal to the handler (a new or a resumed attempt)."""
+    st.epoch += 1
+    st.phase = Phase.INVOKED
+    st.waiting_completions = []
+    st.waiting_signals = []
+    st.waiting_names = []
+    svc = ctx.registry.services.get(st.service)
+    if svc is not None and (not st.deployment_id or st.deployment_id not in ctx.registry.deployments):
+        st.deployment_id = svc.deployment_id
+    state_map: list[p.StateEntry] = []
+    if st.kind != Kind.SERVICE:
+        prefix = key_prefix(st.service, st.key)
+        state_map = [
+            p.StateEntry(key=k[len(prefix) :], value=v) for k, v in ctx.tx.scan("state", prefix)
+        ]
+    iid = InvocationId(st.id)
+    start = p.StartMessage(
+        id=st.id,
+        debug_id=str(iid),
+        known_entries=st.journal_len,
+        state_map=state_map,
+        partial_state=False,
+        key=st.key,
+        retry_count_since_last_stored_entry=st.retry_count,
+        random_seed=int.from_bytes(st.id[8:16], "big"),
+    )
+    frames = p.encode(start) + b"".join(ctx.journal(st))
+    ctx.put_status(st)
+    ctx.actions.append(a.StartAttempt(st.id, st.epoch, st.service, st.handler, st.deployment_id, frames))
+
+
+def suspend(ctx: Ctx, st: Status, msg: p.SuspensionMessage) -> None:
+    """Suspend unless something awaited is already in the journal (then resume at once)."""
+    completions = set(msg.waiting_completions)
+    signals = set(msg.waiting_signals)
+    names = set(msg.waiting_names)
+    for frame in ctx.journal(st):
+        f = p.decode_all(frame)[0]
+        n = f.message
+        if not isinstance(n, p.Notification):
+            continue
+        if (
+            (n.completion_id is not None and n.completion_id in completions)
+            or (n.signal_idx is not None and n.signal_idx in signals)
+            or (n.signal_name is not None and n.signal_name in names)
+        ):
+            start_attempt(ctx, st)
+            return
+    st.phase = Phase.SUSPENDED
+    st.waiting_completions = sorted(completions)
+    st.waiting_signals = sorted(signals)
+    st.waiting_names = sorted(names)
+    st.retry_count = 0
+    ctx.put_status(st)
+
+
+def attempt_failed(ctx: Ctx, st: Status, code: int, message: str, retry_after_ms: int | None) -> None:
+    """Back off and retry, or pause after the last attempt."""
+    ctx.actions.append(a.AbortAttempt(st.id, st.epoch))
+    st.retry_count += 1
+    st.last_failure = f"[{code}] {message}"[:2000]
+    policy = ctx.config.retry
+    if st.retry_count >= policy.max_attempts:
+        st.phase = Phase.PAUSED
+        ctx.put_status(st)
+        return
+    delay = retry_after_ms if retry_after_ms is not None else policy.delay_ms(st.retry_count)
+    st.phase = Phase.BACKING_OFF
+    ctx.put_status(st)
+    ctx.add_timer(ctx.now + delay, Timer(kind=TimerKind.RETRY, id=st.id, epoch=st.epoch))
+
+
+def retry_due(ctx: Ctx, timer: Timer) -> None:
+    st = ctx.status(timer.id)
+    if st is None or st.phase != Phase.BACKING_OFF or st.epoch != timer.epoch:
+        return
+    start_attempt(ctx, st)

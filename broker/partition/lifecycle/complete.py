@@ -1,0 +1,68 @@
+"""Completion: answer every sink, release the key, keep the result as long as retention says."""
+
+from __future__ import annotations
+
+from sdk import protocol as p
+
+from .. import actions as a
+from .._context import Ctx, key_prefix
+from .._records import Kind, Phase, Sink, SinkKind, Status, Timer, TimerKind
+
+
+def answer_sink(
+    ctx: Ctx, sink: Sink, id: bytes, value: bytes | None, fail: p.Failure | None
+) -> None:
+    if sink.kind == SinkKind.INGRESS:
+        if fail is not None:
+            ctx.reply(sink.waiter, "result", id=id, code=fail.code, message=fail.message)
+        else:
+            ctx.reply(sink.waiter, "result", id=id, value=value if value is not None else b"")
+    elif sink.kind == SinkKind.CALLER:
+        cls = p.MESSAGE_TYPES[sink.notification_type]
+        n = cls(completion_id=sink.completion_id)  # type: ignore[call-arg]
+        assert isinstance(n, p.Notification)
+        if fail is not None:
+            n.failure = fail
+        else:
+            n.value = value if value is not None else b""
+        ctx.notify(sink.invocation, n)
+
+
+def complete(ctx: Ctx, st: Status, value: bytes | None, fail: p.Failure | None) -> None:
+    from .invoke import release_key
+
+    if st.phase == Phase.INVOKED:
+        ctx.actions.append(a.AbortAttempt(st.id, st.epoch))
+    for sink in st.sinks:
+        answer_sink(ctx, sink, st.id, value, fail)
+    st.sinks = []
+    release_key(ctx, st)
+    ctx.delete_journal(st)
+    st.phase = Phase.COMPLETED
+    st.result = value if fail is None else None
+    st.failure = fail
+    st.completed_at = ctx.now
+    st.waiting_completions, st.waiting_signals, st.waiting_names = [], [], []
+    if st.retention_ms > 0:
+        ctx.put_status(st)
+        ctx.add_timer(ctx.now + st.retention_ms, Timer(kind=TimerKind.CLEANUP, id=st.id))
+    else:
+        ctx.delete_status(st.id)
+
+
+def cleanup_due(ctx: Ctx, timer: Timer) -> None:
+    st = ctx.status(timer.id)
+    if st is None or st.phase != Phase.COMPLETED:
+        return
+    purge(ctx, st)
+
+
+def purge(ctx: Ctx, st: Status) -> None:
+    if st.kind == Kind.WORKFLOW:
+        # A workflow's state and promises live as long as its run's result.
+        prefix = key_prefix(st.service, st.key)
+        for k, _ in ctx.tx.scan("state", prefix):
+            ctx.tx.delete("state", k)
+        for k, _ in ctx.tx.scan("promises", prefix):
+            ctx.tx.delete("promises", k)
+    ctx.delete_status(st.id)

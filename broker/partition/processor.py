@@ -1,0 +1,93 @@
+"""The processor: read from the log, apply, commit one batch, then act.
+
+    ingress / invoker / timers ──append──► log ──durable batch──► apply (state machine)
+                                                                    │ one write batch
+                                                                    ▼ (tables + applied lsn)
+                                                                 commit ──► actions
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+
+from sdk import protocol as p
+
+from broker.log import Log, Record
+from broker.storage import Store, Transaction
+
+from . import actions as a
+from ._context import Config, Ctx
+from ._records import Manage, Phase, Status, Terminate, decode_command, encode_command
+from .state_machine import StateMachine
+
+_U64 = struct.Struct(">Q")
+APPLIED = b"applied_lsn"
+
+
+class Processor:
+    def __init__(
+        self,
+        log: Log,
+        store: Store,
+        sm: StateMachine,
+        act: Callable[[list[a.Action]], None],
+    ) -> None:
+        self.log = log
+        self.store = store
+        self.sm = sm
+        self._act = act
+        self.applied = 0
+
+    @property
+    def config(self) -> Config:
+        return self.sm.config
+
+    def submit(self, cmd: p.Message) -> None:
+        """Append a command; it is applied (and acted upon) once durable."""
+        self.log.append(encode_command(cmd), int(time.time() * 1000))
+
+    def recover(self) -> list[a.Action]:
+        """Load derived state, replay the log past the applied position, and return the
+        actions that restart in-flight work (attempts, timers)."""
+        self.sm.load(self.store.scan("schema", b""))
+        raw = self.store.get("meta", APPLIED)
+        self.applied = _U64.unpack(raw)[0] if raw else 0
+        batch: list[Record] = []
+        for rec in self.log.read_from(self.applied + 1):  # type: ignore[arg-type]
+            batch.append(rec)
+            if len(batch) >= 1000:
+                self._apply(batch)
+                batch = []
+        if batch:
+            self._apply(batch)
+        self.log.open(self.on_durable)
+        return self._restart_actions()
+
+    def _restart_actions(self) -> list[a.Action]:
+        out: list[a.Action] = []
+        for _, raw in self.store.scan("status", b""):
+            st = Status.decode(raw)
+            if st.phase == Phase.INVOKED:
+                # The attempt died with the old process: a new one starts with a new epoch,
+                # through the log, so that the epoch bump is durable before the stream opens.
+                self.submit(Manage(id=st.id, action=Terminate.RESTART))
+        for k, _ in self.store.scan("timers", b""):
+            out.append(a.RegisterTimer(_U64.unpack_from(k)[0], k))
+        return out
+
+    def on_durable(self, records: list[Record]) -> None:
+        self._act(self._apply(records))
+
+    def _apply(self, records: list[Record]) -> list[a.Action]:
+        tx = Transaction(self.store)
+        ctx = Ctx(tx, self.sm.registry, self.sm.config)
+        for rec in records:
+            ctx.now = rec.timestamp
+            ctx.lsn = rec.lsn
+            self.sm.apply(ctx, decode_command(rec.payload))
+        self.applied = records[-1].lsn
+        tx.put("meta", APPLIED, _U64.pack(self.applied))
+        tx.commit()
+        return ctx.actions

@@ -1,0 +1,134 @@
+"""The broker process: log, tables, state machine, invoker, timers, ingress and admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterable
+
+from sdk import protocol as p
+
+from broker.config import BrokerSettings
+from broker.invoker import Invoker, InvokerOptions
+from broker.log import EmbeddedLog
+from broker.partition import actions as a
+from broker.partition._context import Config, RetryPolicy
+from broker.partition.processor import Processor
+from broker.partition.state_machine import StateMachine
+from broker.schema import Registry
+from broker.storage import RocksDBStore
+from broker.timers import TimerService
+
+
+class Broker:
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self._waiters: dict[int, asyncio.Future[a.Reply]] = {}
+        self._boot = int.from_bytes(os.urandom(3), "big") << 32
+        self._counter = 0
+        self._servers: list[asyncio.Server] = []
+        self.ingress_port = settings.ingress_port
+        self.admin_port = settings.admin_port
+        self.partitions = settings.partitions
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        data = s.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        meta = data / "sluice.json"
+        if meta.exists():
+            self.partitions = int(json.loads(meta.read_text())["partitions"])
+        else:
+            meta.write_text(json.dumps({"partitions": s.partitions, "format": 1}))
+        self.store = RocksDBStore(data / "db")
+        self.log = EmbeddedLog(data / "log", fsync=s.fsync)
+        config = Config(
+            partitions=self.partitions,
+            retry=RetryPolicy(
+                initial_ms=s.retry.initial_interval_ms,
+                factor=s.retry.factor,
+                max_interval_ms=s.retry.max_interval_ms,
+                max_attempts=s.retry.max_attempts,
+            ),
+            idempotency_retention_ms=int(s.idempotency_retention_s * 1000),
+            workflow_retention_ms=int(s.workflow_retention_s * 1000),
+        )
+        self.sm = StateMachine(self.registry, config)
+        self.processor = Processor(self.log, self.store, self.sm, self._act)
+        self.invoker = Invoker(
+            self.registry,
+            self.processor.submit,
+            InvokerOptions(inactivity_timeout=s.inactivity_timeout_s, abort_timeout=s.abort_timeout_s),
+        )
+        self.timers = TimerService(self.processor.submit)
+        self._act(self.processor.recover())
+        self.invoker.start_sweeper()
+
+        from broker.admin import AdminApi
+        from broker.httpserver import serve
+        from ingress.http import Ingress
+
+        ingress = Ingress(self)
+        admin = AdminApi(self)
+        srv = await serve(ingress.handle, s.host, s.ingress_port, body_limit=s.body_limit)
+        self._servers.append(srv)
+        self.ingress_port = srv.sockets[0].getsockname()[1]
+        srv = await serve(admin.handle, s.host, s.admin_port, body_limit=s.body_limit)
+        self._servers.append(srv)
+        self.admin_port = srv.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        self.timers.close()
+        await self.invoker.close()
+        await self.log.close()
+        self.store.close()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def submit(self, cmd: p.Message) -> None:
+        self.processor.submit(cmd)
+
+    def waiter(self) -> tuple[int, asyncio.Future[a.Reply]]:
+        self._counter += 1
+        wid = self._boot | self._counter
+        fut: asyncio.Future[a.Reply] = asyncio.get_running_loop().create_future()
+        self._waiters[wid] = fut
+        return wid, fut
+
+    def forget(self, wid: int) -> None:
+        self._waiters.pop(wid, None)
+
+    async def request(self, cmd: p.Message) -> a.Reply:
+        """Append a command carrying a fresh waiter id and wait for its reply."""
+        wid, fut = self.waiter()
+        cmd.waiter = wid  # type: ignore[attr-defined]
+        self.submit(cmd)
+        try:
+            return await fut
+        finally:
+            self._waiters.pop(wid, None)
+
+    # --- actions -------------------------------------------------------------------------
+
+    def _act(self, actions: Iterable[a.Action]) -> None:
+        inv = self.invoker
+        for act in actions:
+            t = type(act)
+            if t is a.SendToAttempt:
+                inv.send(act)  # type: ignore[arg-type]
+            elif t is a.Reply:
+                fut = self._waiters.pop(act.waiter, None)  # type: ignore[union-attr]
+                if fut is not None and not fut.done():
+                    fut.set_result(act)  # type: ignore[arg-type]
+            elif t is a.StartAttempt:
+                inv.start(act)  # type: ignore[arg-type]
+            elif t is a.AbortAttempt:
+                inv.abort(act)  # type: ignore[arg-type]
+            elif t is a.RegisterTimer:
+                self.timers.register(act.fire_at, act.key)  # type: ignore[union-attr]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+# One column family per table.
+COLUMN_FAMILIES = (
+    "meta",  # applied log position, partition count
+    "schema",  # deployments and services
+    "status",  # invocation id -> InvocationStatus
+    "journal",  # invocation id + u32 index -> journal entry
+    "state",  # service \0 key \0 state key -> value
+    "inbox",  # service \0 key \0 u64 seq -> invocation id (exclusive handlers, FIFO)
+    "locks",  # service \0 key -> invocation id holding the key
+    "timers",  # u64 fire time + timer id -> Timer
+    "promises",  # service \0 key \0 name -> Promise
+)
+
+
+class Store(abc.ABC):
+    """A key-value store with one namespace per table and atomic multi-table writes."""
+
+    @abc.abstractmethod
+    def get(self, cf: str, key: bytes) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def scan(self, cf: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Entries whose key starts with prefix, in key order."""
+
+    @abc.abstractmethod
+    def write(self, changes: dict[tuple[str, bytes], bytes | None]) -> None:
+        """Apply puts (bytes) and deletes (None) atomically."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Transaction:
+    """Reads see this transaction's own writes; ``commit`` writes them in one batch."""
+
+    __slots__ = ("_changes", "_store")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._changes: dict[tuple[str, bytes], bytes | None] = {}
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        k = (cf, key)
+        if k in self._changes:
+            return self._changes[k]
+        return self._store.get(cf, key)
+
+    def put(self, cf: str, key: bytes, value: bytes) -> None:
+        self._changes[(cf, key)] = value
+
+    def delete(self, cf: str, key: bytes) -> None:
+        self._changes[(cf, key)] = None
+
+    def scan(self, cf: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        merged: dict[bytes, bytes | None] = dict(self._store.scan(cf, prefix))
+        for (c, k), v in self._changes.items():
+            if c == cf and k.startswith(prefix):
+                merged[k] = v
+        return sorted((k, v) for k, v in merged.items() if v is not None)
+
+    def commit(self) -> None:
+        if self._changes:
+            self._store.write(self._changes)
+            self._changes = {}

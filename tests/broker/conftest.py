@@ -1,0 +1,125 @@
+"""Fixtures: a broker in the test's event loop, and restate-sdk services under hypercorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.config import BrokerSettings
+from broker.server import Broker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+class ServiceProcess:
+    def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.module = module
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", f"{self.module}:app", "--bind", f"127.0.0.1:{self.port}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def markers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("markers") / "runs.txt"
+
+
+@pytest.fixture(scope="session")
+def restate_service(markers: Path) -> Iterator[ServiceProcess]:
+    svc = ServiceProcess("tests.broker.restate_services", {"SLUICE_TEST_MARKERS": str(markers)})
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    b = Broker(
+        BrokerSettings(
+            data_dir=tmp_path / "data",
+            ingress_port=0,
+            admin_port=0,
+            inactivity_timeout_s=5,
+            abort_timeout_s=5,
+        )
+    )
+    await b.start()
+    yield b
+    await b.stop()
+
+
+class Client:
+    def __init__(self, broker: Broker) -> None:
+        self.ingress = httpx.AsyncClient(base_url=f"http://127.0.0.1:{broker.ingress_port}", timeout=30)
+        self.admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{broker.admin_port}", timeout=30)
+
+    async def register(self, uri: str, *, http1: bool = False) -> dict[str, object]:
+        r = await self.admin.post("/deployments", json={"uri": uri, "use_http_11": http1, "force": True})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def call(self, path: str, body: object = None, **kw: object) -> httpx.Response:
+        data = json.dumps(body).encode() if body is not None else b""
+        return await self.ingress.post(path, content=data, headers={"content-type": "application/json", **kw.pop("headers", {})}, **kw)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self.ingress.aclose()
+        await self.admin.aclose()
+
+
+@pytest.fixture
+async def client(broker: Broker) -> AsyncIterator[Client]:
+    c = Client(broker)
+    yield c
+    await c.close()
