@@ -47,7 +47,7 @@ def suspend(ctx: Ctx, st: Status, msg: p.SuspensionMessage) -> None:
     """Suspend unless something awaited is already in the journal (then resume at once)."""
     completions = set(msg.waiting_completions)
     signals = set(msg.waiting_signals)
-    names = set(msg.waiting_names)
+    names = set(msg.waiting_named_signals)
     for frame in ctx.journal(st):
         f = p.decode_all(frame)[0]
         n = f.message
