@@ -199,11 +199,19 @@ class H2Client:
         self.authority = f"{host}:{port}"
         self._conns: list[_Conn] = []
         self._connecting: asyncio.Task[_Conn] | None = None
+        self.max_connections = 8
+        self.streams_per_connection = 16
 
     async def _conn(self) -> _Conn:
+        # Spread streams over a few connections (the endpoint serves each on its own task).
+        best = None
         for c in self._conns:
-            if not c.closed and c.room > 0:
-                return c
+            if not c.closed and (best is None or len(c.streams) < len(best.streams)):
+                best = c
+        if best is not None and (
+            len(self._conns) >= self.max_connections or len(best.streams) < self.streams_per_connection
+        ) and best.room > 0:
+            return best
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         task = self._connecting

@@ -47,7 +47,7 @@ class Config:
 
 
 class Ctx:
-    __slots__ = ("actions", "config", "lsn", "now", "registry", "tx", "_statuses")
+    __slots__ = ("_dirty", "_statuses", "actions", "config", "lsn", "now", "registry", "tx")
 
     def __init__(self, tx, registry: Registry, config: Config) -> None:  # type: ignore[no-untyped-def]
         self.tx = tx
@@ -57,6 +57,7 @@ class Ctx:
         self.lsn = 0
         self.actions: list[a.Action] = []
         self._statuses: dict[bytes, Status | None] = {}
+        self._dirty: set[bytes] = set()
 
     # --- status --------------------------------------------------------------------------
 
@@ -71,11 +72,20 @@ class Ctx:
     def put_status(self, st: Status) -> None:
         st.modified_at = self.now
         self._statuses[st.id] = st
-        self.tx.put("status", st.id, st.encode())
+        self._dirty.add(st.id)
 
     def delete_status(self, id: bytes) -> None:
         self._statuses[id] = None
+        self._dirty.discard(id)
         self.tx.delete("status", id)
+
+    def flush(self) -> None:
+        """Encode each changed status once per batch, however often it changed."""
+        for id in self._dirty:
+            st = self._statuses[id]
+            if st is not None:
+                self.tx.put("status", id, st.encode())
+        self._dirty.clear()
 
     # --- journal -------------------------------------------------------------------------
 

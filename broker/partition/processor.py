@@ -87,6 +87,7 @@ class Processor:
             ctx.now = rec.timestamp
             ctx.lsn = rec.lsn
             self.sm.apply(ctx, decode_command(rec.payload))
+        ctx.flush()
         self.applied = records[-1].lsn
         tx.put("meta", APPLIED, _U64.pack(self.applied))
         tx.commit()
