@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ class RocksDBStore(Store):
         opts.create_if_missing(True)
         opts.create_missing_column_families(True)
         cfs = {cf: Options(raw_mode=True) for cf in COLUMN_FAMILIES}
-        self._db = Rdict(str(path), opts, column_families=cfs)
+        self._db: Any = Rdict(str(path), opts, column_families=cfs)
         self._cf: dict[str, Any] = {cf: self._db.get_column_family(cf) for cf in COLUMN_FAMILIES}
         self._handles = {cf: self._db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
         self._wopts = WriteOptions()
@@ -53,8 +54,13 @@ class RocksDBStore(Store):
         self._db.write(wb, self._wopts)
 
     def close(self) -> None:
+        if self._db is None:
+            return
+        self._db.flush()
         for cf in self._cf.values():
             cf.close()
         self._cf.clear()
-        self._db.flush()
+        self._handles.clear()
         self._db.close()
+        self._db = None  # the LOCK is released when the last handle is gone
+        gc.collect()
