@@ -18,7 +18,20 @@ from restate import (
     WorkflowSharedContext,
 )
 
+from pydantic import BaseModel
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
 greeter = Service("Greeter")
+
+
+@greeter.handler()
+async def adult(ctx: Context, person: Person) -> bool:
+    return person.age >= 18
 
 
 @greeter.handler()

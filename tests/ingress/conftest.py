@@ -1,0 +1,1 @@
+from tests.broker.conftest import broker, client, markers, restate_service  # noqa: F401
