@@ -160,4 +160,27 @@ async def stage(ctx: WorkflowSharedContext) -> str | None:
     return await ctx.get("stage", type_hint=str)
 
 
-app = restate.app(services=[greeter, counter, signup])
+
+
+worker = Service("Worker")
+
+
+@worker.handler()
+async def process(ctx: Context, item: str) -> str:
+    """A journaled side effect, a durable sleep and a call: what the crash test checks."""
+
+    def effect() -> str:
+        token = os.urandom(6).hex()
+        marker = os.environ.get("SLUICE_TEST_MARKERS")
+        if marker:
+            with open(marker, "a") as f:
+                f.write(f"{item} {token}\n")
+        return token
+
+    token = await ctx.run_typed("effect", effect)
+    await ctx.sleep(timedelta(milliseconds=50 + (hash(item) % 200)))
+    await ctx.object_call(add, key="crash-total", arg=1)
+    return token
+
+
+app = restate.app(services=[greeter, counter, signup, worker])

@@ -1,0 +1,130 @@
+"""Crash test: SIGKILL the broker with many invocations in flight, restart, repeat.
+
+Every accepted invocation must complete exactly once: counters equal the number of accepted
+requests, and no `run` step whose result was journaled executes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+from .conftest import ROOT, ServiceProcess, free_port, wait_port
+
+ADDS = 500  # counter increments, each with its own idempotency key, clients wait for results
+WORKS = 500  # sends of a handler with a run step, a sleep and a call
+KILLS = 3
+
+
+class BrokerProcess:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.ingress = free_port()
+        self.admin = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
+             "--ingress-port", str(self.ingress), "--admin-port", str(self.admin)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_port(self.ingress, self.proc)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+
+async def post_until_ok(c: httpx.AsyncClient, url: str, body: bytes, key: str, ok: int) -> httpx.Response:
+    """A client that retries (same idempotency key) until the broker answers."""
+    while True:
+        try:
+            r = await c.post(url, content=body, headers={"idempotency-key": key})
+            if r.status_code == ok:
+                return r
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.1)
+
+
+async def test_sigkill_restart_exactly_once(tmp_path: Path) -> None:
+    markers = tmp_path / "runs.txt"
+    svc = ServiceProcess("tests.broker.restate_services", {"SLUICE_TEST_MARKERS": str(markers)})
+    svc.start()
+    broker = BrokerProcess(tmp_path / "data")
+    broker.start()
+    try:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+            r = await c.post(f"http://127.0.0.1:{broker.admin}/deployments", json={"uri": svc.uri})
+            assert r.status_code == 201, r.text
+            base = f"http://127.0.0.1:{broker.ingress}"
+            sem = asyncio.Semaphore(150)
+
+            async def add(i: int) -> int:
+                async with sem:
+                    r = await post_until_ok(c, f"{base}/Counter/crash-adds/add", b"1", f"add-{i}", 200)
+                    return int(r.json())
+
+            async def work(i: int) -> str:
+                async with sem:
+                    r = await post_until_ok(c, f"{base}/Worker/process/send", f'"w{i}"'.encode(), f"w-{i}", 202)
+                    return str(r.json()["invocationId"])
+
+            tasks = [asyncio.ensure_future(add(i)) for i in range(ADDS)]
+            tasks += [asyncio.ensure_future(work(i)) for i in range(WORKS)]
+            for _ in range(KILLS):
+                await asyncio.sleep(1.0)
+                broker.kill()
+                await asyncio.to_thread(broker.start)
+            results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
+            adds = sorted(int(x) for x in results[:ADDS])
+            assert adds == list(range(1, ADDS + 1)), "an increment was lost or applied twice"
+
+            async def value(key: str) -> int:
+                r = await c.post(f"{base}/Counter/{key}/get")
+                return int(r.json())
+
+            deadline = time.monotonic() + 60
+            while await value("crash-total") < WORKS and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert await value("crash-total") == WORKS
+            assert await value("crash-adds") == ADDS
+
+            # The journaled token of each run must be the last execution of that run step.
+            runs: dict[str, list[str]] = defaultdict(list)
+            for line in markers.read_text().split("\n"):
+                if line:
+                    item, token = line.split()
+                    runs[item].append(token)
+            assert len(runs) == WORKS
+            reran = 0
+            for i, iid in enumerate(results[ADDS:]):
+                out = await c.get(f"{base}/restate/invocation/{iid}/output")
+                assert out.status_code == 200, out.text
+                journaled = out.json()
+                assert journaled in runs[f"w{i}"]
+                assert runs[f"w{i}"][-1] == journaled, f"w{i}: a journaled run step executed again"
+                reran += len(runs[f"w{i}"]) - 1
+            print(f"runs re-executed before their result was journaled: {reran}")
+    finally:
+        err = broker.stop()
+        svc.stop()
+    assert "Traceback" not in err, err[-3000:]
