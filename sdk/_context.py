@@ -137,14 +137,18 @@ class Context:
         """A durable timer: survives crashes; awaiting it may suspend the invocation."""
         vm = self._vm
         cid = vm.next_completion()
-        vm.command(p.SleepCommand(wake_up_time=vm.now_ms() + _ms(delay), result_completion_id=cid, name=name))
+        vm.command(
+            p.SleepCommand(
+                wake_up_time=vm.now_ms() + _ms(delay), result_completion_id=cid, name=name
+            )
+        )
         return DurableFuture(vm, ("c", cid), _void)
 
-    async def with_timeout(self, future: DurableFuture[T], timeout: timedelta) -> T:
+    async def with_timeout(self, future: DurableFuture[T], after: timedelta) -> T:
         """Await `future`, or raise `TimeoutError` if a durable timer fires first."""
-        name, result = await select(result=future, timeout=self.sleep(timeout))
+        name, result = await select(result=future, timeout=self.sleep(after))
         if name == "timeout":
-            raise TimeoutError(f"timed out after {timeout}")
+            raise TimeoutError(f"timed out after {after}")
         return result  # type: ignore[no-any-return]
 
     # --- calls and sends -----------------------------------------------------------------
@@ -155,7 +159,9 @@ class Context:
 
     def object_call(self, handler: Any, key: str, arg: Any = None, **kw: Any) -> CallFuture[Any]:
         h = handler_of(handler)
-        return self._call(h.service, h.name, h.input_serde.serialize(arg), key, h.output_serde, **kw)
+        return self._call(
+            h.service, h.name, h.input_serde.serialize(arg), key, h.output_serde, **kw
+        )
 
     def workflow_call(self, handler: Any, key: str, arg: Any = None, **kw: Any) -> CallFuture[Any]:
         return self.object_call(handler, key, arg, **kw)
@@ -239,31 +245,41 @@ class Context:
 
     def cancel_invocation(self, invocation_id: str) -> None:
         """Ask the broker to cancel another invocation (it sees a `CancelledError`)."""
-        self._vm.command(p.SendSignalCommand(target_invocation_id=invocation_id, idx=p.CANCEL_SIGNAL, void=True))
+        self._vm.command(
+            p.SendSignalCommand(target_invocation_id=invocation_id, idx=p.CANCEL_SIGNAL, void=True)
+        )
 
     def attach_invocation(self, invocation_id: str, *, type_hint: Any = None) -> DurableFuture[Any]:
         """Wait for another invocation's result."""
         vm = self._vm
         cid = vm.next_completion()
         vm.command(p.AttachInvocationCommand(invocation_id=invocation_id, result_completion_id=cid))
-        return DurableFuture(vm, ("c", cid), _value(serde_for(type_hint)) if type_hint else _raw_or_json)
+        return DurableFuture(
+            vm, ("c", cid), _value(serde_for(type_hint)) if type_hint else _raw_or_json
+        )
 
     # --- awakeables ----------------------------------------------------------------------
 
-    def awakeable(self, *, type_hint: Any = None, serde: Serde[Any] | None = None) -> tuple[str, DurableFuture[Any]]:
+    def awakeable(
+        self, *, type_hint: Any = None, serde: Serde[Any] | None = None
+    ) -> tuple[str, DurableFuture[Any]]:
         """An id to hand to the outside world, and the future its resolution completes."""
         vm = self._vm
         idx = vm.next_signal()
         codec = serde or (serde_for(type_hint) if type_hint is not None else _ANY)
         return vm.awakeable_id(idx), DurableFuture(vm, ("s", idx), _value(codec))
 
-    def resolve_awakeable(self, awakeable_id: str, value: Any, *, serde: Serde[Any] | None = None) -> None:
+    def resolve_awakeable(
+        self, awakeable_id: str, value: Any, *, serde: Serde[Any] | None = None
+    ) -> None:
         data = (serde or _ANY).serialize(value)
         self._vm.command(p.CompleteAwakeableCommand(awakeable_id=awakeable_id, value=data))
 
     def reject_awakeable(self, awakeable_id: str, message: str, code: int = 500) -> None:
         self._vm.command(
-            p.CompleteAwakeableCommand(awakeable_id=awakeable_id, failure=p.Failure(code=code, message=message))
+            p.CompleteAwakeableCommand(
+                awakeable_id=awakeable_id, failure=p.Failure(code=code, message=message)
+            )
         )
 
 
@@ -279,7 +295,7 @@ def _raw_or_json(n: p.Notification) -> Any:
     return _ANY.deserialize(n.value or b"")
 
 
-async def _attempt(
+async def _attempt(  # noqa: PLR0917 - private helper, called once
     name: str,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -297,10 +313,13 @@ async def _attempt(
             result = fn(*args)
             if inspect.isawaitable(result):
                 result = await result
-            return p.ProposeRunCompletionMessage(result_completion_id=cid, value=serde.serialize(result))
+            return p.ProposeRunCompletionMessage(
+                result_completion_id=cid, value=serde.serialize(result)
+            )
         except TerminalError as exc:
             return p.ProposeRunCompletionMessage(
-                result_completion_id=cid, failure=p.Failure(code=exc.status_code, message=exc.message)
+                result_completion_id=cid,
+                failure=p.Failure(code=exc.status_code, message=exc.message),
             )
         except Exception as exc:
             if options is None or (options.max_attempts is None and options.max_duration is None):
@@ -310,10 +329,16 @@ async def _attempt(
                 and time.monotonic() - started + delay >= options.max_duration.total_seconds()
             )
             if exhausted:
-                message = f"step {name!r} failed after {attempt} attempts: {type(exc).__name__}: {exc}"
-                return p.ProposeRunCompletionMessage(result_completion_id=cid, failure=p.Failure(code=500, message=message))
+                message = (
+                    f"step {name!r} failed after {attempt} attempts: {type(exc).__name__}: {exc}"
+                )
+                return p.ProposeRunCompletionMessage(
+                    result_completion_id=cid, failure=p.Failure(code=500, message=message)
+                )
             await asyncio.sleep(delay)
-            delay = min(delay * options.retry_interval_factor, options.max_retry_interval.total_seconds())
+            delay = min(
+                delay * options.retry_interval_factor, options.max_retry_interval.total_seconds()
+            )
 
 
 class ObjectSharedContext(Context):
@@ -352,7 +377,9 @@ class ObjectSharedContext(Context):
         """The keys that hold state, sorted."""
         vm = self._vm
         replayed = vm.peek_replayed()
-        lazy = isinstance(replayed, p.GetLazyStateKeysCommand) or (replayed is None and vm.partial_state)
+        lazy = isinstance(replayed, p.GetLazyStateKeysCommand) or (
+            replayed is None and vm.partial_state
+        )
         if not lazy:
             known = p.StateKeys(keys=sorted(k for k, v in vm.state.items() if v is not None))
             got = vm.command(p.GetEagerStateKeysCommand(value=known))
@@ -361,7 +388,9 @@ class ObjectSharedContext(Context):
         else:
             cid = vm.next_completion()
             vm.command(p.GetLazyStateKeysCommand(result_completion_id=cid))
-            keys = await DurableFuture(vm, ("c", cid), lambda n: n.state_keys.keys if n.state_keys else [])
+            keys = await DurableFuture(
+                vm, ("c", cid), lambda n: n.state_keys.keys if n.state_keys else []
+            )
         return sorted(k.decode() for k in keys)
 
 
@@ -407,12 +436,16 @@ class DurablePromise:
 
     async def resolve(self, value: Any) -> None:
         """Complete with a value; a TerminalError if it was already completed."""
-        await self._complete(p.CompletePromiseCommand(key=self._name, completion_value=self._serde.serialize(value)))
+        await self._complete(
+            p.CompletePromiseCommand(key=self._name, completion_value=self._serde.serialize(value))
+        )
 
     async def reject(self, message: str, code: int = 500) -> None:
         """Complete with a failure; readers get a TerminalError."""
         await self._complete(
-            p.CompletePromiseCommand(key=self._name, completion_failure=p.Failure(code=code, message=message))
+            p.CompletePromiseCommand(
+                key=self._name, completion_failure=p.Failure(code=code, message=message)
+            )
         )
 
     async def _complete(self, command: p.CompletePromiseCommand) -> None:
@@ -425,8 +458,12 @@ class DurablePromise:
 class WorkflowSharedContext(ObjectSharedContext):
     """A shared handler of a workflow: read its state, resolve or read its promises."""
 
-    def promise(self, name: str, *, type_hint: Any = None, serde: Serde[Any] | None = None) -> DurablePromise:
-        return DurablePromise(self._vm, name, serde or (serde_for(type_hint) if type_hint is not None else _ANY))
+    def promise(
+        self, name: str, *, type_hint: Any = None, serde: Serde[Any] | None = None
+    ) -> DurablePromise:
+        return DurablePromise(
+            self._vm, name, serde or (serde_for(type_hint) if type_hint is not None else _ANY)
+        )
 
 
 class WorkflowContext(WorkflowSharedContext, ObjectContext):

@@ -1,4 +1,7 @@
-"""The ASGI endpoint: discovery and invocation, over HTTP/2 (bidi) or HTTP/1.1 (request/response)."""
+"""The ASGI endpoint: discovery and invocation.
+
+HTTP/2 requests stream both ways (bidi); HTTP/1.1 requests are request/response.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,17 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
 from . import protocol as p
-from ._context import Context, ObjectContext, ObjectSharedContext, WorkflowContext, WorkflowSharedContext
+from ._context import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
 from ._errors import ProtocolError, SuspendedError, TerminalError
 from ._serde import BytesSerde, SerdeError
 from ._service import AnyService, HandlerDef
@@ -66,7 +78,12 @@ class Endpoint:
         version = _pick_manifest_version(accept)
         if version is None:
             await _respond(
-                send, 415, {"message": f"unsupported manifest versions in accept: {accept!r}; this SDK serves v1-v3"}
+                send,
+                415,
+                {
+                    "message": f"unsupported manifest versions in accept: {accept!r}; "
+                    "this SDK serves v1-v3"
+                },
             )
             return
         bidi = scope.get("http_version") == "2"
@@ -75,7 +92,10 @@ class Endpoint:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", _MANIFEST_CT.format(version).encode()), _SERVER_HEADER],
+                "headers": [
+                    (b"content-type", _MANIFEST_CT.format(version).encode()),
+                    _SERVER_HEADER,
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -91,7 +111,11 @@ class Endpoint:
                     "name": service.name,
                     "ty": service.kind,
                     "handlers": [_handler_manifest(h, version) for h in service.handlers.values()],
-                    **({"documentation": service.description} if service.description and version >= 2 else {}),
+                    **(
+                        {"documentation": service.description}
+                        if service.description and version >= 2
+                        else {}
+                    ),
                 }
                 for service in self.services.values()
             ],
@@ -99,7 +123,9 @@ class Endpoint:
 
     # --- invocation ----------------------------------------------------------------------
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send, service_name: str, name: str) -> None:
+    async def _invoke(
+        self, scope: Scope, receive: Receive, send: Send, service_name: str, name: str
+    ) -> None:
         service = self.services.get(service_name)
         handler = service.handlers.get(name) if service else None
         if handler is None:
@@ -111,7 +137,10 @@ class Endpoint:
             await _respond(
                 send,
                 415,
-                {"message": f"unsupported protocol {content_type!r}; this SDK speaks v{p.MIN_VERSION} to v{p.MAX_VERSION}"},
+                {
+                    "message": f"unsupported protocol {content_type!r}; "
+                    f"this SDK speaks v{p.MIN_VERSION} to v{p.MAX_VERSION}"
+                },
             )
             return
         headers = [(b"content-type", p.content_type(version).encode()), _SERVER_HEADER]
@@ -125,7 +154,11 @@ class Endpoint:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         vm = Invocation(
-            service=service_name, handler=name, version=version, always_replay=self.always_replay, flush=flush
+            service=service_name,
+            handler=name,
+            version=version,
+            always_replay=self.always_replay,
+            flush=flush,
         )
         bidi = scope.get("http_version") == "2"
         reader: asyncio.Task[None] | None = None
@@ -172,14 +205,18 @@ async def _run(vm: Invocation, handler: HandlerDef) -> None:
             try:
                 arg = handler.input_serde.deserialize(input_command.value or b"")
             except SerdeError as exc:
-                raise TerminalError(f"invalid input for {handler.service}/{handler.name}: {exc}", 400) from exc
+                raise TerminalError(
+                    f"invalid input for {handler.service}/{handler.name}: {exc}", 400
+                ) from exc
             result = await handler.fn(ctx, arg)
         else:
             result = await handler.fn(ctx)
         try:
             output = p.OutputCommand(value=handler.output_serde.serialize(result))
         except SerdeError as exc:
-            raise TerminalError(f"cannot serialize the output of {handler.service}/{handler.name}: {exc}") from exc
+            raise TerminalError(
+                f"cannot serialize the output of {handler.service}/{handler.name}: {exc}"
+            ) from exc
     except TerminalError as exc:
         output = p.OutputCommand(failure=p.Failure(code=exc.status_code, message=exc.message))
     except SuspendedError:
@@ -220,7 +257,10 @@ def _handler_manifest(handler: HandlerDef, version: int) -> dict[str, Any]:
         schema = handler.input_serde.json_schema()
         if schema is not None:
             entry["input"]["jsonSchema"] = schema
-    entry["output"] = {"contentType": handler.output_serde.content_type, "setContentTypeIfEmpty": False}
+    entry["output"] = {
+        "contentType": handler.output_serde.content_type,
+        "setContentTypeIfEmpty": False,
+    }
     schema = handler.output_serde.json_schema()
     if schema is not None:
         entry["output"]["jsonSchema"] = schema
@@ -286,9 +326,6 @@ def serve(
     always_replay: bool | None = None,
 ) -> None:
     """Serve `services` on host:port with hypercorn (HTTP/2 cleartext and HTTP/1.1)."""
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
-
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.keep_alive_timeout = 75

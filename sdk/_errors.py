@@ -38,7 +38,7 @@ class CancelledError(TerminalError):
         super().__init__(message, 409)
 
 
-class TimeoutError(TerminalError):  # noqa: A001 - mirrors the durable-future API's name
+class TimeoutError(TerminalError):
     """A durable future did not complete within the time given to `ctx.with_timeout`."""
 
     def __init__(self, message: str = "timeout") -> None:
@@ -52,7 +52,9 @@ class SuspendedError(BaseException):
 class ProtocolError(Exception):
     """The journal or the stream disagrees with the handler; reported with an error code."""
 
-    def __init__(self, message: str, code: int = PROTOCOL_VIOLATION, *, command_index: int | None = None) -> None:
+    def __init__(
+        self, message: str, code: int = PROTOCOL_VIOLATION, *, command_index: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code

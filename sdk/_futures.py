@@ -79,7 +79,13 @@ class CallFuture(DurableFuture[T]):
 
     __slots__ = ("_id_future",)
 
-    def __init__(self, vm: Invocation, leaf: Leaf, convert: Callable[[p.Notification], T], id_future: DurableFuture[str]) -> None:
+    def __init__(
+        self,
+        vm: Invocation,
+        leaf: Leaf,
+        convert: Callable[[p.Notification], T],
+        id_future: DurableFuture[str],
+    ) -> None:
         super().__init__(vm, leaf, convert)
         self._id_future = id_future
 
@@ -118,7 +124,9 @@ async def select(**futures: DurableFuture[Any]) -> tuple[str, Any]:
     vm = _vm_of(tuple(futures.values()))
     for f in futures.values():
         await f._begin()
-    await vm.wait((f._leaf for f in futures.values()), lambda: any(f.done() for f in futures.values()))
+    await vm.wait(
+        (f._leaf for f in futures.values()), lambda: any(f.done() for f in futures.values())
+    )
     name, first = min(
         ((n, f) for n, f in futures.items() if f.done()), key=lambda item: vm.arrival(item[1]._leaf)
     )

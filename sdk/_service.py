@@ -60,7 +60,8 @@ class _ServiceBase:
         params = list(inspect.signature(fn).parameters.values())
         if not params or len(params) > 2:
             raise TypeError(
-                f"handler {fn.__qualname__} must take (ctx) or (ctx, input), not {len(params)} parameters"
+                f"handler {fn.__qualname__} must take (ctx) or (ctx, input), "
+                f"not {len(params)} parameters"
             )
         hints = typing.get_type_hints(fn)
         takes_input = len(params) == 2
@@ -81,7 +82,7 @@ class _ServiceBase:
         self.handlers[handler_name] = handler
         # The decorated function stays callable as is, and knows its target for ctx calls.
         fn.__sluice_handler__ = handler  # type: ignore[attr-defined]
-        return fn
+        return typing.cast(F, fn)
 
 
 class Service(_ServiceBase):
@@ -99,7 +100,12 @@ class Service(_ServiceBase):
     ) -> Callable[[F], F]:
         """Declare an `async def handler(ctx: Context[, input])`."""
         return lambda fn: self._register(
-            fn, name=name, kind=None, input_serde=input_serde, output_serde=output_serde, metadata=metadata
+            fn,
+            name=name,
+            kind=None,
+            input_serde=input_serde,
+            output_serde=output_serde,
+            metadata=metadata,
         )
 
 
@@ -123,7 +129,12 @@ class VirtualObject(_ServiceBase):
             raise ValueError(f"kind must be 'exclusive' or 'shared', not {kind!r}")
         ty: HandlerKind = "EXCLUSIVE" if kind == "exclusive" else "SHARED"
         return lambda fn: self._register(
-            fn, name=name, kind=ty, input_serde=input_serde, output_serde=output_serde, metadata=metadata
+            fn,
+            name=name,
+            kind=ty,
+            input_serde=input_serde,
+            output_serde=output_serde,
+            metadata=metadata,
         )
 
 
@@ -145,7 +156,12 @@ class Workflow(_ServiceBase):
         if any(h.kind == "WORKFLOW" for h in self.handlers.values()):
             raise ValueError(f"workflow {self.name} already has a main handler")
         return lambda fn: self._register(
-            fn, name=name, kind="WORKFLOW", input_serde=input_serde, output_serde=output_serde, metadata=metadata
+            fn,
+            name=name,
+            kind="WORKFLOW",
+            input_serde=input_serde,
+            output_serde=output_serde,
+            metadata=metadata,
         )
 
     def handler(
@@ -158,7 +174,12 @@ class Workflow(_ServiceBase):
     ) -> Callable[[F], F]:
         """Declare a shared handler (queries, signals, promise resolution)."""
         return lambda fn: self._register(
-            fn, name=name, kind="SHARED", input_serde=input_serde, output_serde=output_serde, metadata=metadata
+            fn,
+            name=name,
+            kind="SHARED",
+            input_serde=input_serde,
+            output_serde=output_serde,
+            metadata=metadata,
         )
 
 

@@ -55,7 +55,12 @@ _COMPARED: dict[type, tuple[str, ...]] = {
     p.GetEagerStateKeysCommand: (),
     p.GetPromiseCommand: ("key", "result_completion_id"),
     p.PeekPromiseCommand: ("key", "result_completion_id"),
-    p.CompletePromiseCommand: ("key", "completion_value", "completion_failure", "result_completion_id"),
+    p.CompletePromiseCommand: (
+        "key",
+        "completion_value",
+        "completion_failure",
+        "result_completion_id",
+    ),
     p.SleepCommand: ("result_completion_id", "name"),
     p.CallCommand: (
         "service_name",
@@ -76,7 +81,12 @@ _COMPARED: dict[type, tuple[str, ...]] = {
     ),
     p.SendSignalCommand: ("target_invocation_id", "idx", "signal_name", "void", "value", "failure"),
     p.RunCommand: ("result_completion_id", "name"),
-    p.AttachInvocationCommand: ("invocation_id", "idempotent_request_target", "workflow_target", "result_completion_id"),
+    p.AttachInvocationCommand: (
+        "invocation_id",
+        "idempotent_request_target",
+        "workflow_target",
+        "result_completion_id",
+    ),
     p.GetInvocationOutputCommand: (
         "invocation_id",
         "idempotent_request_target",
@@ -161,7 +171,9 @@ class Invocation:
         msg = frame.message
         if self.start is None:
             if not isinstance(msg, p.StartMessage):
-                raise ProtocolError(f"expected StartMessage first, got message type 0x{frame.type:04x}")
+                raise ProtocolError(
+                    f"expected StartMessage first, got message type 0x{frame.type:04x}"
+                )
             self.start = msg
             self._known = msg.known_entries
             self.state = {e.key: e.value for e in msg.state_map}
@@ -174,7 +186,10 @@ class Invocation:
                 self._known -= 1
         elif p.is_command(frame.type) or msg is None:
             if self._known <= 0:
-                raise ProtocolError(f"unexpected command {_describe(msg) if msg else hex(frame.type)} after the replay")
+                raise ProtocolError(
+                    f"unexpected command {_describe(msg) if msg else hex(frame.type)} "
+                    "after the replay"
+                )
             self._replay.append(msg if msg is not None else p.EndMessage())
             self._known -= 1
         elif isinstance(msg, p.CommandAckMessage):
@@ -245,7 +260,11 @@ class Invocation:
     def _matches(self, old: p.Message, new: p.Message) -> bool:
         if type(old) is not type(new):
             return (
-                (isinstance(old, _STATE_READS) and isinstance(new, _STATE_READS) and old.key == new.key)  # type: ignore[attr-defined]
+                (
+                    isinstance(old, _STATE_READS)
+                    and isinstance(new, _STATE_READS)
+                    and old.key == new.key
+                )
                 or (isinstance(old, _KEYS_READS) and isinstance(new, _KEYS_READS))
             )
         return all(getattr(old, f) == getattr(new, f) for f in _COMPARED.get(type(new), ()))
@@ -253,7 +272,8 @@ class Invocation:
     def _mismatch(self, index: int, old: p.Message, new: p.Message) -> None:
         self._protocol_failure(
             ProtocolError(
-                f"Journal mismatch in handler {self.service}/{self.handler} at command index {index}: "
+                f"Journal mismatch in handler {self.service}/{self.handler} "
+                f"at command index {index}: "
                 f"the journal has {_describe(old)} but the handler issued {_describe(new)}. "
                 "The handler's code changed, or it is not deterministic: use ctx.run, ctx.random, "
                 "ctx.uuid and ctx.time for anything that can differ between attempts.",

@@ -206,7 +206,11 @@ class GetLazyStateCommand(Message):
     key: bytes = b""
     result_completion_id: int = 0
     name: str = ""
-    _schema: ClassVar = ((1, "key", BYTES), (11, "result_completion_id", UINT), (12, "name", STRING))
+    _schema: ClassVar = (
+        (1, "key", BYTES),
+        (11, "result_completion_id", UINT),
+        (12, "name", STRING),
+    )
 
 
 @dataclass(slots=True)
@@ -263,7 +267,11 @@ class GetPromiseCommand(Message):
     key: str = ""
     result_completion_id: int = 0
     name: str = ""
-    _schema: ClassVar = ((1, "key", STRING), (11, "result_completion_id", UINT), (12, "name", STRING))
+    _schema: ClassVar = (
+        (1, "key", STRING),
+        (11, "result_completion_id", UINT),
+        (12, "name", STRING),
+    )
 
 
 @dataclass(slots=True)
@@ -271,7 +279,11 @@ class PeekPromiseCommand(Message):
     key: str = ""
     result_completion_id: int = 0
     name: str = ""
-    _schema: ClassVar = ((1, "key", STRING), (11, "result_completion_id", UINT), (12, "name", STRING))
+    _schema: ClassVar = (
+        (1, "key", STRING),
+        (11, "result_completion_id", UINT),
+        (12, "name", STRING),
+    )
 
 
 @dataclass(slots=True)
@@ -552,3 +564,55 @@ def is_command(type_code: int) -> bool:
 
 def is_notification(type_code: int) -> bool:
     return 0x8000 <= type_code < 0xFC00
+
+
+__all__ = [
+    "CANCEL_SIGNAL",
+    "FIRST_AWAKEABLE_SIGNAL",
+    "AttachInvocationCommand",
+    "AttachInvocationCompletionNotification",
+    "CallCommand",
+    "CallCompletionNotification",
+    "CallInvocationIdCompletionNotification",
+    "ClearAllStateCommand",
+    "ClearStateCommand",
+    "CommandAckMessage",
+    "CompleteAwakeableCommand",
+    "CompletePromiseCommand",
+    "CompletePromiseCompletionNotification",
+    "EndMessage",
+    "ErrorMessage",
+    "Failure",
+    "FailureMetadata",
+    "GetEagerStateCommand",
+    "GetEagerStateKeysCommand",
+    "GetInvocationOutputCommand",
+    "GetInvocationOutputCompletionNotification",
+    "GetLazyStateCommand",
+    "GetLazyStateCompletionNotification",
+    "GetLazyStateKeysCommand",
+    "GetLazyStateKeysCompletionNotification",
+    "GetPromiseCommand",
+    "GetPromiseCompletionNotification",
+    "Header",
+    "IdempotentRequestTarget",
+    "InputCommand",
+    "Notification",
+    "OneWayCallCommand",
+    "OutputCommand",
+    "PeekPromiseCommand",
+    "PeekPromiseCompletionNotification",
+    "ProposeRunCompletionMessage",
+    "RunCommand",
+    "RunCompletionNotification",
+    "SendSignalCommand",
+    "SetStateCommand",
+    "SignalNotification",
+    "SleepCommand",
+    "SleepCompletionNotification",
+    "StartMessage",
+    "StateEntry",
+    "StateKeys",
+    "SuspensionMessage",
+    "WorkflowTarget",
+]

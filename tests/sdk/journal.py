@@ -20,7 +20,7 @@ async def invoke(
     partial_state: bool = False,
     http2: bool = False,
 ) -> list[p.Message]:
-    """One request/response (or bidi with a closed request) attempt; returns the frames sent back."""
+    """One attempt with the request body closed; returns the frames the SDK sent back."""
     start = p.StartMessage(
         id=b"\x00" * 8 + b"0123456789abcdef",
         debug_id="inv_test",

@@ -109,7 +109,10 @@ async def test_sleep_suspends_then_completes_on_replay() -> None:
     assert isinstance(out[0], p.SleepCommand)
     assert out[1] == p.SuspensionMessage(waiting_completions=[1], waiting_signals=[1])
     replay = [json_input(""), out[0], p.SleepCompletionNotification(completion_id=1, void=True)]
-    assert await invoke(app, "Steps", "sleepy", replay) == [p.OutputCommand(value=b'"woke"'), p.EndMessage()]
+    assert await invoke(app, "Steps", "sleepy", replay) == [
+        p.OutputCommand(value=b'"woke"'),
+        p.EndMessage(),
+    ]
 
 
 async def test_select_follows_journal_order_not_argument_order() -> None:
@@ -135,7 +138,10 @@ async def test_cancel_signal_surfaces_as_cancelled_error() -> None:
         p.SignalNotification(signal_idx=1, void=True),
     ]
     out = await invoke(app, "Steps", "sleepy", journal)
-    assert out == [p.OutputCommand(failure=p.Failure(code=409, message="cancelled")), p.EndMessage()]
+    assert out == [
+        p.OutputCommand(failure=p.Failure(code=409, message="cancelled")),
+        p.EndMessage(),
+    ]
 
 
 async def test_terminal_error_becomes_output_failure_and_others_an_error_message() -> None:
