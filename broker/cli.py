@@ -27,6 +27,7 @@ def _server(args: argparse.Namespace) -> None:
 
     from broker.config import BrokerSettings
     from broker.server import Broker
+    from subscriptions import DeclarationError
 
     try:
         settings = BrokerSettings(
@@ -37,6 +38,7 @@ def _server(args: argparse.Namespace) -> None:
             partitions=args.partitions,
             body_limit=args.body_limit,
             fsync=not args.no_fsync,
+            declarations=Path(args.config) if args.config else None,
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -52,6 +54,9 @@ def _server(args: argparse.Namespace) -> None:
             await broker.start()
         except OSError as e:
             raise CliError(f"cannot start: {e}") from None
+        except DeclarationError as e:
+            await broker.stop()
+            raise CliError(str(e)) from None
         print(
             f"sluice: ingress on http://{settings.host}:{broker.ingress_port}, "
             f"admin on http://{settings.host}:{broker.admin_port}, data in {settings.data_dir}",
@@ -174,6 +179,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--partitions", type=int, default=8)
     s.add_argument("--body-limit", type=int, default=32 * 1024 * 1024, help="bytes")
     s.add_argument("--no-fsync", action="store_true", help="unsafe: skip fdatasync (benchmarks only)")
+    s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
     s.set_defaults(fn=_server)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
@@ -216,6 +222,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("service")
     g.add_argument("key")
     st.set_defaults(fn=_state)
+
+    from subscriptions._cli import add_commands
+
+    add_commands(client)
     return ap
 
 

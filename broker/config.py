@@ -27,3 +27,6 @@ class BrokerSettings(BaseModel):
     abort_timeout_s: float = Field(60.0, gt=0)
     idempotency_retention_s: float = Field(86_400.0, ge=0)
     workflow_retention_s: float = Field(86_400.0, ge=0)
+    declarations: Path | None = Field(
+        None, description="sluice.toml or YAML: Kafka clusters and subscriptions, applied at start"
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sdk import protocol as p
 
@@ -32,6 +33,8 @@ class Broker:
         self.ingress_port = settings.ingress_port
         self.admin_port = settings.admin_port
         self.partitions = settings.partitions
+        # Actions of extensions (Kafka subscriptions): type -> callback, set by their owner.
+        self.action_hooks: dict[type, Callable[[Any], None]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -81,7 +84,14 @@ class Broker:
         self._servers.append(srv)
         self.admin_port = srv.sockets[0].getsockname()[1]
 
+        from subscriptions import Controller
+
+        self.subscriptions = Controller(self)
+        await self.subscriptions.start()
+
     async def stop(self) -> None:
+        if hasattr(self, "subscriptions"):
+            await self.subscriptions.stop()
         for srv in self._servers:
             srv.close()
         self.timers.close()
@@ -132,3 +142,7 @@ class Broker:
                 inv.abort(act)  # type: ignore[arg-type]
             elif t is a.RegisterTimer:
                 self.timers.register(act.fire_at, act.key)  # type: ignore[union-attr]
+            else:
+                hook = self.action_hooks.get(t)
+                if hook is not None:
+                    hook(act)

@@ -53,6 +53,8 @@ class AdminApi:
                 return await self._invocations(req, m, seg[1:])
             if len(seg) == 3 and seg[0] == "state" and m == "GET":
                 return self._state(seg[1], seg[2])
+            if seg and seg[0] in ("kafka-clusters", "subscriptions", "metrics"):
+                return await self.broker.subscriptions.admin(req, seg)  # subscriptions/
         except (ValueError, KeyError) as e:
             return _err(400, f"bad request: {e}")
         return _err(404, "not found")

@@ -28,6 +28,7 @@ from sdk.protocol._proto import (
 class SinkKind:
     INGRESS = 1  # an HTTP request waiting on this node (waiter id; lost on restart, by design)
     CALLER = 2  # another invocation's journal (invocation id, completion id, notification type)
+    KAFKA = 3  # a Kafka subscription (subscription name, dead-letter topic): see lifecycle/kafka.py
 
 
 @dataclass(slots=True)
@@ -37,12 +38,16 @@ class Sink(Message):
     invocation: bytes = b""
     completion_id: int = 0
     notification_type: int = 0
+    subscription: str = ""
+    dead_letter_topic: str = ""
     _schema: ClassVar = (
         (1, "kind", UINT),
         (2, "waiter", UINT),
         (3, "invocation", BYTES),
         (4, "completion_id", UINT),
         (5, "notification_type", UINT),
+        (6, "subscription", STRING),
+        (7, "dead_letter_topic", STRING),
     )
 
 
@@ -173,6 +178,86 @@ class SchemaUpdate(Message):
     _schema: ClassVar = ((1, "deployment_json", BYTES), (2, "remove_id", STRING), (3, "waiter", UINT))
 
 
+@dataclass(slots=True)
+class KafkaRecord(Message):
+    """One Kafka record of a KafkaIngest batch. ``reason`` set: the consumer could not turn it
+    into an invocation (the raw key and value are kept for the dead-letter topic)."""
+
+    offset: int = 0
+    key: str = ""  # the object key (UTF-8, or the documented encoding of other bytes)
+    input: bytes = b""
+    headers: list[Header] = field(default_factory=list)
+    reason: str = ""
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
+    _schema: ClassVar = (
+        (1, "offset", UINT),
+        (2, "key", STRING),
+        (3, "input", BYTES),
+        (4, "headers", REP_MSG, Header),
+        (5, "reason", STRING),
+        (6, "raw_key", OPT_BYTES),
+        (7, "raw_value", OPT_BYTES),
+    )
+
+
+@dataclass(slots=True)
+class KafkaIngest(Message):
+    """Records of one Kafka partition, in offset order. ``producer`` is the dedup id (a hash of
+    subscription, topic and partition); a record whose offset is not above the last applied
+    one for that producer is skipped, in the same write as the invocations it creates."""
+
+    subscription: str = ""
+    producer: bytes = b""
+    topic: str = ""
+    partition: int = 0
+    service: str = ""
+    handler: str = ""
+    kind: int = 0
+    dead_letter_topic: str = ""
+    records: list[KafkaRecord] = field(default_factory=list)
+    waiter: int = 0
+    _schema: ClassVar = (
+        (1, "subscription", STRING),
+        (2, "producer", BYTES),
+        (3, "topic", STRING),
+        (4, "partition", UINT),
+        (5, "service", STRING),
+        (6, "handler", STRING),
+        (7, "kind", UINT),
+        (8, "dead_letter_topic", STRING),
+        (9, "records", REP_MSG, KafkaRecord),
+        (10, "waiter", UINT),
+    )
+
+
+@dataclass(slots=True)
+class SubscriptionUpdate(Message):
+    """Put (``row``, JSON) or delete (empty ``row``) a Kafka cluster or a subscription.
+    ``reset`` forgets the subscription's dedup positions (re-create with from=earliest)."""
+
+    table: str = ""  # "kafka_clusters" or "subscriptions"
+    name: str = ""
+    row: bytes = b""
+    reset: bytes = b""  # dedup prefix to forget
+    waiter: int = 0
+    _schema: ClassVar = (
+        (1, "table", STRING),
+        (2, "name", STRING),
+        (3, "row", BYTES),
+        (4, "reset", BYTES),
+        (5, "waiter", UINT),
+    )
+
+
+@dataclass(slots=True)
+class DeadLettered(Message):
+    """The dead-letter sender delivered these pending rows: delete them."""
+
+    keys: list[bytes] = field(default_factory=list)
+    _schema: ClassVar = ((1, "keys", REP_BYTES),)
+
+
 COMMANDS: dict[int, type[Message]] = {
     1: Invoke,
     2: Effects,
@@ -181,6 +266,9 @@ COMMANDS: dict[int, type[Message]] = {
     5: Manage,
     6: Attach,
     7: SchemaUpdate,
+    20: KafkaIngest,
+    21: SubscriptionUpdate,
+    22: DeadLettered,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
 

@@ -63,3 +63,25 @@ class SchemaChanged:
 
 
 Action = StartAttempt | SendToAttempt | AbortAttempt | RegisterTimer | Reply | SchemaChanged
+
+
+@dataclass(slots=True)
+class KafkaDone:
+    """An invocation created from a Kafka record finished (frees a backpressure slot)."""
+
+    subscription: str
+
+
+@dataclass(slots=True)
+class DeadLetterPending:
+    """A row of the ``kafka_dlq`` table waits to be produced to its dead-letter topic."""
+
+    key: bytes
+
+
+@dataclass(slots=True)
+class SubscriptionsChanged:
+    pass
+
+
+KafkaAction = KafkaDone | DeadLetterPending | SubscriptionsChanged

@@ -17,19 +17,22 @@ from . import actions as a
 from ._context import Config, Ctx
 from ._records import (
     Attach,
+    DeadLettered,
     Effects,
     Invoke,
+    KafkaIngest,
     Manage,
     Phase,
     SchemaUpdate,
     Signal,
     Status,
+    SubscriptionUpdate,
     Timer,
     TimerFired,
     TimerKind,
 )
 from .entries import attach, calls, promises, signals, sleep, state
-from .lifecycle import attempt, complete, invoke, manage
+from .lifecycle import attempt, complete, invoke, kafka, manage
 from .lifecycle import attach as attach_lc
 
 _Handler = Callable[[Ctx, Status, Any], None]
@@ -100,6 +103,12 @@ class StateMachine:
             attach_lc.attach(ctx, cmd)
         elif isinstance(cmd, SchemaUpdate):
             self._schema(ctx, cmd)
+        elif isinstance(cmd, KafkaIngest):
+            kafka.ingest(ctx, cmd)
+        elif isinstance(cmd, SubscriptionUpdate):
+            kafka.update(ctx, cmd)
+        elif isinstance(cmd, DeadLettered):
+            kafka.dead_lettered(ctx, cmd)
 
     def _effects(self, ctx: Ctx, cmd: Effects) -> None:
         st = ctx.status(cmd.id)

@@ -14,6 +14,10 @@ COLUMN_FAMILIES = (
     "locks",  # service \0 key -> invocation id holding the key
     "timers",  # u64 fire time + timer id -> Timer
     "promises",  # service \0 key \0 name -> Promise
+    "kafka_clusters",  # cluster name -> JSON (subscriptions/)
+    "subscriptions",  # subscription name -> JSON (subscriptions/)
+    "kafka_dedup",  # producer id (hash of subscription, topic, partition) -> u64 last offset
+    "kafka_dlq",  # pending dead-letter records, deleted once delivered (ingress/kafka)
 )
 
 

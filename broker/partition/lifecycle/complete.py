@@ -26,6 +26,10 @@ def answer_sink(
         else:
             n.value = value if value is not None else b""
         ctx.notify(sink.invocation, n)
+    elif sink.kind == SinkKind.KAFKA:
+        from .kafka import answer
+
+        answer(ctx, sink, id, fail)
 
 
 def complete(ctx: Ctx, st: Status, value: bytes | None, fail: p.Failure | None) -> None:

@@ -1,0 +1,215 @@
+"""The one module that imports confluent-kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import confluent_kafka as ck
+from confluent_kafka.admin import AdminClient, NewTopic
+
+# Offsets with a meaning before a partition has a position.
+OFFSET_BEGINNING = ck.OFFSET_BEGINNING
+OFFSET_END = ck.OFFSET_END
+
+
+class KafkaError(Exception):
+    """A Kafka operation failed. ``retriable``: trying again later may succeed."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+def _wrap(e: BaseException) -> KafkaError:
+    if isinstance(e, ck.KafkaException) and e.args and isinstance(e.args[0], ck.KafkaError):
+        err = e.args[0]
+        return KafkaError(err.str(), retriable=err.retriable())
+    return KafkaError(str(e))
+
+
+@dataclass(slots=True, frozen=True)
+class TopicPartitionOffset:
+    topic: str
+    partition: int
+    offset: int = -1
+
+
+@dataclass(slots=True)
+class KafkaMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    timestamp: int = 0  # ms since the epoch, as the record carries it (0: none)
+
+
+class Consumer:
+    """A consumer with manual partition assignment; ``group.id`` only names where committed
+    offsets are stored (no group membership, so no rebalance waits)."""
+
+    def __init__(self, properties: Mapping[str, str]) -> None:
+        conf: dict[str, object] = {
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            **properties,
+        }
+        try:
+            self._c = ck.Consumer(conf)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> list[int] | None:
+        """The topic's partitions, or None if the topic does not exist."""
+        try:
+            md = self._c.list_topics(topic, timeout=timeout)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            return None
+        return sorted(t.partitions)
+
+    def committed(
+        self, tps: Sequence[TopicPartitionOffset], timeout: float = 10.0
+    ) -> dict[int, int]:
+        """Committed offsets by partition (absent: nothing committed)."""
+        try:
+            out = self._c.committed(
+                [ck.TopicPartition(t.topic, t.partition) for t in tps], timeout=timeout
+            )
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        return {tp.partition: tp.offset for tp in out if tp.offset >= 0}
+
+    def watermarks(self, topic: str, partition: int, timeout: float = 5.0) -> tuple[int, int]:
+        try:
+            lo, hi = self._c.get_watermark_offsets(
+                ck.TopicPartition(topic, partition), timeout=timeout
+            )
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        return int(lo), int(hi)
+
+    def cached_high(self, topic: str, partition: int) -> int | None:
+        """The high watermark from the last fetch response, without a request."""
+        try:
+            _, hi = self._c.get_watermark_offsets(ck.TopicPartition(topic, partition), cached=True)
+        except ck.KafkaException:
+            return None
+        return int(hi) if hi >= 0 else None
+
+    def assign(self, tps: Sequence[TopicPartitionOffset]) -> None:
+        self._c.assign([ck.TopicPartition(t.topic, t.partition, t.offset) for t in tps])
+
+    def pause(self, tps: Sequence[TopicPartitionOffset]) -> None:
+        self._c.pause([ck.TopicPartition(t.topic, t.partition) for t in tps])
+
+    def resume(self, tps: Sequence[TopicPartitionOffset]) -> None:
+        self._c.resume([ck.TopicPartition(t.topic, t.partition) for t in tps])
+
+    def seek(self, tp: TopicPartitionOffset) -> None:
+        self._c.seek(ck.TopicPartition(tp.topic, tp.partition, tp.offset))
+
+    def consume(self, max_records: int, timeout: float) -> list[KafkaMessage]:
+        out: list[KafkaMessage] = []
+        for m in self._c.consume(max_records, timeout):
+            err = m.error()
+            if err is not None:
+                if err.code() == ck.KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaError(err.str())
+                continue  # transient: librdkafka retries by itself
+            ts_type, ts = m.timestamp()
+            out.append(
+                KafkaMessage(
+                    topic=m.topic(),
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    key=m.key(),
+                    value=m.value(),
+                    headers=list(m.headers() or ()),
+                    timestamp=ts if ts_type != ck.TIMESTAMP_NOT_AVAILABLE else 0,
+                )
+            )
+        return out
+
+    def commit(self, tps: Sequence[TopicPartitionOffset]) -> None:
+        """Store ``offset`` (the next offset to read) for each partition, asynchronously."""
+        try:
+            self._c.commit(
+                offsets=[ck.TopicPartition(t.topic, t.partition, t.offset) for t in tps],
+                asynchronous=True,
+            )
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class Producer:
+    """An idempotent producer: ``flush`` raises if any record since the last flush failed."""
+
+    def __init__(self, properties: Mapping[str, str | int | bool]) -> None:
+        conf: dict[str, object] = {"enable.idempotence": True, "linger.ms": 5, **properties}
+        self._p = ck.Producer(conf)
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: ck.KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self._errors.append(err.str())
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | str | None]] = (),
+        partition: int | None = None,
+    ) -> None:
+        kw: dict[str, object] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        if headers:
+            kw["headers"] = list(headers)
+        if partition is not None:
+            kw["partition"] = partition
+        while True:
+            try:
+                self._p.produce(topic, **kw)
+                return
+            except BufferError:
+                self._p.poll(0.05)  # the local queue is full: let deliveries drain
+            except ck.KafkaException as e:
+                raise _wrap(e) from None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        left = self._p.flush(timeout)
+        if left:
+            raise KafkaError(f"{left} records not delivered after {timeout}s", retriable=True)
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
+
+
+class TopicAdmin:
+    def __init__(self, properties: Mapping[str, str]) -> None:
+        self._a = AdminClient(dict(properties))
+
+    def create_topic(self, name: str, partitions: int, timeout: float = 15.0) -> None:
+        futs = self._a.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+        )
+        try:
+            futs[name].result(timeout)
+        except ck.KafkaException as e:
+            err = _wrap(e)
+            if "exist" not in str(err).lower():
+                raise err from None
+
+    def topics(self, timeout: float = 10.0) -> list[str]:
+        return sorted(self._a.list_topics(timeout=timeout).topics)

@@ -1,0 +1,24 @@
+"""Serialization shared by Kafka ingress and egress: bytes on the wire <-> handler payloads.
+
+A ``Serde`` turns a Kafka record value into the bytes a handler receives as its input (and,
+for egress, a handler's output back into a record value). The handler side always speaks
+JSON or raw bytes, because that is what the service protocol carries; the Kafka side may be
+JSON, raw bytes, and (with the egress issue) Avro in the Schema Registry wire format.
+"""
+
+from ._base import DecodeError, Serde
+from ._json import JsonSerde
+from ._keys import KEY_PREFIX, decode_key, encode_key
+from ._raw import RawSerde
+from ._registry import serde_for
+
+__all__ = [
+    "KEY_PREFIX",
+    "DecodeError",
+    "JsonSerde",
+    "RawSerde",
+    "Serde",
+    "decode_key",
+    "encode_key",
+    "serde_for",
+]

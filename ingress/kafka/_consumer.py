@@ -1,0 +1,327 @@
+"""One subscription's consumer: Kafka records in, deduplicated KafkaIngest commands out.
+
+    librdkafka (one consumer, its partitions assigned by hand, calls in one thread)
+        │ consume()                                   ▲ commit(offset) once durable
+        ▼                                             │
+    per partition: records ─► KafkaIngest(producer id, offsets) ─► log ─► durable reply
+
+Positions: a partition resumes from the log's own record of it (the ``kafka_dedup`` row,
+written in the same batch as the invocations), else from the offset committed to Kafka under
+the subscription's group id, else from ``start``. Manual assignment, not a group
+subscription: Tansu (the test broker) and Kafka both store offsets for it, and there is no
+join (which on Tansu waits for the whole rebalance timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from broker.partition._records import KafkaIngest, KafkaRecord, Kind
+from broker.partition.lifecycle.kafka import producer_id
+from connectors.kafka import Consumer, KafkaError, KafkaMessage, TopicPartitionOffset
+from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
+from connectors.serde import DecodeError, Serde, encode_key, serde_for
+from sdk import protocol as p
+from subscriptions._models import KafkaCluster, Subscription
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.server import Broker
+
+log = logging.getLogger("sluice.kafka")
+_U64 = struct.Struct(">Q")
+T = TypeVar("T")
+
+BATCH = 500  # records per consume call
+
+
+@dataclass(slots=True)
+class PartitionStats:
+    partition: int
+    producer: bytes
+    durable: int = 0  # the next offset to read after a restart (everything below is in the log)
+    high: int = 0  # the partition's log end offset, as last seen
+    ingested: int = 0
+    dead_lettered: int = 0
+    failed: int = 0
+    pending: int = 0  # records appended, not yet durable
+    paused: bool = False
+
+    @property
+    def lag(self) -> int:
+        return max(self.high - self.durable, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "position": self.durable,
+            "log_end": self.high,
+            "lag": self.lag,
+            "ingested": self.ingested,
+            "dead_lettered": self.dead_lettered,
+            "failed": self.failed,
+        }
+
+
+class SubscriptionConsumer:
+    def __init__(self, broker: Broker, sub: Subscription, cluster: KafkaCluster, kind: int) -> None:
+        self.broker = broker
+        self.sub = sub
+        self.cluster = cluster
+        self.kind = kind
+        self.serde: Serde = serde_for(sub.serde)
+        self.partitions: dict[int, PartitionStats] = {}
+        self.in_flight = 0  # invocations created and not finished (this process's share)
+        self.status = "starting"
+        self._paused = sub.paused
+        self._consumer: Consumer | None = None
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{sub.name}")
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._throttled = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"kafka:{self.sub.name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._call(self._consumer.close)
+            self._consumer = None
+        self._ex.shutdown(wait=False)
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self.status = "paused" if paused else "running"
+        self._wake.set()
+
+    def done(self) -> None:
+        """One of this subscription's invocations finished."""
+        self.in_flight = max(self.in_flight - 1, 0)
+        if self._throttled and self._load() <= self.sub.max_in_flight // 2:
+            self._wake.set()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._ex, fn, *args)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._open()
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as e:
+                self.status = f"error: {e}"
+                log.warning("subscription %s: %s; retrying", self.sub.name, e)
+            except Exception as e:  # keep the subscription alive; say why it stalls
+                self.status = f"error: {e!r}"
+                log.exception("subscription %s failed; retrying", self.sub.name)
+            if self._consumer is not None:
+                c, self._consumer = self._consumer, None
+                await self._call(c.close)
+            await asyncio.sleep(2.0)
+
+    async def _open(self) -> None:
+        sub = self.sub
+        props = {
+            **self.cluster.properties,
+            **sub.options,
+            "group.id": sub.group_id,
+            # Bounded prefetch: backpressure must not turn into an unbounded local queue.
+            "queued.max.messages.kbytes": str(min(65536, max(4096, sub.max_record_bytes // 256))),
+            "queued.min.messages": str(4 * BATCH),
+            "fetch.message.max.bytes": str(max(1_048_576, sub.max_record_bytes + 65536)),
+        }
+        props.pop("auto.offset.reset", None)
+        self._consumer = consumer = await self._call(Consumer, props)
+        parts = await self._call(consumer.partitions, sub.topic)
+        if parts is None:
+            raise KafkaError(
+                f"topic {sub.topic!r} not found on cluster {sub.cluster!r}", retriable=True
+            )
+        tps = [TopicPartitionOffset(sub.topic, n) for n in parts]
+        committed = await self._call(consumer.committed, tps)
+        assign = []
+        for n in parts:
+            producer = producer_id(sub.name, sub.topic, n)
+            stats = self.partitions.get(n) or PartitionStats(n, producer)
+            stats.pending = 0
+            self.partitions[n] = stats
+            raw = self.broker.store.get("kafka_dedup", producer)
+            if raw is not None:
+                offset = _U64.unpack(raw)[0] + 1
+            elif n in committed:
+                offset = committed[n]
+            else:
+                offset = OFFSET_BEGINNING if sub.start == "earliest" else OFFSET_END
+            stats.durable = max(offset, 0)
+            assign.append(TopicPartitionOffset(sub.topic, n, offset))
+        await self._call(consumer.assign, assign)
+        self._throttled = False
+        self.status = "paused" if self._paused else "running"
+
+    def _load(self) -> int:
+        return self.in_flight + sum(s.pending for s in self.partitions.values())
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        sub = self.sub
+        while True:
+            if self._paused or self._load() >= sub.max_in_flight:
+                # Stop consuming until there is room. librdkafka keeps its prefetch queue,
+                # bounded by queued.max.messages.kbytes / queued.min.messages, in offset order.
+                self._throttled = not self._paused
+                for s in self.partitions.values():
+                    s.paused = True
+                while self._paused or self._load() > sub.max_in_flight // 2:
+                    self._wake.clear()
+                    await self._wake.wait()
+                self._throttled = False
+                for s in self.partitions.values():
+                    s.paused = False
+            msgs, highs = await self._call(self._poll, consumer)
+            for n, hi in highs.items():
+                if n in self.partitions and hi is not None:
+                    self.partitions[n].high = hi
+            if msgs:
+                self._submit(msgs)
+
+    def _poll(self, consumer: Consumer) -> tuple[list[KafkaMessage], dict[int, int | None]]:
+        msgs = consumer.consume(BATCH, 0.1)
+        highs = {n: consumer.cached_high(self.sub.topic, n) for n in self.partitions}
+        return msgs, highs
+
+    # --- records to commands -------------------------------------------------------------
+
+    def _submit(self, msgs: list[KafkaMessage]) -> None:
+        by_part: dict[int, list[KafkaMessage]] = {}
+        for m in msgs:
+            by_part.setdefault(m.partition, []).append(m)
+        sub = self.sub
+        for n, batch in by_part.items():
+            stats = self.partitions.get(n)
+            if stats is None:
+                continue
+            records = [self._record(m) for m in batch]
+            cmd = KafkaIngest(
+                subscription=sub.name,
+                producer=stats.producer,
+                topic=sub.topic,
+                partition=n,
+                service=sub.service,
+                handler=sub.handler,
+                kind=self.kind,
+                dead_letter_topic=sub.dead_letter_topic or "",
+                records=records,
+            )
+            wid, fut = self.broker.waiter()
+            cmd.waiter = wid
+            stats.pending += len(records)
+            self.broker.submit(cmd)
+            bad = sum(1 for r in records if r.reason)
+            last = records[-1].offset
+            fut.add_done_callback(functools.partial(self._durable, stats, len(records), bad, last))
+
+    def _durable(
+        self, stats: PartitionStats, n: int, bad: int, last: int, fut: asyncio.Future[Any]
+    ) -> None:
+        stats.pending -= n
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        created = int(fut.result().message or 0)
+        self.in_flight += created
+        stats.ingested += n
+        if not self.sub.dead_letter_topic:
+            stats.failed += bad  # recorded as failed invocations
+        if last + 1 > stats.durable:
+            stats.durable = last + 1
+            consumer = self._consumer
+            if consumer is not None:
+                # Invariant 1: the offset goes back to Kafka only now that the log has it.
+                tp = TopicPartitionOffset(self.sub.topic, stats.partition, stats.durable)
+                self._ex.submit(_commit_quietly, consumer, tp)
+
+    def _record(self, m: KafkaMessage) -> KafkaRecord:
+        sub = self.sub
+        size = len(m.value or b"") + len(m.key or b"")
+        headers = [p.Header(key=k, value=_header_text(v)) for k, v in m.headers]
+        rec = KafkaRecord(offset=m.offset, headers=headers)
+        reason = ""
+        if size > sub.max_record_bytes:
+            reason = f"record of {size} bytes exceeds max_record_bytes ({sub.max_record_bytes})"
+        elif m.key is None and self.kind != Kind.SERVICE:
+            reason = f"null key: {sub.service}/{sub.handler} is keyed and needs a record key"
+        elif m.key is not None and sub.key_encoding == "strict" and not _is_utf8(m.key):
+            reason = "key is not UTF-8 (key_encoding = strict)"
+        if not reason:
+            try:
+                rec.input = self.serde.decode(m.value)
+            except DecodeError as e:
+                reason = f"{sub.serde} serde: {e.reason}"
+        key = encode_key(m.key) if m.key is not None else ""
+        if reason:
+            rec.reason = reason
+            rec.raw_key = m.key
+            rec.raw_value = m.value
+            rec.key = key
+            return rec
+        rec.key = key
+        rec.headers += [
+            p.Header(key="kafka.topic", value=m.topic),
+            p.Header(key="kafka.partition", value=str(m.partition)),
+            p.Header(key="kafka.offset", value=str(m.offset)),
+            p.Header(key="kafka.timestamp", value=str(m.timestamp)),
+        ]
+        if m.key is not None:
+            rec.headers.append(p.Header(key="kafka.key", value=key))
+        rec.headers.append(p.Header(key="content-type", value=self.serde.content_type))
+        return rec
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.status,
+            "in_flight": self.in_flight,
+            "partitions": [
+                s.to_json() for s in sorted(self.partitions.values(), key=lambda s: s.partition)
+            ],
+        }
+
+
+def _commit_quietly(consumer: Consumer, tp: TopicPartitionOffset) -> None:
+    try:
+        consumer.commit([tp])
+    except KafkaError as e:  # the log has the position; Kafka's copy is for tools and lag
+        log.debug("offset commit failed: %s", e)
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _header_text(v: bytes | None) -> str:
+    if v is None:
+        return ""
+    return encode_key(v)

@@ -1,0 +1,120 @@
+"""Dead letters: rows of the ``kafka_dlq`` table, written by the state machine in the same
+batch that decided them, produced here, then deleted through the log.
+
+At least once: a crash after the produce and before the deletion is durable sends the row
+again on restart; its headers (subscription, topic, partition, offset) identify duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from broker.partition._records import DeadLettered
+from broker.partition.lifecycle.kafka import H_PARTITION, H_SUBSCRIPTION, DeadLetter
+from connectors.kafka import KafkaError, Producer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.server import Broker
+    from subscriptions._models import KafkaCluster, Subscription
+
+log = logging.getLogger("sluice.kafka")
+
+
+class DeadLetterSender:
+    def __init__(
+        self,
+        broker: Broker,
+        lookup: Callable[[str], tuple[Subscription, KafkaCluster] | None],
+        count: Callable[[str, int], None],
+    ) -> None:
+        self.broker = broker
+        self._lookup = lookup
+        self._count = count
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._producers: dict[str, Producer] = {}
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix="kafka-dlq")
+        self._task: asyncio.Task[None] | None = None
+        self._queued: set[bytes] = set()
+
+    def start(self) -> None:
+        for k, _ in self.broker.store.scan("kafka_dlq", b""):
+            self.add(k)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-dlq")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._ex.shutdown(wait=False)
+
+    def add(self, key: bytes) -> None:
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            keys = [await self._queue.get()]
+            while not self._queue.empty() and len(keys) < 100:
+                keys.append(self._queue.get_nowait())
+            rows = []
+            for k in keys:
+                raw = self.broker.store.get("kafka_dlq", k)
+                if raw is not None:
+                    rows.append((k, DeadLetter.decode(raw)))
+            try:
+                done = await loop.run_in_executor(self._ex, self._produce, rows)
+            except Exception as e:
+                log.warning("dead-letter delivery failed (%s); retrying in 2s", e)
+                await asyncio.sleep(2.0)
+                for k in keys:
+                    self._queue.put_nowait(k)
+                continue
+            for k in keys:
+                self._queued.discard(k)
+            if done:
+                self.broker.submit(DeadLettered(keys=[k for k, _ in done]))
+                for _, row in done:
+                    h = {x.key: x.value for x in row.headers}
+                    try:
+                        part = int(h.get(H_PARTITION, "-1"))
+                    except ValueError:
+                        part = -1
+                    self._count(h.get(H_SUBSCRIPTION, ""), part)
+
+    def _produce(self, rows: list[tuple[bytes, DeadLetter]]) -> list[tuple[bytes, DeadLetter]]:
+        done = []
+        used: set[str] = set()
+        for k, row in rows:
+            sub_name = next((h.value for h in row.headers if h.key == H_SUBSCRIPTION), "")
+            found = self._lookup(sub_name)
+            if found is None:
+                log.warning("dead letter for unknown subscription %r kept in the table", sub_name)
+                continue
+            _, cluster = found
+            prod = self._producers.get(cluster.name)
+            if prod is None:
+                prod = Producer({**cluster.properties, "message.max.bytes": 64 * 1024 * 1024})
+                self._producers[cluster.name] = prod
+            prod.produce(
+                row.topic,
+                row.value,
+                key=row.key,
+                headers=[(h.key, h.value.encode()) for h in row.headers],
+            )
+            used.add(cluster.name)
+            done.append((k, row))
+        for name in used:
+            try:
+                self._producers[name].flush(30.0)
+            except KafkaError:
+                raise
+        return done

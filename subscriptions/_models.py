@@ -1,0 +1,246 @@
+"""Kafka clusters and subscriptions: one pydantic model behind the admin API, the CLI and the
+declarations file. Errors name the field and say what is expected."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_HOSTNAME = re.compile(
+    r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# librdkafka properties whose values are secrets: never echoed back by the admin API.
+SECRET_PROPERTIES = (
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+)
+
+
+class KafkaCluster(BaseModel):
+    """A named Kafka cluster: librdkafka properties shared by every subscription to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="a hostname-like name, used in kafka://NAME/TOPIC sources")
+    properties: dict[str, str] = Field(description="librdkafka properties, with bootstrap.servers")
+    created_at: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError(f"{v!r} is not a valid cluster name (letters, digits, '-' and '.')")
+        return v
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _props(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            v = {str(k): (str(x).lower() if isinstance(x, bool) else str(x)) for k, x in v.items()}
+            if "bootstrap.servers" not in v and "metadata.broker.list" not in v:
+                raise ValueError("must contain 'bootstrap.servers' (host:port,...)")
+        return v
+
+    def public(self) -> dict[str, Any]:
+        props = {k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.properties.items()}
+        return {"name": self.name, "properties": props, "created_at": str(self.created_at)}
+
+
+# Subscription settings that Sluice reads from Restate-shaped ``options`` (the rest of the
+# options are librdkafka consumer properties).
+SLUICE_OPTIONS = (
+    "name",
+    "serde",
+    "dead_letter_topic",
+    "max_in_flight",
+    "key_encoding",
+    "max_record_bytes",
+    "from",
+    "paused",
+)
+
+
+class Subscription(BaseModel):
+    """Records of a Kafka topic become invocations of one handler.
+
+    ``serde``: how a record value becomes the handler input ("json": must parse as JSON;
+    "raw": bytes as they are). ``dead_letter_topic``: where undecodable records and records
+    whose invocation failed terminally go (same cluster); without it they become failed
+    invocations listed by the admin API. ``max_in_flight``: the subscription stops reading
+    while this many of its invocations are unfinished. ``key_encoding``: "base64" maps a
+    key that is not UTF-8 to ``b64:<base64>``, "strict" dead-letters it. ``start``: where
+    to begin when Sluice has no position for a partition and Kafka has no committed offset.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default_factory=lambda: "sub-" + os.urandom(6).hex())
+    source: str = Field(description="kafka://CLUSTER/TOPIC")
+    sink: str = Field(description="service://SERVICE/HANDLER")
+    options: dict[str, str] = Field(
+        default_factory=dict, description="librdkafka consumer properties"
+    )
+    serde: Literal["json", "raw"] = "json"
+    dead_letter_topic: str | None = None
+    max_in_flight: int = Field(1000, ge=1, le=1_000_000)
+    key_encoding: Literal["base64", "strict"] = "base64"
+    max_record_bytes: int = Field(1_048_576, ge=1)
+    start: Literal["earliest", "latest"] = "earliest"
+    paused: bool = False
+    created_at: int = 0
+    origin: Literal["api", "file"] = "api"  # "file": deleted when the file no longer declares it
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid subscription name (letters, digits, '.', '_', '-')"
+            )
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        m = re.match(r"^kafka://([^/]+)/([^/]+)$", v)
+        if not m:
+            raise ValueError(f"{v!r}: expected kafka://CLUSTER/TOPIC")
+        return v
+
+    @field_validator("sink")
+    @classmethod
+    def _sink(cls, v: str) -> str:
+        m = re.match(r"^service://([^/]+)/([^/]+)$", v)
+        if not m:
+            raise ValueError(f"{v!r}: expected service://SERVICE/HANDLER")
+        return v
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {
+                str(k): (str(x).lower() if isinstance(x, bool) else str(x)) for k, x in v.items()
+            }
+        return v
+
+    @model_validator(mode="after")
+    def _no_group_conflict(self) -> Subscription:
+        bad = [k for k in ("enable.auto.commit", "enable.auto.offset.store") if k in self.options]
+        if bad:
+            raise ValueError(
+                f"options {bad} are managed by Sluice (offsets commit after the log write)"
+            )
+        return self
+
+    @property
+    def id(self) -> str:
+        """Stable for a name: re-creating a subscription gives the same id."""
+        digest = hashlib.blake2b(self.name.encode(), digest_size=10).digest()
+        return "sub_" + base64.b32encode(digest).decode().lower().rstrip("=")
+
+    @property
+    def cluster(self) -> str:
+        return self.source[len("kafka://") :].split("/", 1)[0]
+
+    @property
+    def topic(self) -> str:
+        return self.source[len("kafka://") :].split("/", 1)[1]
+
+    @property
+    def service(self) -> str:
+        return self.sink[len("service://") :].split("/", 1)[0]
+
+    @property
+    def handler(self) -> str:
+        return self.sink[len("service://") :].split("/", 1)[1]
+
+    @property
+    def group_id(self) -> str:
+        return self.options.get("group.id", f"sluice-{self.name}")
+
+    def definition(self) -> dict[str, Any]:
+        """What decides the running consumer: everything but pause state and timestamps."""
+        return self.model_dump(exclude={"paused", "created_at", "origin"})
+
+    def public(self) -> dict[str, Any]:
+        """Restate's shape (id, source, sink, options as strings), plus Sluice's fields."""
+        opts = dict(self.options)
+        opts.update(
+            {
+                "name": self.name,
+                "serde": self.serde,
+                "max_in_flight": str(self.max_in_flight),
+                "key_encoding": self.key_encoding,
+                "max_record_bytes": str(self.max_record_bytes),
+            }
+        )
+        if self.dead_letter_topic:
+            opts["dead_letter_topic"] = self.dead_letter_topic
+        return {
+            "id": self.id,
+            "name": self.name,
+            "source": self.source,
+            "sink": self.sink,
+            "options": opts,
+            "paused": self.paused,
+        }
+
+    @classmethod
+    def from_request(cls, body: dict[str, Any]) -> tuple[Subscription, bool]:
+        """A Restate-shaped create request; returns the model and whether ``from=earliest``
+        asked to forget what an earlier subscription of the same name ingested."""
+        options = dict(body.get("options") or {})
+        fields: dict[str, Any] = {"source": body.get("source"), "sink": body.get("sink")}
+        for k in SLUICE_OPTIONS:
+            for spelling in (k, k.replace("_", "-"), k.replace("_", ".")):
+                if spelling in options:
+                    fields[k] = options.pop(spelling)
+        if "name" in body:
+            fields["name"] = body["name"]
+        reset = False
+        frm = fields.pop("from", None)
+        if frm is not None:
+            if frm not in ("earliest", "latest"):
+                raise ValueError(f"from: {frm!r}, expected 'earliest' or 'latest'")
+            fields["start"] = frm
+            reset = frm == "earliest"
+        elif options.get("auto.offset.reset") in ("earliest", "latest", "smallest", "largest"):
+            fields["start"] = (
+                "earliest" if options["auto.offset.reset"] in ("earliest", "smallest") else "latest"
+            )
+        if "paused" in fields:
+            fields["paused"] = str(fields["paused"]).lower() in ("1", "true", "yes")
+        fields["options"] = options
+        return cls.model_validate({k: v for k, v in fields.items() if v is not None}), reset
+
+
+class Declarations(BaseModel):
+    """The declarations file: clusters and subscriptions, applied at start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kafka_clusters: list[KafkaCluster] = Field(default_factory=list)
+    subscriptions: list[Subscription] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _named(self) -> Declarations:
+        names: set[str] = set()
+        for i, s in enumerate(self.subscriptions):
+            if "name" not in s.model_fields_set:
+                raise ValueError(
+                    f"subscriptions[{i}] needs a name: it identifies what was already ingested"
+                )
+            if s.name in names:
+                raise ValueError(f"subscription name {s.name!r} is declared twice")
+            names.add(s.name)
+        return self

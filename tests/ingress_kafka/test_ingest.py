@@ -1,0 +1,69 @@
+"""Records of a topic become invocations of a counter virtual object, exactly once, in
+per-key offset order; offsets and metrics follow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from broker.server import Broker
+from tests.broker.conftest import ServiceProcess
+from tests.kafka import Tansu
+
+from .conftest import Admin, new_topic, produce
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.mark.parametrize("sdk_name", ["restate", "sluice"])
+async def test_counter_ingest_exactly_once(
+    sdk_name: str,
+    kafka: Tansu,
+    broker: Broker,
+    admin: Admin,
+    request: pytest.FixtureRequest,
+) -> None:
+    svc: ServiceProcess = request.getfixturevalue(f"{sdk_name}_counter")
+    topic = new_topic(kafka)
+    keys = [f"k{i}" for i in range(40)]
+    records = [(keys[i % len(keys)], {"v": i}, None) for i in range(2000)]
+    produce(kafka, topic, records)
+    # The Sluice SDK endpoint stalls with tens of concurrent HTTP/2 streams (an SDK issue seen
+    # through the HTTP ingress too); its request/response mode over HTTP/1.1 is used here.
+    await admin.register(svc.uri, http1=sdk_name == "sluice")
+    await admin.cluster(kafka)
+    t0 = time.monotonic()
+    sub = await admin.subscribe(topic, "service://KafkaCounter/add", name=f"counter-{sdk_name}")
+    assert sub["id"].startswith("sub_")
+    want = {k: 0 for k in keys}
+    sums = {k: 0 for k in keys}
+    for k, v, _ in records:
+        want[k] += 1
+        sums[k] += v["v"]
+    states = await admin.wait_counts(keys, want)
+    print(f"{sdk_name}: 2000 records in {time.monotonic() - t0:.2f}s")
+    for k in keys:
+        assert states[k]["count"] == want[k], k
+        assert states[k]["sum"] == sums[k], k
+        assert states[k].get("out_of_order", 0) == 0, k
+
+    # Metrics: everything ingested, no lag, no dead letters; the offsets went back to Kafka.
+    r = await admin.http.get(f"/subscriptions/{sub['id']}")
+    status = r.json()["status"]
+    assert sum(p["ingested"] for p in status["partitions"]) == 2000
+    name = f"counter-{sdk_name}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = (await admin.http.get("/metrics")).text
+        lags = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("sluice_kafka_consumer_lag{") and f'subscription="{name}"' in ln
+        ]
+        if len(lags) == 4 and all(ln.endswith(" 0") for ln in lags):
+            break
+        await asyncio.sleep(0.2)
+    assert "sluice_kafka_records_ingested_total" in text
+    assert len(lags) == 4 and all(ln.endswith(" 0") for ln in lags), lags
