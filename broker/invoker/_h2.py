@@ -24,6 +24,9 @@ class StreamHandler:
     def on_data(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
     def on_reset(self, reason: str) -> None: ...
+    def on_refused(self) -> None:
+        """The endpoint never processed the stream (GOAWAY): safe to open it again."""
+        self.on_reset("the endpoint refused the stream (GOAWAY)")
 
 
 class _Conn(asyncio.Protocol):
@@ -35,6 +38,8 @@ class _Conn(asyncio.Protocol):
         self._pending: dict[int, list[tuple[bytes, bool]]] = {}
         self._on_closed = on_closed
         self.closed = False
+        self.draining = False  # no new streams (GOAWAY received, or retired by us)
+        self.opened = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
@@ -88,8 +93,17 @@ class _Conn(asyncio.Protocol):
             elif isinstance(ev, h2.events.WindowUpdated):
                 self._drain()
             elif isinstance(ev, h2.events.ConnectionTerminated):
-                self._fail("the endpoint closed the HTTP/2 connection")
-                return
+                if ev.error_code != 0:
+                    self._fail(f"the endpoint closed the HTTP/2 connection (code {ev.error_code})")
+                    return
+                # Graceful GOAWAY (hypercorn sends one every ~1,000 streams): streams up to
+                # last_stream_id still complete; later ones were never seen, so fail them.
+                self.draining = True
+                last = ev.last_stream_id or 0
+                for sid in [s for s in self.streams if s > last]:
+                    handler = self.streams.pop(sid)
+                    handler.on_refused()
+                self._on_closed(self)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -111,6 +125,8 @@ class _Conn(asyncio.Protocol):
     def _forget(self, sid: int) -> None:
         self.streams.pop(sid, None)
         self._pending.pop(sid, None)
+        if self.draining and not self.streams and self.transport is not None:
+            self.transport.close()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -119,12 +135,17 @@ class _Conn(asyncio.Protocol):
 
     @property
     def room(self) -> int:
-        return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
+        limit = self.h2.remote_settings.max_concurrent_streams
+        if len(self.streams) < limit - 16:
+            return limit - len(self.streams)
+        # h2 still counts streams we are done with until both sides closed them.
+        return int(limit - self.h2.open_outbound_streams)
 
     def open(
         self, headers: list[tuple[str, str]], handler: StreamHandler, body: bytes, end: bool
     ) -> int:
         sid = self.h2.get_next_available_stream_id()
+        self.opened += 1
         self.h2.send_headers(sid, headers, end_stream=end and not body)
         self.streams[sid] = handler
         if body:
@@ -180,14 +201,14 @@ class _Conn(asyncio.Protocol):
         self.flush()
 
     def reset(self, sid: int) -> None:
-        if self.streams.pop(sid, None) is None:
+        if sid not in self.streams:
             return
-        self._pending.pop(sid, None)
         try:
             self.h2.reset_stream(sid, error_code=8)  # CANCEL
         except h2.exceptions.H2Error:
-            return
+            pass
         self.flush()
+        self._forget(sid)
 
 
 class H2Client:
@@ -201,25 +222,39 @@ class H2Client:
         self._connecting: asyncio.Task[_Conn] | None = None
         self.max_connections = 8
         self.streams_per_connection = 16
+        self.lifetime_streams = 900
+        self.hard_limit = 64  # per connection, well below the endpoint's concurrent-stream cap
 
     async def _conn(self) -> _Conn:
         # Spread streams over a few connections (the endpoint serves each on its own task).
-        best = None
-        for c in self._conns:
-            if not c.closed and (best is None or len(c.streams) < len(best.streams)):
-                best = c
-        if best is not None and (
-            len(self._conns) >= self.max_connections or len(best.streams) < self.streams_per_connection
-        ) and best.room > 0:
-            return best
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        task = self._connecting
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if self._connecting is task and task.done():
-                self._connecting = None
+        while True:
+            best = None
+            for c in list(self._conns):
+                if c.opened >= self.lifetime_streams and not c.draining:
+                    # hypercorn closes a connection after 1,000 requests, and a stream opened
+                    # in the race with its GOAWAY kills the whole connection: retire it first.
+                    c.draining = True
+                    self._conns.remove(c)
+                    if not c.streams and c.transport is not None:
+                        c.transport.close()
+                    continue
+                if not c.closed and not c.draining and (best is None or len(c.streams) < len(best.streams)):
+                    best = c
+            if best is not None:
+                load = len(best.streams)
+                if load < self.streams_per_connection:
+                    return best
+                if len(self._conns) >= self.max_connections and load < self.hard_limit and best.room > 0:
+                    return best
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            task = self._connecting
+            try:
+                await asyncio.shield(task)
+            finally:
+                if self._connecting is task and task.done():
+                    self._connecting = None
+            # Loop: every waiter chooses again, so they do not all pile onto the new one.
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

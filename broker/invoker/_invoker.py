@@ -54,6 +54,8 @@ class _Attempt(StreamHandler):
     __slots__ = (
         "bidi",
         "buf",
+        "reopen",
+        "sent",
         "conn",
         "epoch",
         "error_body",
@@ -81,10 +83,14 @@ class _Attempt(StreamHandler):
         self.half_closed_at = 0.0
         self.task: asyncio.Task[None] | None = None
         self.bidi = False
+        self.reopen: Callable[[], None] | None = None
+        self.sent: list[bytes] = []  # notifications sent before the endpoint answered
 
     # --- h2 stream events ---
     def on_headers(self, status: int, headers: dict[str, str]) -> None:
         self.status = status
+        self.reopen = None  # the endpoint has seen it: never resend
+        self.sent = []
         self.last_activity = time.monotonic()
 
     def on_data(self, data: bytes) -> None:
@@ -100,6 +106,17 @@ class _Attempt(StreamHandler):
             self.invoker._submit(Effects(id=self.id, epoch=self.epoch, frames=frames))
         if terminal:
             self._done()
+            if self.conn is not None:
+                # The handler said its last word; closing our half lets the endpoint end the
+                # response, and the stream is gone on both sides.
+                self.conn.end(self.sid)
+
+    def on_refused(self) -> None:
+        if not self.finished and self.reopen is not None:
+            self.conn = None
+            self.reopen()
+        else:
+            self.on_reset("the endpoint refused the stream")
 
     def on_end(self) -> None:
         if not self.finished:
@@ -199,7 +216,15 @@ class Invoker:
                 client = self._h2[(host, port)] = H2Client(host, port)
             bidi = dep.protocol_mode != "REQUEST_RESPONSE"
             att.bidi = bidi
-            att.task = asyncio.ensure_future(self._open_h2(att, client, path, headers, action.frames, bidi))
+
+            def reopen(
+                att: _Attempt = att, client: H2Client = client, frames: bytes = action.frames
+            ) -> None:
+                body = frames + b"".join(att.sent)
+                att.task = asyncio.ensure_future(self._open_h2(att, client, path, headers, body, bidi))
+
+            att.reopen = reopen
+            reopen()
 
     async def _open_h2(
         self, att: _Attempt, client: H2Client, path: str, headers: list[tuple[str, str]], body: bytes, bidi: bool
@@ -253,6 +278,8 @@ class Invoker:
                 # The stream is still opening: send once it is open.
                 att.task.add_done_callback(lambda _: self.send(action))
             return
+        if att.reopen is not None:
+            att.sent.append(action.frame)
         att.conn.send(att.sid, action.frame)
 
     def abort(self, action: AbortAttempt) -> None:
