@@ -34,8 +34,9 @@ async def _client(
         while time.monotonic() < stop_at:
             path = make_path(cid, n) if callable(make_path) else make_path
             n += 1
+            ctype = "content-type: application/json\r\n" if body else ""
             req = (
-                f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                f"POST {path} HTTP/1.1\r\nhost: {host}\r\n{ctype}"
                 f"content-length: {len(body)}\r\n\r\n"
             ).encode() + body
             t0 = time.monotonic()
