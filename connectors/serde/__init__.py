@@ -6,18 +6,26 @@ JSON or raw bytes, because that is what the service protocol carries; the Kafka 
 JSON, raw bytes, and (with the egress issue) Avro in the Schema Registry wire format.
 """
 
+from ._avro import AvroSerde, avro_schema
 from ._base import DecodeError, Serde
 from ._json import JsonSerde
 from ._keys import KEY_PREFIX, decode_key, encode_key
 from ._raw import RawSerde
 from ._registry import serde_for
+from ._schema_registry import FileSchemaRegistry, HttpSchemaRegistry, RegistryError, SchemaRegistry
 
 __all__ = [
     "KEY_PREFIX",
+    "AvroSerde",
     "DecodeError",
+    "FileSchemaRegistry",
+    "HttpSchemaRegistry",
     "JsonSerde",
     "RawSerde",
+    "RegistryError",
+    "SchemaRegistry",
     "Serde",
+    "avro_schema",
     "decode_key",
     "encode_key",
     "serde_for",

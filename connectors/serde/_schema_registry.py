@@ -1,0 +1,174 @@
+"""Schema registries: where Avro schemas live and get their ids.
+
+Two implementations of one interface: `HttpSchemaRegistry` speaks the Confluent Schema
+Registry REST API (with a cache, so each id is fetched once); `FileSchemaRegistry` keeps
+the same data in one JSON file, for tests and offline use.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import json
+import os
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+Schema = dict[str, Any] | list[Any] | str
+
+
+class RegistryError(RuntimeError):
+    """The registry refused a request or could not be reached; the message says which."""
+
+
+def canonical(schema: Schema) -> str:
+    """One string per schema, whatever the key order or spacing it was written with."""
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+class SchemaRegistry(abc.ABC):
+    """Register schemas under subjects, and resolve ids back to schemas."""
+
+    @abc.abstractmethod
+    def register(self, subject: str, schema: Schema) -> int:
+        """The id of `schema` under `subject`, registering it if new (idempotent)."""
+
+    @abc.abstractmethod
+    def schema(self, schema_id: int) -> Schema:
+        """The schema with this id; `RegistryError` if there is none."""
+
+    @abc.abstractmethod
+    def latest(self, subject: str) -> tuple[int, Schema]:
+        """The newest schema registered under `subject`, with its id."""
+
+
+class FileSchemaRegistry(SchemaRegistry):
+    """A registry kept in one JSON file; ids are assigned in registration order from 1."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, Any]:
+        if not self._path.exists():
+            return {"schemas": {}, "subjects": {}}
+        try:
+            data: dict[str, Any] = json.loads(self._path.read_text())
+        except ValueError as exc:
+            raise RegistryError(f"{self._path}: not a schema registry file: {exc}") from exc
+        return data
+
+    def _save(self, data: dict[str, Any]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".registry-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, self._path)  # readers never see a half-written file
+
+    def register(self, subject: str, schema: Schema) -> int:
+        text = canonical(schema)
+        with self._lock:
+            data = self._load()
+            ids = {v: int(k) for k, v in data["schemas"].items()}
+            schema_id = ids.get(text)
+            if schema_id is None:
+                schema_id = len(data["schemas"]) + 1
+                data["schemas"][str(schema_id)] = text
+            versions = data["subjects"].setdefault(subject, [])
+            if schema_id not in versions:
+                versions.append(schema_id)
+            self._save(data)
+            return schema_id
+
+    def schema(self, schema_id: int) -> Schema:
+        text = self._load()["schemas"].get(str(schema_id))
+        if text is None:
+            raise RegistryError(f"schema id {schema_id} is not in {self._path}")
+        parsed: Schema = json.loads(text)
+        return parsed
+
+    def latest(self, subject: str) -> tuple[int, Schema]:
+        versions = self._load()["subjects"].get(subject)
+        if not versions:
+            raise RegistryError(f"subject {subject!r} has no schema in {self._path}")
+        return versions[-1], self.schema(versions[-1])
+
+
+class HttpSchemaRegistry(SchemaRegistry):
+    """A Confluent-compatible Schema Registry over HTTP, with an id and subject cache.
+
+    Lookups block on a cache miss only (once per schema id per process).
+    """
+
+    _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._timeout = timeout
+        self._auth: str | None = None
+        if username is not None:
+            secret = password.get_secret_value() if password else ""
+            self._auth = "Basic " + base64.b64encode(f"{username}:{secret}".encode()).decode()
+        self._by_id: dict[int, Schema] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self._url + path, data=data, method=method)
+        req.add_header("accept", self._CONTENT_TYPE)
+        if data is not None:
+            req.add_header("content-type", self._CONTENT_TYPE)
+        if self._auth:
+            req.add_header("authorization", self._auth)
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise RegistryError(
+                f"schema registry {method} {path}: HTTP {exc.code}: {detail}"
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(f"schema registry at {self._url} unreachable: {exc}") from None
+
+    def register(self, subject: str, schema: Schema) -> int:
+        text = canonical(schema)
+        cached = self._ids.get((subject, text))
+        if cached is not None:
+            return cached
+        answer = self._request("POST", f"/subjects/{_quote(subject)}/versions", {"schema": text})
+        schema_id = int(answer["id"])
+        self._ids[subject, text] = schema_id
+        self._by_id[schema_id] = json.loads(text)
+        return schema_id
+
+    def schema(self, schema_id: int) -> Schema:
+        cached = self._by_id.get(schema_id)
+        if cached is None:
+            answer = self._request("GET", f"/schemas/ids/{schema_id}")
+            cached = self._by_id[schema_id] = json.loads(answer["schema"])
+        return cached
+
+    def latest(self, subject: str) -> tuple[int, Schema]:
+        answer = self._request("GET", f"/subjects/{_quote(subject)}/versions/latest")
+        schema_id = int(answer["id"])
+        parsed: Schema = json.loads(answer["schema"])
+        self._by_id[schema_id] = parsed
+        return schema_id, parsed
+
+
+def _quote(subject: str) -> str:
+    return urllib.request.quote(subject, safe="")

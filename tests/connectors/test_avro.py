@@ -1,0 +1,148 @@
+"""Avro with the Schema Registry wire format, through both registries."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+
+import fastavro
+import pytest
+from pydantic import BaseModel
+
+from connectors.serde import (
+    AvroSerde,
+    DecodeError,
+    FileSchemaRegistry,
+    HttpSchemaRegistry,
+    SchemaRegistry,
+    avro_schema,
+)
+
+from .registry_server import RegistryServer
+
+
+class Status(Enum):
+    NEW = "NEW"
+    PAID = "PAID"
+
+
+class Line(BaseModel):
+    sku: str
+    quantity: int
+
+
+class Order(BaseModel):
+    id: str
+    customer: str
+    total: float
+    status: Status
+    lines: list[Line]
+    note: str | None = None
+    tags: dict[str, str] = {}
+
+
+ORDER = {
+    "id": "o-1",
+    "customer": "ada",
+    "total": 12.5,
+    "status": "PAID",
+    "lines": [{"sku": "x", "quantity": 2}],
+    "note": None,
+    "tags": {"channel": "web"},
+}
+
+
+@pytest.fixture(params=["file", "http"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SchemaRegistry]:
+    if request.param == "file":
+        yield FileSchemaRegistry(tmp_path / "registry.json")
+    else:
+        with RegistryServer() as server:
+            yield HttpSchemaRegistry(server.url)
+
+
+def test_pydantic_model_maps_to_an_avro_record() -> None:
+    schema = avro_schema(Order, namespace="shop")
+    fastavro.parse_schema(schema)  # a valid Avro schema
+    fields = {f["name"]: f for f in schema["fields"]}
+    assert schema["name"] == "Order" and schema["namespace"] == "shop"
+    assert fields["total"]["type"] == "double"
+    assert fields["note"] == {"name": "note", "type": ["null", "string"], "default": None}
+    assert fields["status"]["type"] == {
+        "type": "enum",
+        "name": "Status",
+        "symbols": ["NEW", "PAID"],
+    }
+    assert fields["lines"]["type"]["items"]["type"] == "record"
+    assert fields["tags"]["type"] == {"type": "map", "values": "string"}
+
+
+def test_round_trip_in_wire_format(registry: SchemaRegistry) -> None:
+    serde = AvroSerde(registry, "orders-value", avro_schema(Order))
+    wire = serde.encode(json.dumps(ORDER).encode())
+    magic, schema_id = struct.unpack(">bI", wire[:5])
+    assert magic == 0
+    assert schema_id == registry.latest("orders-value")[0]
+    # A reader with no schema of its own (ingress) resolves the id through the registry.
+    reader = AvroSerde(registry, "orders-value")
+    assert json.loads(reader.decode(wire)) == ORDER
+    assert Order.model_validate_json(reader.decode(wire)).status is Status.PAID
+
+
+def test_registering_the_same_schema_twice_gives_one_id(registry: SchemaRegistry) -> None:
+    schema = avro_schema(Line)
+    reordered = json.loads(json.dumps(schema, sort_keys=True))
+    assert registry.register("lines", schema) == registry.register("lines", reordered)
+
+
+def test_value_that_does_not_match_the_schema_is_a_clear_error(registry: SchemaRegistry) -> None:
+    serde = AvroSerde(registry, "orders-value", avro_schema(Order))
+    bad = dict(ORDER, total="a lot")
+    with pytest.raises(DecodeError, match=r"does not match subject 'orders-value'.*total"):
+        serde.encode(json.dumps(bad).encode())
+    missing = {k: v for k, v in ORDER.items() if k != "customer"}
+    with pytest.raises(DecodeError, match="customer"):
+        serde.encode(json.dumps(missing).encode())
+
+
+def test_bad_wire_bytes_are_decode_errors(registry: SchemaRegistry) -> None:
+    serde = AvroSerde(registry, "orders-value", avro_schema(Order))
+    with pytest.raises(DecodeError, match="magic byte is 1"):
+        serde.decode(b"\x01\x00\x00\x00\x01abc")
+    with pytest.raises(DecodeError, match="shorter than the 5-byte"):
+        serde.decode(b"\x00\x01")
+    with pytest.raises(DecodeError, match="unknown schema id 999"):
+        serde.decode(b"\x00" + struct.pack(">I", 999) + b"\x02")
+    wire = serde.encode(json.dumps(ORDER).encode())
+    with pytest.raises(DecodeError, match="cannot read with schema id"):
+        serde.decode(wire[:8])  # truncated body
+
+
+def test_reader_schema_evolution_adds_a_defaulted_field(registry: SchemaRegistry) -> None:
+    v1 = avro_schema(Line)
+    v2 = {**v1, "fields": [*v1["fields"], {"name": "gift", "type": "boolean", "default": False}]}
+    wire = AvroSerde(registry, "lines", v1).encode(b'{"sku":"x","quantity":1}')
+    assert json.loads(AvroSerde(registry, "lines", v2).decode(wire)) == {
+        "sku": "x",
+        "quantity": 1,
+        "gift": False,
+    }
+
+
+def test_http_registry_caches_schema_lookups() -> None:
+    with RegistryServer() as server:
+        writer = AvroSerde(HttpSchemaRegistry(server.url), "lines", avro_schema(Line))
+        wire = writer.encode(b'{"sku":"x","quantity":1}')
+        reader = AvroSerde(HttpSchemaRegistry(server.url), "lines")
+        for _ in range(5):
+            reader.decode(wire)
+        assert server.requests["GET /schemas"] == 1
+
+
+def test_unreachable_registry_is_a_decode_error_that_names_it() -> None:
+    serde = AvroSerde(HttpSchemaRegistry("http://127.0.0.1:9", timeout=1), "x")
+    with pytest.raises(DecodeError, match="unreachable"):
+        serde.decode(b"\x00\x00\x00\x00\x01\x02")
