@@ -27,6 +27,9 @@ class BrokerSettings(BaseModel):
     abort_timeout_s: float = Field(60.0, gt=0)
     idempotency_retention_s: float = Field(86_400.0, ge=0)
     workflow_retention_s: float = Field(86_400.0, ge=0)
+    completion_retention_s: float = Field(
+        86_400.0, ge=0, description="how long any completed invocation stays attachable"
+    )
     declarations: Path | None = Field(
         None, description="sluice.toml or YAML: Kafka clusters and subscriptions, applied at start"
     )

@@ -15,6 +15,7 @@ from broker.invoker import Invoker, InvokerOptions
 from broker.log import EmbeddedLog
 from broker.partition import actions as a
 from broker.partition._context import Config, RetryPolicy
+from broker.partition._records import Expire
 from broker.partition.processor import Processor
 from broker.partition.state_machine import StateMachine
 from broker.schema import Registry
@@ -59,6 +60,7 @@ class Broker:
             ),
             idempotency_retention_ms=int(s.idempotency_retention_s * 1000),
             workflow_retention_ms=int(s.workflow_retention_s * 1000),
+            completion_retention_ms=int(s.completion_retention_s * 1000),
         )
         self.sm = StateMachine(self.registry, config)
         self.processor = Processor(self.log, self.store, self.sm, self._act)
@@ -70,6 +72,7 @@ class Broker:
         self.timers = TimerService(self.processor.submit)
         self._act(self.processor.recover())
         self.invoker.start_sweeper()
+        self._expiry = asyncio.ensure_future(self._expire_loop())
 
         from broker.admin import AdminApi
         from broker.httpserver import serve
@@ -89,7 +92,21 @@ class Broker:
         self.subscriptions = Controller(self)
         await self.subscriptions.start()
 
+    async def _expire_loop(self, every: float = 5.0) -> None:
+        """Ask the state machine (through the log) to forget invocations past retention."""
+        import struct
+        import time
+
+        while True:
+            await asyncio.sleep(every)
+            now = int(time.time() * 1000)
+            for k, _ in self.store.scan("expiry", b""):
+                if struct.unpack_from(">Q", k)[0] <= now:
+                    self.submit(Expire(upto=now))
+                break
+
     async def stop(self) -> None:
+        self._expiry.cancel()
         if hasattr(self, "subscriptions"):
             await self.subscriptions.stop()
         for srv in self._servers:

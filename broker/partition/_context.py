@@ -44,6 +44,8 @@ class Config:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     idempotency_retention_ms: int = 86_400_000
     workflow_retention_ms: int = 86_400_000
+    # Every completed invocation stays attachable this long (restate keeps journals 1 day).
+    completion_retention_ms: int = 86_400_000
 
 
 class Ctx:

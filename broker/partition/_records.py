@@ -258,6 +258,14 @@ class DeadLettered(Message):
     _schema: ClassVar = ((1, "keys", REP_BYTES),)
 
 
+@dataclass(slots=True)
+class Expire(Message):
+    """Forget completed invocations whose retention ended at or before ``upto`` (ms)."""
+
+    upto: int = 0
+    _schema: ClassVar = ((1, "upto", UINT),)
+
+
 COMMANDS: dict[int, type[Message]] = {
     1: Invoke,
     2: Effects,
@@ -266,6 +274,7 @@ COMMANDS: dict[int, type[Message]] = {
     5: Manage,
     6: Attach,
     7: SchemaUpdate,
+    8: Expire,
     20: KafkaIngest,
     21: SubscriptionUpdate,
     22: DeadLettered,

@@ -19,6 +19,7 @@ from ._records import (
     Attach,
     DeadLettered,
     Effects,
+    Expire,
     Invoke,
     KafkaIngest,
     Manage,
@@ -103,6 +104,8 @@ class StateMachine:
             attach_lc.attach(ctx, cmd)
         elif isinstance(cmd, SchemaUpdate):
             self._schema(ctx, cmd)
+        elif isinstance(cmd, Expire):
+            complete.expire(ctx, cmd)
         elif isinstance(cmd, KafkaIngest):
             kafka.ingest(ctx, cmd)
         elif isinstance(cmd, SubscriptionUpdate):

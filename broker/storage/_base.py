@@ -14,6 +14,7 @@ COLUMN_FAMILIES = (
     "locks",  # service \0 key -> invocation id holding the key
     "timers",  # u64 fire time + timer id -> Timer
     "promises",  # service \0 key \0 name -> Promise
+    "expiry",  # u64 expiry time + invocation id -> b"" (completed invocations kept for attach)
     "kafka_clusters",  # cluster name -> JSON (subscriptions/)
     "subscriptions",  # subscription name -> JSON (subscriptions/)
     "kafka_dedup",  # producer id (hash of subscription, topic, partition) -> u64 last offset

@@ -168,7 +168,7 @@ class SubscriptionConsumer:
             raw = self.broker.store.get("kafka_dedup", producer)
             if raw is not None:
                 offset = _U64.unpack(raw)[0] + 1
-            elif n in committed:
+            elif n in committed and not sub.ignore_committed:
                 offset = committed[n]
             else:
                 offset = OFFSET_BEGINNING if sub.start == "earliest" else OFFSET_END

@@ -136,10 +136,13 @@ async def test_cancel_and_kill(client: Client, restate_service: ServiceProcess, 
         r = await client.admin.patch(f"/invocations/{iid}/{op}")
         assert r.status_code == 202, r.text
 
-        async def gone() -> bool:
-            return (await client.admin.get(f"/invocations/{iid}")).status_code == 404
+        async def completed() -> bool:
+            x = await client.admin.get(f"/invocations/{iid}")
+            return x.status_code == 200 and x.json()["status"] == "completed"
 
-        assert await eventually(gone)
+        assert await eventually(completed)
+        out = await client.ingress.get(f"/restate/invocation/{iid}/output")
+        assert out.status_code == code and out.json()["message"].startswith(("cancel", "kill"))
 
 
 async def test_exclusive_fifo_and_shared_concurrent(client: Client, restate_service: ServiceProcess) -> None:

@@ -9,6 +9,7 @@ from broker.partition import actions as a
 from broker.partition._context import Config, Ctx, RetryPolicy
 from broker.partition._records import (
     Effects,
+    Expire,
     Invoke,
     Kind,
     Manage,
@@ -104,7 +105,13 @@ def test_invoke_starts_attempt_with_input_and_completes() -> None:
     acts = h.effects(iid, 1, p.OutputCommand(value=b'"ok"'), p.EndMessage())
     (reply,) = of(acts, a.Reply)
     assert (reply.waiter, reply.kind, reply.value) == (7, "result", b'"ok"')
-    assert h.status(iid) is None  # no retention: forgotten
+    st = h.status(iid)
+    assert st is not None and st.phase == Phase.COMPLETED and st.result == b'"ok"'
+    assert st.journal_len == 0  # the journal goes; the result stays for attach
+    h.apply(Expire(upto=h.now + 86_400_000 - 1))
+    assert h.status(iid) is not None
+    h.apply(Expire(upto=h.now + 86_400_000))
+    assert h.status(iid) is None
 
 
 def test_stale_epoch_cannot_append() -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+
 from sdk import protocol as p
 
 from .. import actions as a
 from .._context import Ctx, key_prefix
-from .._records import Kind, Phase, Sink, SinkKind, Status, Timer, TimerKind
+
+_U64 = struct.Struct(">Q")
+from .._records import Expire, Kind, Phase, Sink, SinkKind, Status, Timer
 
 
 def answer_sink(
@@ -47,11 +51,23 @@ def complete(ctx: Ctx, st: Status, value: bytes | None, fail: p.Failure | None) 
     st.failure = fail
     st.completed_at = ctx.now
     st.waiting_completions, st.waiting_signals, st.waiting_names = [], [], []
-    if st.retention_ms > 0:
+    retention = st.retention_ms or ctx.config.completion_retention_ms
+    if retention > 0:
         ctx.put_status(st)
-        ctx.add_timer(ctx.now + st.retention_ms, Timer(kind=TimerKind.CLEANUP, id=st.id))
+        ctx.tx.put("expiry", _U64.pack(ctx.now + retention) + st.id, b"")
     else:
         ctx.delete_status(st.id)
+
+
+def expire(ctx: Ctx, cmd: Expire) -> None:
+    """Forget every completed invocation whose retention ended by ``cmd.upto``."""
+    for k, _ in ctx.tx.scan("expiry", b""):
+        if _U64.unpack_from(k)[0] > cmd.upto:
+            break
+        ctx.tx.delete("expiry", k)
+        st = ctx.status(k[8:])
+        if st is not None and st.phase == Phase.COMPLETED:
+            purge(ctx, st)
 
 
 def cleanup_due(ctx: Ctx, timer: Timer) -> None:
