@@ -171,10 +171,10 @@ class Endpoint:
         try:
             await _run(vm, handler)
         finally:
-            if reader is not None:
-                reader.cancel()
             if not started:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if reader is not None:
+                await _drain(reader)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -195,6 +195,23 @@ async def _read(receive: Receive, vm: Invocation) -> None:
     except SuspendedError:
         pass
     vm.close_input()
+
+
+async def _drain(reader: asyncio.Task[None]) -> None:
+    """Let the broker close its half of an HTTP/2 stream before ours.
+
+    Once a response is complete, hypercorn forgets the stream; a DATA frame that arrives for
+    it afterwards (the broker's END_STREAM, sent when it reads our last message) fails the
+    whole connection, with every other invocation on it. So the last message goes out with
+    the response still open, and the response ends once the request has (bounded wait).
+    """
+    try:
+        await asyncio.wait_for(reader, _DRAIN_TIMEOUT)
+    except (TimeoutError, asyncio.CancelledError):
+        reader.cancel()
+
+
+_DRAIN_TIMEOUT = 5.0
 
 
 async def _run(vm: Invocation, handler: HandlerDef) -> None:
