@@ -42,6 +42,7 @@ def load_declarations(path: Path) -> Declarations:
         data, lines = _yaml(path, text)
     else:
         data, lines = _toml(path, text)
+    _check_names(path, data, lines)
     try:
         return Declarations.model_validate(data)
     except ValidationError as e:
@@ -51,6 +52,24 @@ def load_declarations(path: Path) -> Declarations:
         where = ".".join(str(x) for x in loc) or "file"
         msg = err["msg"].removeprefix("Value error, ")
         raise DeclarationError(f"{path}:{line}: {where}: {msg}") from None
+
+
+def _check_names(path: Path, data: Any, lines: dict[tuple[Any, ...], int]) -> None:
+    subs = data.get("subscriptions") if isinstance(data, dict) else None
+    seen: set[str] = set()
+    for i, s in enumerate(subs if isinstance(subs, list) else []):
+        if not isinstance(s, dict):
+            continue
+        line = _line_of(lines, ("subscriptions", i))
+        if "name" not in s:
+            raise DeclarationError(
+                f"{path}:{line}: subscriptions.{i}: needs a name (it identifies what was ingested)"
+            )
+        if s["name"] in seen:
+            raise DeclarationError(
+                f"{path}:{line}: subscriptions.{i}: name {s['name']!r} is declared twice"
+            )
+        seen.add(s["name"])
 
 
 def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:

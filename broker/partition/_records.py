@@ -217,6 +217,7 @@ class KafkaIngest(Message):
     dead_letter_topic: str = ""
     records: list[KafkaRecord] = field(default_factory=list)
     waiter: int = 0
+    generation: int = 0  # the subscription's creation time: part of the invocation ids
     _schema: ClassVar = (
         (1, "subscription", STRING),
         (2, "producer", BYTES),
@@ -228,6 +229,7 @@ class KafkaIngest(Message):
         (8, "dead_letter_topic", STRING),
         (9, "records", REP_MSG, KafkaRecord),
         (10, "waiter", UINT),
+        (11, "generation", UINT),
     )
 
 

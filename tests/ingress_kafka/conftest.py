@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -103,7 +104,7 @@ class Admin:
         return r.json()  # type: ignore[no-any-return]
 
     async def state(self, service: str, key: str) -> dict[str, Any]:
-        r = await self.http.get(f"/state/{service}/{key}")
+        r = await self.http.get(f"/state/{service}/{quote(key, safe='')}")
         assert r.status_code == 200, r.text
         return r.json()["state"]  # type: ignore[no-any-return]
 

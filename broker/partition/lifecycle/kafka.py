@@ -81,7 +81,13 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
             continue
         keyed = cmd.kind != Kind.SERVICE
         pk = partition_key_of(rec.key) if keyed else partition_key_of(cmd.producer)
-        iid = InvocationId.derive(pk, "kafka", cmd.producer, _U64.pack(rec.offset))
+        # Ids are deterministic: a record read twice (a crash before the offset commit)
+        # finds its invocation; a re-created subscription (from=earliest) gets new ones.
+        iid = InvocationId.derive(
+            pk, "kafka", cmd.producer, _U64.pack(cmd.generation), _U64.pack(rec.offset)
+        )
+        if ctx.status(iid.raw) is not None:
+            continue
         invoke(
             ctx,
             Invoke(
@@ -117,6 +123,7 @@ def answer(ctx: Ctx, sink: Sink, id: bytes, fail: p.Failure | None) -> None:
         # complete() keeps the row for this long after answering its sinks: the failure stays
         # visible in the admin API instead of vanishing with the journal.
         st.retention_ms = FAILED_RETENTION_MS
+        st.last_failure = f"[{fail.code}] {fail.message}"[:2000]
         return
     first = next(iter(ctx.journal(st)), None)
     inp = p.decode_all(first)[0].message if first is not None else None
@@ -162,7 +169,9 @@ def _dead_letter_record(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> None:
         return
     # No dead-letter topic: a failed invocation that an operator finds in the admin API.
     pk = partition_key_of(cmd.producer)
-    iid = InvocationId.derive(pk, "kafka", cmd.producer, _U64.pack(rec.offset))
+    iid = InvocationId.derive(
+        pk, "kafka", cmd.producer, _U64.pack(cmd.generation), _U64.pack(rec.offset)
+    )
     st = Status(
         id=iid.raw,
         service=cmd.service,

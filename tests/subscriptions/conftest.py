@@ -1,0 +1,3 @@
+from tests.ingress_kafka.conftest import admin, broker, restate_counter
+
+__all__ = ["admin", "broker", "restate_counter"]
