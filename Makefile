@@ -38,6 +38,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Kafka in, durable handlers, results out: a local Tansu unless KAFKA_BOOTSTRAP_SERVERS is set.
+demo: venv
+	$(PY) -m examples.demo
+
 bench: peers
 	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m bench
 
