@@ -87,6 +87,11 @@ class Broker:
         self._servers.append(srv)
         self.admin_port = srv.sockets[0].getsockname()[1]
 
+        from broker.egress import Egress
+
+        self.egress = Egress(self)  # before the consumers: results may come back at once
+        await self.egress.start()
+
         from subscriptions import Controller
 
         self.subscriptions = Controller(self)
@@ -109,6 +114,8 @@ class Broker:
         self._expiry.cancel()
         if hasattr(self, "subscriptions"):
             await self.subscriptions.stop()
+        if hasattr(self, "egress"):
+            await self.egress.stop()
         for srv in self._servers:
             srv.close()
         self.timers.close()

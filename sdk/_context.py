@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
+import json
 import random as _random
 import time
 import uuid as _uuid
@@ -65,6 +67,10 @@ def _ms(delay: timedelta) -> int:
 
 
 _ANY = serde_for(Any)
+
+# The broker's built-in service for Kafka records (``ctx.kafka_send``).
+KAFKA_SERVICE = "sluice.Kafka"
+KAFKA_SEND = "send"
 
 
 class Context:
@@ -242,6 +248,38 @@ class Context:
             )
         )
         return SendHandle(DurableFuture(vm, ("c", id_cid), _invocation_id))
+
+    def kafka_send(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        cluster: str | None = None,
+        serde: Serde[Any] | None = None,
+    ) -> SendHandle:
+        """Send one record to a Kafka topic, exactly once, as a durable step.
+
+        Journaled like a one-way call (to the broker's built-in ``sluice.Kafka/send``): on
+        replay nothing is sent again. The broker puts the record in its outbox in the same
+        write as this journal entry, and its egress connector delivers it in a Kafka
+        transaction, after the records this invocation sent before it with the same key.
+        `value`: bytes as they are, anything else through `serde` (JSON by default).
+        `cluster`: a Kafka cluster declared on the broker (default: the only one declared,
+        or the one named "default").
+        """
+        data = value if isinstance(value, bytes) else (serde or _ANY).serialize(value)
+        body: dict[str, Any] = {"topic": topic, "value_b64": base64.b64encode(data).decode()}
+        if isinstance(key, bytes):
+            body["key_b64"] = base64.b64encode(key).decode()
+        elif key is not None:
+            body["key"] = key
+        if headers:
+            body["headers"] = dict(headers)
+        if cluster:
+            body["cluster"] = cluster
+        return self._send(KAFKA_SERVICE, KAFKA_SEND, json.dumps(body).encode(), "")
 
     def cancel_invocation(self, invocation_id: str) -> None:
         """Ask the broker to cancel another invocation (it sees a `CancelledError`)."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from broker.partition._outbox import EgressTarget
+from sdk.protocol import Header
 
 _HOSTNAME = re.compile(
     r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
@@ -66,6 +70,10 @@ SLUICE_OPTIONS = (
     "max_record_bytes",
     "from",
     "paused",
+    "output_topic",
+    "output_cluster",
+    "output_headers",
+    "batch_max_records",
 )
 
 
@@ -99,6 +107,14 @@ class Subscription(BaseModel):
     # under the group id (by the earlier subscription) must not be used either.
     ignore_committed: bool = False
     paused: bool = False
+    # Egress (docs: the Kafka guide): the handler's result goes to ``output_topic`` on
+    # ``output_cluster`` (default: the source cluster), keyed by the input key, in input order.
+    output_topic: str | None = None
+    output_cluster: str | None = None
+    output_headers: dict[str, str] = Field(default_factory=dict)
+    # A stream handler: one invocation per up to this many records of one partition; its
+    # input is {"topic", "partition", "records": [...]}, its result a list of records.
+    batch_max_records: int = Field(0, ge=0, le=100_000)
     created_at: int = 0
     origin: Literal["api", "file"] = "api"  # "file": deleted when the file no longer declares it
 
@@ -126,6 +142,33 @@ class Subscription(BaseModel):
         if not m:
             raise ValueError(f"{v!r}: expected service://SERVICE/HANDLER")
         return v
+
+    @field_validator("output_headers", mode="before")
+    @classmethod
+    def _output_headers(cls, v: Any) -> Any:
+        """A mapping, or its string form: JSON, or ``name=value,name=value``."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            out = {}
+            for item in filter(None, (x.strip() for x in text.split(","))):
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item!r}: expected name=value")
+                out[name.strip()] = value.strip()
+            return out
+        return v
+
+    def egress_target(self) -> EgressTarget | None:
+        """Where results go (KafkaIngest.output), or None."""
+        if not self.output_topic:
+            return None
+        return EgressTarget(
+            cluster=self.output_cluster or self.cluster,
+            topic=self.output_topic,
+            headers=[Header(key=k, value=v) for k, v in self.output_headers.items()],
+        )
 
     @field_validator("options", mode="before")
     @classmethod
@@ -189,6 +232,13 @@ class Subscription(BaseModel):
         )
         if self.dead_letter_topic:
             opts["dead_letter_topic"] = self.dead_letter_topic
+        if self.output_topic:
+            opts["output_topic"] = self.output_topic
+            opts["output_cluster"] = self.output_cluster or self.cluster
+            if self.output_headers:
+                opts["output_headers"] = json.dumps(self.output_headers)
+        if self.batch_max_records:
+            opts["batch_max_records"] = str(self.batch_max_records)
         return {
             "id": self.id,
             "name": self.name,

@@ -22,6 +22,8 @@ from sdk.protocol._proto import (
     UINT,
 )
 
+from ._outbox import EgressCommitted, EgressTarget
+
 # --- shared pieces ---------------------------------------------------------------------------
 
 
@@ -40,6 +42,7 @@ class Sink(Message):
     notification_type: int = 0
     subscription: str = ""
     dead_letter_topic: str = ""
+    outbox: bytes = b""  # the outbox row reserved for the result (lifecycle/egress.py)
     _schema: ClassVar = (
         (1, "kind", UINT),
         (2, "waiter", UINT),
@@ -48,6 +51,7 @@ class Sink(Message):
         (5, "notification_type", UINT),
         (6, "subscription", STRING),
         (7, "dead_letter_topic", STRING),
+        (8, "outbox", BYTES),
     )
 
 
@@ -218,6 +222,8 @@ class KafkaIngest(Message):
     records: list[KafkaRecord] = field(default_factory=list)
     waiter: int = 0
     generation: int = 0  # the subscription's creation time: part of the invocation ids
+    output: EgressTarget | None = None  # results go to this topic (lifecycle/egress.py)
+    batch_max: int = 0  # > 0: a stream handler, one invocation per up to this many records
     _schema: ClassVar = (
         (1, "subscription", STRING),
         (2, "producer", BYTES),
@@ -230,6 +236,8 @@ class KafkaIngest(Message):
         (9, "records", REP_MSG, KafkaRecord),
         (10, "waiter", UINT),
         (11, "generation", UINT),
+        (20, "output", MSG, EgressTarget),
+        (21, "batch_max", UINT),
     )
 
 
@@ -280,6 +288,7 @@ COMMANDS: dict[int, type[Message]] = {
     20: KafkaIngest,
     21: SubscriptionUpdate,
     22: DeadLettered,
+    30: EgressCommitted,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
 

@@ -33,7 +33,8 @@ from ._records import (
     TimerKind,
 )
 from .entries import attach, calls, promises, signals, sleep, state
-from .lifecycle import attempt, complete, invoke, kafka, manage
+from ._outbox import EgressCommitted
+from .lifecycle import attempt, complete, egress, invoke, kafka, manage
 from .lifecycle import attach as attach_lc
 
 _Handler = Callable[[Ctx, Status, Any], None]
@@ -112,6 +113,8 @@ class StateMachine:
             kafka.update(ctx, cmd)
         elif isinstance(cmd, DeadLettered):
             kafka.dead_lettered(ctx, cmd)
+        elif isinstance(cmd, EgressCommitted):
+            egress.committed(ctx, cmd)
 
     def _effects(self, ctx: Ctx, cmd: Effects) -> None:
         st = ctx.status(cmd.id)

@@ -19,6 +19,7 @@ COLUMN_FAMILIES = (
     "subscriptions",  # subscription name -> JSON (subscriptions/)
     "kafka_dedup",  # producer id (hash of subscription, topic, partition) -> u64 last offset
     "kafka_dlq",  # pending dead-letter records, deleted once delivered (ingress/kafka)
+    "outbox",  # cluster \0 u32 egress partition + u64 seq -> OutboxEntry (Kafka egress)
 )
 
 

@@ -11,6 +11,7 @@ from ._client import (
     Producer,
     TopicAdmin,
     TopicPartitionOffset,
+    TransactionalProducer,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Producer",
     "TopicAdmin",
     "TopicPartitionOffset",
+    "TransactionalProducer",
 ]

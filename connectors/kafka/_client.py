@@ -200,9 +200,20 @@ class TopicAdmin:
     def __init__(self, properties: Mapping[str, str]) -> None:
         self._a = AdminClient(dict(properties))
 
-    def create_topic(self, name: str, partitions: int, timeout: float = 15.0) -> None:
+    def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        timeout: float = 15.0,
+        *,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         futs = self._a.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+            [
+                NewTopic(
+                    name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+                )
+            ]
         )
         try:
             futs[name].result(timeout)
@@ -213,3 +224,105 @@ class TopicAdmin:
 
     def topics(self, timeout: float = 10.0) -> list[str]:
         return sorted(self._a.list_topics(timeout=timeout).topics)
+
+
+class TransactionalProducer:
+    """A transactional producer with a stable ``transactional.id`` (Kafka egress).
+
+    ``init`` fences an earlier producer of the same id and resolves its open transaction
+    (Kafka aborts it; Tansu, the test broker, makes it visible). Every error is raised as
+    ``KafkaError``; after one, the caller drops the producer and builds a new one (never
+    ``abort``: on Tansu an aborted transaction's records stay visible).
+    ``produce`` records the offset of each delivered record in ``delivered``, by
+    (topic, partition): the highest offset plus one, known after ``flush``.
+    """
+
+    def __init__(self, properties: Mapping[str, str], transactional_id: str) -> None:
+        conf: dict[str, object] = {
+            "linger.ms": 5,
+            "transaction.timeout.ms": 60_000,
+            **properties,
+            "transactional.id": transactional_id,
+            "enable.idempotence": True,
+        }
+        try:
+            self._p = ck.Producer(conf)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        self._errors: list[str] = []
+        self.delivered: dict[tuple[str, int], int] = {}
+
+    def _on_delivery(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
+        if err is not None:
+            self._errors.append(err.str())
+            return
+        tp = (msg.topic(), msg.partition())
+        end = msg.offset() + 1
+        if end > self.delivered.get(tp, -1):
+            self.delivered[tp] = end
+
+    def init(self, timeout: float = 30.0) -> None:
+        try:
+            self._p.init_transactions(timeout)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+
+    def begin(self) -> None:
+        try:
+            self._p.begin_transaction()
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | str | None]] = (),
+        partition: int | None = None,
+    ) -> None:
+        kw: dict[str, object] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        if headers:
+            kw["headers"] = list(headers)
+        if partition is not None:
+            kw["partition"] = partition
+        while True:
+            try:
+                self._p.produce(topic, **kw)
+                return
+            except BufferError:
+                self._p.poll(0.05)
+            except ck.KafkaException as e:
+                raise _wrap(e) from None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every record produced so far is acknowledged (or raise)."""
+        left = self._p.flush(timeout)
+        if left:
+            raise KafkaError(f"{left} records not delivered after {timeout}s", retriable=True)
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
+
+    def commit(self, timeout: float = 30.0) -> None:
+        try:
+            self._p.commit_transaction(timeout)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> list[int] | None:
+        try:
+            md = self._p.list_topics(topic, timeout=timeout)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            return None
+        return sorted(t.partitions)
+
+    def close(self) -> None:
+        self._p.flush(0)

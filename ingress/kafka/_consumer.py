@@ -233,6 +233,8 @@ class SubscriptionConsumer:
                 dead_letter_topic=sub.dead_letter_topic or "",
                 records=records,
                 generation=sub.created_at,
+                output=sub.egress_target(),
+                batch_max=sub.batch_max_records,
             )
             wid, fut = self.broker.waiter()
             cmd.waiter = wid

@@ -9,6 +9,7 @@ from broker.ids import InvocationId, partition_key_of
 
 from .._context import Ctx, failure
 from .._records import Invoke, Kind, Status
+from ..lifecycle import egress
 from ..lifecycle.complete import answer_sink
 from ..lifecycle.invoke import caller_sink, invoke
 
@@ -44,6 +45,9 @@ def call(ctx: Ctx, st: Status, cmd: p.CallCommand) -> None:
 
 
 def one_way(ctx: Ctx, st: Status, cmd: p.OneWayCallCommand) -> None:
+    if cmd.service_name == egress.KAFKA_SERVICE and cmd.handler_name == egress.KAFKA_SEND:
+        egress.kafka_send(ctx, st, cmd)  # a built-in: the record joins the outbox
+        return
     _dispatch(ctx, st, cmd, one_way=True)
 
 

@@ -34,6 +34,10 @@ def answer_sink(
         from .kafka import answer
 
         answer(ctx, sink, id, fail)
+        if sink.outbox:
+            from .egress import fill
+
+            fill(ctx, sink.outbox, value, fail)
 
 
 def complete(ctx: Ctx, st: Status, value: bytes | None, fail: p.Failure | None) -> None:

@@ -34,6 +34,7 @@ from .._records import (
     Status,
     SubscriptionUpdate,
 )
+from . import egress
 from .complete import complete
 from .invoke import invoke
 
@@ -69,6 +70,9 @@ class DeadLetter(p.Message):
 
 
 def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
+    if cmd.batch_max:
+        egress.ingest_batches(ctx, cmd)  # a stream handler: one invocation per batch
+        return
     raw = ctx.tx.get("kafka_dedup", cmd.producer)
     last = _U64.unpack(raw)[0] if raw is not None else -1
     created = 0
@@ -102,6 +106,7 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
                     kind=SinkKind.KAFKA,
                     subscription=cmd.subscription,
                     dead_letter_topic=cmd.dead_letter_topic,
+                    outbox=egress.reserve_for(ctx, cmd, rec),
                 ),
             ),
         )

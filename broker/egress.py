@@ -1,0 +1,237 @@
+"""Kafka egress: drives one ``EgressSink`` per (cluster, egress partition) from the outbox.
+
+    outbox rows (READY/EMPTY prefix, in sequence order)
+        ─► EgressSink.send: one Kafka transaction with the sink's marker
+        ─► EgressCommitted(upto) appended to the log ─► the state machine trims the rows
+
+The producer id (transactional id, ``sluice-producer`` header, marker key) is
+``sluice-<node>-<cluster>-<partition>``: ``<node>`` is created once per data directory, so a
+restarted broker reuses it (fencing its dead self) and two brokers never share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from broker.partition._outbox import (
+    EgressCommitted,
+    OutboxEntry,
+    OutboxReady,
+    OutboxState,
+    outbox_prefix,
+    parse_outbox_key,
+)
+from broker.partition.lifecycle.egress import EGRESS_PARTITIONS
+from connectors.kafka._egress import EgressSink, OutRecord
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+
+log = logging.getLogger("sluice.egress")
+
+MAX_TRANSACTION_RECORDS = 5000  # a row's records never split across transactions
+
+
+def node_id(data_dir: Any) -> str:
+    """This data directory's egress identity, created on first use."""
+    path = data_dir / "egress-id"
+    if path.exists():
+        return path.read_text().strip()
+    ident = os.urandom(6).hex()
+    tmp = data_dir / "egress-id.tmp"
+    tmp.write_text(ident)
+    tmp.replace(path)
+    return ident
+
+
+class Egress:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.node = node_id(broker.settings.data_dir)
+        self.workers: dict[tuple[str, int], SinkWorker] = {}
+
+    async def start(self) -> None:
+        self.broker.action_hooks[OutboxReady] = self._ready
+        seen = set()
+        for k, _ in self.broker.store.scan("outbox", b""):
+            cluster, sink, _ = parse_outbox_key(k)
+            seen.add((cluster, sink))
+        for cluster, sink in sorted(seen):
+            self._ready(OutboxReady(cluster, sink))
+
+    async def stop(self) -> None:
+        for w in list(self.workers.values()):
+            await w.stop()
+        self.workers.clear()
+
+    def _ready(self, act: OutboxReady) -> None:
+        key = (act.cluster, act.sink)
+        w = self.workers.get(key)
+        if w is None:
+            w = self.workers[key] = SinkWorker(self, act.cluster, act.sink)
+            w.start()
+        w.wake()
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [w.to_json() for _, w in sorted(self.workers.items())]
+
+
+class SinkWorker:
+    def __init__(self, egress: Egress, cluster: str, sink: int) -> None:
+        self.egress = egress
+        self.broker = egress.broker
+        self.cluster = cluster
+        self.sink = sink
+        self.producer_id = f"sluice-{egress.node}-{cluster}-{sink}"
+        self.status = "starting"
+        self.cursor = 1  # the next sequence number to send
+        self.sent = 0
+        self.transactions = 0
+        self._kafka: EgressSink | None = None
+        self._visible: set[tuple[int, int]] = set()
+        self._event = asyncio.Event()
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix=f"egress-{cluster}-{sink}")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"egress:{self.cluster}:{self.sink}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._kafka is not None:
+            await asyncio.get_running_loop().run_in_executor(self._ex, self._kafka.close)
+        self._ex.shutdown(wait=False)
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "partition": self.sink,
+            "producer": self.producer_id,
+            "state": self.status,
+            "next_seq": self.cursor,
+            "records_sent": self.sent,
+            "transactions": self.transactions,
+        }
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self._kafka is None or not self._kafka.ready:
+                    await self._recover(loop)
+                if not await self._step(loop):
+                    self._event.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._event.wait(), 5.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # keep the sink alive; it says why it stalls
+                self.status = f"error: {e}"
+                log.warning("egress %s: %s; retrying in 1s", self.producer_id, e)
+                if self._kafka is not None:
+                    kafka, self._kafka = self._kafka, None
+                    with contextlib.suppress(Exception):
+                        await loop.run_in_executor(self._ex, kafka.close)
+                await asyncio.sleep(1.0)
+
+    def _properties(self) -> dict[str, str]:
+        raw = self.broker.store.get("kafka_clusters", self.cluster.encode())
+        if raw is None:
+            raise LookupError(f"kafka cluster '{self.cluster}' is not defined")
+        props: dict[str, str] = json.loads(raw)["properties"]
+        return props
+
+    async def _recover(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.status = "recovering"
+        kafka = EgressSink(
+            self._properties(),
+            producer_id=self.producer_id,
+            marker_partition=self.sink,
+            progress_partitions=EGRESS_PARTITIONS,
+        )
+        topics = set()
+        for _, raw in self.broker.store.scan("outbox", outbox_prefix(self.cluster, self.sink)):
+            e = OutboxEntry.decode(raw)
+            topics.update(r.topic for r in e.records)
+            if e.topic:
+                topics.add(e.topic)
+        rec = await loop.run_in_executor(self._ex, kafka.recover, topics)
+        self._kafka = kafka
+        self._visible = rec.visible
+        self.cursor = rec.seq + 1
+        if rec.seq > 0:
+            self._trim(rec.seq)
+        self.status = "running"
+        log.info(
+            "egress %s resumes after seq %d (%d records already visible)",
+            self.producer_id,
+            rec.seq,
+            len(rec.visible),
+        )
+
+    def _trim(self, upto: int) -> None:
+        self.broker.submit(EgressCommitted(cluster=self.cluster, sink=self.sink, upto=upto))
+
+    def _collect(self) -> tuple[list[OutRecord], int]:
+        """The sendable prefix from the cursor: its records and its last sequence number
+        (0: nothing). Missing rows below the first one are trimmed, hence sent."""
+        prefix = outbox_prefix(self.cluster, self.sink)
+        out: list[OutRecord] = []
+        upto = 0
+        expected = 0
+        for k, raw in self.broker.store.scan("outbox", prefix):
+            seq = int.from_bytes(k[len(prefix) :], "big")
+            if seq < self.cursor:
+                continue
+            if expected and seq != expected:
+                break
+            e = OutboxEntry.decode(raw)
+            if e.state == OutboxState.PENDING:
+                break
+            if out and len(out) + len(e.records) > MAX_TRANSACTION_RECORDS:
+                break
+            for i, r in enumerate(e.records):
+                if (seq, i) in self._visible:
+                    continue
+                out.append(
+                    OutRecord(
+                        topic=r.topic,
+                        key=r.key,
+                        value=r.value,
+                        headers=[(h.key, h.value.encode()) for h in r.headers],
+                        seq=seq,
+                        part=i,
+                    )
+                )
+            upto = seq
+            expected = seq + 1
+        return out, upto
+
+    async def _step(self, loop: asyncio.AbstractEventLoop) -> bool:
+        records, upto = self._collect()
+        if not upto:
+            return False
+        if records:
+            assert self._kafka is not None
+            await loop.run_in_executor(self._ex, self._kafka.send, records, upto)
+            self.sent += len(records)
+            self.transactions += 1
+        self.cursor = upto + 1
+        if self._visible:
+            self._visible = {v for v in self._visible if v[0] > upto}
+        self._trim(upto)
+        return True

@@ -1,0 +1,116 @@
+"""Outbox rows and egress commands: records waiting to leave for Kafka.
+
+    outbox table, one sequence per (cluster, egress partition):
+
+        cluster \\0 u32 sink | u64 seq ─► OutboxEntry
+                              1 READY    records to send
+                              2 READY
+                              3 PENDING  reserved in input order, filled when its invocation ends
+                              4 EMPTY    nothing to send (failed, or returned nothing)
+
+    The egress connector sends the contiguous prefix that is not PENDING, in one Kafka
+    transaction together with its progress marker, then appends EgressCommitted(upto), which
+    deletes the rows (so trimming is a log command, replayed alike on every node).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from sdk.protocol import Header, Message
+from sdk.protocol._proto import BOOL, OPT_BYTES, REP_MSG, STRING, UINT
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class OutboxState:
+    PENDING = 1
+    READY = 2
+    EMPTY = 3
+
+
+@dataclass(slots=True)
+class OutboxRecord(Message):
+    topic: str = ""
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[Header] = field(default_factory=list)
+    _schema: ClassVar = (
+        (1, "topic", STRING),
+        (2, "key", OPT_BYTES),
+        (3, "value", OPT_BYTES),
+        (4, "headers", REP_MSG, Header),
+    )
+
+
+@dataclass(slots=True)
+class OutboxEntry(Message):
+    """One sequence number: zero or more records that leave in the same transaction.
+
+    While PENDING, ``topic``, ``key`` and ``headers`` say where the invocation's result goes;
+    ``batch``: the result is a JSON list of records (a stream handler), not one value.
+    """
+
+    state: int = 0
+    records: list[OutboxRecord] = field(default_factory=list)
+    topic: str = ""
+    key: bytes | None = None
+    headers: list[Header] = field(default_factory=list)
+    batch: bool = False
+    _schema: ClassVar = (
+        (1, "state", UINT),
+        (2, "records", REP_MSG, OutboxRecord),
+        (3, "topic", STRING),
+        (4, "key", OPT_BYTES),
+        (5, "headers", REP_MSG, Header),
+        (6, "batch", BOOL),
+    )
+
+
+@dataclass(slots=True)
+class EgressTarget(Message):
+    """Where a subscription sends its handler's results (KafkaIngest.output)."""
+
+    cluster: str = ""
+    topic: str = ""
+    headers: list[Header] = field(default_factory=list)
+    _schema: ClassVar = (
+        (1, "cluster", STRING),
+        (2, "topic", STRING),
+        (3, "headers", REP_MSG, Header),
+    )
+
+
+@dataclass(slots=True)
+class EgressCommitted(Message):
+    """The sink (cluster, egress partition) committed everything up to ``upto``: trim."""
+
+    cluster: str = ""
+    sink: int = 0
+    upto: int = 0
+    _schema: ClassVar = ((1, "cluster", STRING), (2, "sink", UINT), (3, "upto", UINT))
+
+
+def outbox_prefix(cluster: str, sink: int) -> bytes:
+    return cluster.encode() + b"\0" + _U32.pack(sink)
+
+
+def outbox_key(cluster: str, sink: int, seq: int) -> bytes:
+    return outbox_prefix(cluster, sink) + _U64.pack(seq)
+
+
+def parse_outbox_key(key: bytes) -> tuple[str, int, int]:
+    """(cluster, sink, seq) of an outbox row key."""
+    cut = key.index(b"\0")
+    return key[:cut].decode(), _U32.unpack_from(key, cut + 1)[0], _U64.unpack_from(key, cut + 5)[0]
+
+
+@dataclass(slots=True)
+class OutboxReady:
+    """Action: rows of this sink became sendable (READY or EMPTY)."""
+
+    cluster: str
+    sink: int

@@ -1,0 +1,302 @@
+"""Kafka egress in the state machine: outbox rows written in the same batch as the results.
+
+Two ways in, both deterministic:
+- a subscription with an output topic reserves a row per record (or per batch) in input
+  order when it ingests it; the invocation's completion fills it (``fill``);
+- ``sluice.Kafka/send``, a one-way call to a built-in service (``ctx.kafka_send`` in the
+  Sluice SDK, ``ctx.generic_send`` in restate-sdk), appends a READY row at once.
+The egress connector sends rows and trims them with EgressCommitted (``committed``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+
+from broker.ids import InvocationId, partition_key_of
+from connectors.serde import decode_key
+from sdk import protocol as p
+
+from .._context import Ctx, failure
+from .._outbox import (
+    EgressCommitted,
+    EgressTarget,
+    OutboxEntry,
+    OutboxReady,
+    OutboxRecord,
+    OutboxState,
+    outbox_key,
+    outbox_prefix,
+    parse_outbox_key,
+)
+from .._records import Invoke, KafkaIngest, KafkaRecord, Kind, Sink, SinkKind, Status
+from .complete import complete
+from .invoke import invoke
+
+_U64 = struct.Struct(">Q")
+
+# Egress partitions per cluster: one transactional producer each. Fixed: a row's partition
+# is part of its key, and its sequence numbers are the partition's.
+EGRESS_PARTITIONS = 4
+
+# The built-in service whose one-way calls become Kafka records.
+KAFKA_SERVICE = "sluice.Kafka"
+KAFKA_SEND = "send"
+
+_NEXT = b"outbox_next\0"
+
+
+def sink_of(routing: bytes) -> int:
+    """The egress partition of a record key (or of another routing value)."""
+    return partition_key_of(routing) % EGRESS_PARTITIONS
+
+
+def _next_seq(ctx: Ctx, cluster: str, sink: int) -> int:
+    k = _NEXT + outbox_prefix(cluster, sink)
+    raw = ctx.tx.get("meta", k)
+    n = _U64.unpack(raw)[0] + 1 if raw is not None else 1
+    ctx.tx.put("meta", k, _U64.pack(n))
+    return n
+
+
+def reserve(
+    ctx: Ctx, target: EgressTarget, sink: int, key: bytes | None, *, batch: bool = False
+) -> bytes:
+    """A PENDING row for an invocation's result, in input order; returns its key."""
+    seq = _next_seq(ctx, target.cluster, sink)
+    k = outbox_key(target.cluster, sink, seq)
+    entry = OutboxEntry(
+        state=OutboxState.PENDING,
+        topic=target.topic,
+        key=key,
+        headers=list(target.headers),
+        batch=batch,
+    )
+    ctx.tx.put("outbox", k, entry.encode())
+    return k
+
+
+def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> None:
+    """The invocation that reserved ``key`` ended: its result becomes records (or nothing)."""
+    raw = ctx.tx.get("outbox", key)
+    if raw is None:
+        return
+    entry = OutboxEntry.decode(raw)
+    if entry.state != OutboxState.PENDING:
+        return
+    records: list[OutboxRecord] = []
+    if fail is None and value is not None and value.strip() not in (b"", b"null"):
+        if entry.batch:
+            records = _batch_records(entry, value)
+        else:
+            records = [
+                OutboxRecord(
+                    topic=entry.topic, key=entry.key, value=value, headers=list(entry.headers)
+                )
+            ]
+    out = OutboxEntry(state=OutboxState.READY if records else OutboxState.EMPTY, records=records)
+    ctx.tx.put("outbox", key, out.encode())
+    cluster, sink, _ = parse_outbox_key(key)
+    ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+
+
+def _batch_records(entry: OutboxEntry, value: bytes) -> list[OutboxRecord]:
+    """A stream handler's result: a JSON list of records ({"value", "key"?, "headers"?,
+    "topic"?}); anything else is one record holding the whole value."""
+    try:
+        items = json.loads(value)
+    except ValueError:
+        items = None
+    if not isinstance(items, list):
+        return [OutboxRecord(topic=entry.topic, key=None, value=value, headers=list(entry.headers))]
+    out = []
+    for item in items:
+        if isinstance(item, dict) and ("value" in item or "value_b64" in item):
+            out.append(_record(item, entry.topic, list(entry.headers)))
+        else:
+            out.append(
+                OutboxRecord(
+                    topic=entry.topic,
+                    key=None,
+                    value=json.dumps(item, separators=(",", ":")).encode(),
+                    headers=list(entry.headers),
+                )
+            )
+    return out
+
+
+def _record(item: dict[str, Any], topic: str, headers: list[p.Header]) -> OutboxRecord:
+    """A record described in JSON: value (any JSON) or value_b64, key or key_b64, headers."""
+    if item.get("value_b64") is not None:
+        value: bytes | None = base64.b64decode(item["value_b64"])
+    elif "value" in item and item["value"] is not None:
+        value = json.dumps(item["value"], separators=(",", ":")).encode()
+    else:
+        value = None
+    if item.get("key_b64") is not None:
+        key: bytes | None = base64.b64decode(item["key_b64"])
+    elif item.get("key") is not None:
+        key = str(item["key"]).encode()
+    else:
+        key = None
+    hs = item.get("headers") or {}
+    if not isinstance(hs, dict):
+        raise ValueError("headers must be an object of strings")
+    return OutboxRecord(
+        topic=str(item.get("topic") or topic),
+        key=key,
+        value=value,
+        headers=headers + [p.Header(key=str(k), value=str(v)) for k, v in hs.items()],
+    )
+
+
+def append(ctx: Ctx, cluster: str, sink: int, records: list[OutboxRecord]) -> None:
+    seq = _next_seq(ctx, cluster, sink)
+    entry = OutboxEntry(state=OutboxState.READY, records=records)
+    ctx.tx.put("outbox", outbox_key(cluster, sink, seq), entry.encode())
+    ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+
+
+def committed(ctx: Ctx, cmd: EgressCommitted) -> None:
+    """Trim the sink's rows up to ``upto`` (they are in Kafka, with the sink's marker)."""
+    prefix = outbox_prefix(cmd.cluster, cmd.sink)
+    for k, _ in ctx.tx.scan("outbox", prefix):
+        if len(k) != len(prefix) + 8:
+            continue
+        if _U64.unpack_from(k, len(prefix))[0] > cmd.upto:
+            break
+        ctx.tx.delete("outbox", k)
+
+
+def default_cluster(ctx: Ctx) -> str:
+    """The cluster of a send that names none: the only one, or the one named "default"."""
+    names = [k.decode() for k, _ in ctx.tx.scan("kafka_clusters", b"")]
+    if len(names) == 1:
+        return names[0]
+    return "default"
+
+
+def kafka_send(ctx: Ctx, st: Status, cmd: p.OneWayCallCommand) -> None:
+    """``sluice.Kafka/send``: the parameter (JSON) is a record; it joins the outbox now."""
+    seed = st.id + st.journal_len.to_bytes(4, "big")
+    iid = InvocationId.derive(partition_key_of(seed), "kafka-send", seed)
+    ctx.notify(
+        st.id,
+        p.CallInvocationIdCompletionNotification(
+            completion_id=cmd.invocation_id_notification_idx, invocation_id=str(iid)
+        ),
+    )
+    try:
+        body = json.loads(cmd.parameter or b"null")
+        if not isinstance(body, dict) or not isinstance(body.get("topic"), str):
+            raise ValueError('expected a JSON object with "topic" (and "key", "value", "headers")')
+        rec = _record(body, body["topic"], [])
+    except (ValueError, TypeError) as e:
+        complete(ctx, st, None, failure(400, f"{KAFKA_SERVICE}/{KAFKA_SEND}: {e}"))
+        return
+    cluster = str(body.get("cluster") or default_cluster(ctx))
+    sink = sink_of(rec.key if rec.key is not None else st.id)
+    append(ctx, cluster, sink, [rec])
+
+
+# --- subscriptions with an output topic ------------------------------------------------------
+
+
+def reserve_for(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> bytes:
+    """The outbox row for one record's invocation (b"": the subscription has no output).
+
+    Every record of an input partition reserves in the same egress partition, in offset
+    order, so results leave in input order (per key and per partition)."""
+    if cmd.output is None:
+        return b""
+    has_key = any(h.key == "kafka.key" for h in rec.headers)
+    key = decode_key(rec.key) if has_key else None
+    return reserve(ctx, cmd.output, sink_of(cmd.producer), key)
+
+
+def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
+    """A stream handler: the new records of one partition, up to ``batch_max`` per
+    invocation, deduplicated by the batch's last offset; each batch's result (a list of
+    records) fills one outbox row, so it leaves in one egress transaction."""
+    from .kafka import _dead_letter_record  # noqa: PLC0415 - kafka.py imports this module
+
+    raw = ctx.tx.get("kafka_dedup", cmd.producer)
+    last = _U64.unpack(raw)[0] if raw is not None else -1
+    fresh = [r for r in cmd.records if r.offset > last]
+    if not fresh:
+        ctx.reply(cmd.waiter, "ok", message="0")
+        return
+    good = []
+    for rec in fresh:
+        if rec.reason:
+            _dead_letter_record(ctx, cmd, rec)
+        else:
+            good.append(rec)
+    created = 0
+    pk = partition_key_of(cmd.producer)
+    for i in range(0, len(good), cmd.batch_max):
+        chunk = good[i : i + cmd.batch_max]
+        end = chunk[-1].offset
+        iid = InvocationId.derive(
+            pk, "kafka-batch", cmd.producer, _U64.pack(cmd.generation), _U64.pack(end)
+        )
+        if ctx.status(iid.raw) is not None:
+            continue
+        out = b""
+        if cmd.output is not None:
+            out = reserve(ctx, cmd.output, sink_of(cmd.producer), None, batch=True)
+        keyed = cmd.kind != Kind.SERVICE
+        invoke(
+            ctx,
+            Invoke(
+                id=iid.raw,
+                service=cmd.service,
+                handler=cmd.handler,
+                key=f"{cmd.topic}/{cmd.partition}" if keyed else "",
+                kind=cmd.kind,
+                input=batch_input(cmd.topic, cmd.partition, chunk),
+                headers=[
+                    p.Header(key="kafka.topic", value=cmd.topic),
+                    p.Header(key="kafka.partition", value=str(cmd.partition)),
+                    p.Header(key="kafka.offset", value=str(chunk[0].offset)),
+                    p.Header(key="kafka.last-offset", value=str(end)),
+                    p.Header(key="content-type", value="application/json"),
+                ],
+                sink=Sink(
+                    kind=SinkKind.KAFKA,
+                    subscription=cmd.subscription,
+                    dead_letter_topic=cmd.dead_letter_topic,
+                    outbox=out,
+                ),
+            ),
+        )
+        created += 1
+    ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(fresh[-1].offset))
+    ctx.reply(cmd.waiter, "ok", message=str(created))
+
+
+def batch_input(topic: str, partition: int, records: list[KafkaRecord]) -> bytes:
+    """A stream handler's input: ``{"topic", "partition", "records": [{"offset", "key",
+    "value" (JSON) or "value_b64", "headers"}]}``, built without re-parsing the values."""
+    parts = []
+    for rec in records:
+        meta = {}
+        headers = {}
+        for h in rec.headers:
+            if h.key.startswith("kafka.") or h.key == "content-type":
+                meta[h.key] = h.value
+            else:
+                headers[h.key] = h.value
+        key = json.dumps(rec.key) if "kafka.key" in meta else "null"
+        if meta.get("content-type", "application/json") == "application/json" and rec.input:
+            value = b'"value":' + rec.input
+        else:
+            value = b'"value_b64":"' + base64.b64encode(rec.input).decode().encode() + b'"'
+        parts.append(
+            b'{"offset":%d,"key":%s,%s,"headers":%s}'
+            % (rec.offset, key.encode(), value, json.dumps(headers).encode())
+        )
+    head = json.dumps({"topic": topic, "partition": partition})[:-1].encode()
+    return head + b',"records":[' + b",".join(parts) + b"]}"

@@ -1,0 +1,237 @@
+"""An egress sink: one transactional producer per (cluster, egress partition), exactly once.
+
+    one transaction:  records (headers sluice-producer, sluice-seq, sluice-part) ─► flush
+                      ─► marker {"seq": upto, "ends": offsets} on the progress topic ─► commit
+
+The marker rides in the same transaction as its records: Kafka shows both or neither. On a
+restart, ``recover`` re-initializes the same transactional id (fencing the old producer and
+resolving its open transaction), reads the last committed marker back with read_committed,
+and resumes after it. Tansu (the test broker) makes a dead producer's open transaction
+visible instead of aborting it; the records are flushed before the marker is written, so a
+visible marker means all of its records are visible, and records past the marker that became
+visible are found by scanning the output partitions from the marker's offsets (``visible``)
+and are not sent again.
+
+Calls block: callers run them in a thread. Never ``abort``: on Tansu an aborted
+transaction's records stay visible. After an error the caller calls ``recover`` again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ._client import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    TopicAdmin,
+    TopicPartitionOffset,
+    TransactionalProducer,
+)
+
+H_PRODUCER = "sluice-producer"
+H_SEQ = "sluice-seq"
+H_PART = "sluice-part"
+
+PROGRESS_TOPIC = "sluice-egress-progress"
+
+# Test hook: SIGKILL this process inside its N-th egress transaction (records and marker
+# produced, commit not sent), to test recovery from a death inside a transaction.
+_KILL_ENV = "SLUICE_TEST_KILL_IN_EGRESS_TXN"
+
+
+@dataclass(slots=True)
+class OutRecord:
+    """One record to send; (seq, part) is its position in the sink's outbox."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    seq: int
+    part: int
+
+
+@dataclass(slots=True)
+class Recovered:
+    seq: int  # the last committed outbox sequence number (0: none)
+    visible: set[tuple[int, int]] = field(default_factory=set)  # (seq, part) past it, in Kafka
+
+
+class EgressSink:
+    def __init__(
+        self,
+        properties: Mapping[str, str],
+        *,
+        producer_id: str,
+        marker_partition: int,
+        progress_partitions: int,
+        progress_topic: str = PROGRESS_TOPIC,
+    ) -> None:
+        self.properties = dict(properties)
+        self.producer_id = producer_id
+        self.marker_partition = marker_partition % progress_partitions
+        self.progress_partitions = progress_partitions
+        self.progress_topic = progress_topic
+        self.ends: dict[tuple[str, int], int] = {}  # next offset after our last record
+        self.transactions = 0
+        self._p: TransactionalProducer | None = None
+        kill = os.environ.get(_KILL_ENV, "")
+        self._kill_at = int(kill) if kill.isdigit() else 0
+
+    @property
+    def ready(self) -> bool:
+        return self._p is not None
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def recover(self, pending_topics: Iterable[str]) -> Recovered:
+        """Fence the previous producer, read the committed marker, and find records past it
+        that are visible anyway (Tansu)."""
+        if self._p is not None:
+            self._p.close()
+            self._p = None
+        TopicAdmin(self.properties).create_topic(
+            self.progress_topic, self.progress_partitions, config={"cleanup.policy": "compact"}
+        )
+        prod = TransactionalProducer(self.properties, self.producer_id)
+        prod.init()
+        marker = self._read_marker()
+        seq = int(marker.get("seq", 0)) if marker else 0
+        self.ends = {(t, int(n)): int(o) for t, n, o in (marker or {}).get("ends", [])}
+        visible: set[tuple[int, int]] = set()
+        tps = []
+        for topic in sorted(set(pending_topics)):
+            for n in prod.partitions(topic) or []:
+                tps.append(TopicPartitionOffset(topic, n, self.ends.get((topic, n), OFFSET_BEGINNING)))
+        if tps:
+            for m in self._read(tps):
+                h = dict(m.headers)
+                if h.get(H_PRODUCER) != self.producer_id.encode():
+                    continue
+                s, part = int(h.get(H_SEQ) or 0), int(h.get(H_PART) or 0)
+                if s > seq:
+                    visible.add((s, part))
+                    tp = (m.topic, m.partition)
+                    self.ends[tp] = max(self.ends.get(tp, 0), m.offset + 1)
+        self._p = prod
+        return Recovered(seq, visible)
+
+    def _consumer(self) -> Consumer:
+        return Consumer(
+            {
+                **self.properties,
+                "group.id": f"{self.producer_id}-recovery",
+                "isolation.level": "read_committed",
+            }
+        )
+
+    def _read_marker(self) -> dict[str, object] | None:
+        c = self._consumer()
+        try:
+            lo, hi = c.watermarks(self.progress_topic, self.marker_partition)
+            window = 256
+            while True:
+                start = max(lo, hi - window)
+                found = None
+                tp = TopicPartitionOffset(self.progress_topic, self.marker_partition, start)
+                for m in self._read([tp], c, {(tp.topic, tp.partition): hi}):
+                    if m.key == self.producer_id.encode() and m.value:
+                        found = m.value
+                if found is not None:
+                    value: dict[str, object] = json.loads(found)
+                    return value
+                if start <= lo:
+                    return None
+                window *= 8
+        finally:
+            c.close()
+
+    def _read(
+        self,
+        tps: list[TopicPartitionOffset],
+        c: Consumer | None = None,
+        highs: dict[tuple[str, int], int] | None = None,
+    ) -> list[object]:
+        """Every committed record from the given offsets to the end of each partition."""
+        own = c is None
+        c = c or self._consumer()
+        try:
+            if highs is None:
+                highs = {(t.topic, t.partition): c.watermarks(t.topic, t.partition)[1] for t in tps}
+            todo = {(t.topic, t.partition) for t in tps if highs[(t.topic, t.partition)] > max(t.offset, 0)}
+            c.assign(tps)
+            out: list[object] = []
+            last: dict[tuple[str, int], int] = {}
+            idle_since = time.monotonic()
+            while todo:
+                msgs = c.consume(1000, 0.2)
+                if msgs:
+                    idle_since = time.monotonic()
+                for m in msgs:
+                    out.append(m)
+                    tp = (m.topic, m.partition)
+                    last[tp] = m.offset
+                    # Control records (transaction markers) take offsets too: within 2 of
+                    # the end is the end.
+                    if m.offset >= highs.get(tp, 0) - 2:
+                        todo.discard(tp)
+                if not msgs and time.monotonic() - idle_since > 1.0:
+                    break
+            return out
+        finally:
+            if own:
+                c.close()
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send(self, records: list[OutRecord], upto: int) -> None:
+        """One transaction: the records, then the marker ``upto``; committed or raised."""
+        prod = self._p
+        if prod is None:
+            raise KafkaError("the egress sink is not recovered", retriable=True)
+        pid = self.producer_id.encode()
+        try:
+            prod.begin()
+            for r in records:
+                prod.produce(
+                    r.topic,
+                    r.value,
+                    key=r.key,
+                    headers=[
+                        *r.headers,
+                        (H_PRODUCER, pid),
+                        (H_SEQ, str(r.seq).encode()),
+                        (H_PART, str(r.part).encode()),
+                    ],
+                )
+            # Flushed before the marker: a visible marker implies visible records (Tansu).
+            prod.flush()
+            for tp, end in prod.delivered.items():
+                if tp[0] != self.progress_topic:
+                    self.ends[tp] = end
+            marker = {"seq": upto, "ends": [[t, n, o] for (t, n), o in sorted(self.ends.items())]}
+            prod.produce(
+                self.progress_topic,
+                json.dumps(marker, separators=(",", ":")).encode(),
+                key=pid,
+                partition=self.marker_partition,
+            )
+            self.transactions += 1
+            if self._kill_at and self.transactions == self._kill_at:
+                prod.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            prod.commit()
+        except KafkaError:
+            self._p = None
+            raise
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.close()
+            self._p = None

@@ -1,0 +1,107 @@
+"""Fixtures for the egress tests: the Sluice SDK egress services, and a read_committed reader
+of output topics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from connectors.kafka import Consumer, TopicPartitionOffset
+from connectors.kafka._client import OFFSET_BEGINNING
+from tests.broker.conftest import ServiceProcess
+from tests.ingress_kafka.conftest import Admin, admin, broker, new_topic, produce  # noqa: F401
+from tests.kafka import Tansu
+
+
+@pytest.fixture(scope="session")
+def egress_services() -> Iterator[ServiceProcess]:
+    svc = ServiceProcess("tests.egress.services")
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@dataclass
+class Out:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: Any
+    headers: dict[str, str]
+
+    @property
+    def seq(self) -> tuple[str, int, int]:
+        h = self.headers
+        return h["sluice-producer"], int(h["sluice-seq"]), int(h["sluice-part"])
+
+
+def read_output(kafka: Tansu, topic: str, want: int, within: float = 60.0) -> list[Out]:
+    """Committed records of ``topic`` (read_committed), once ``want`` arrived or time is up."""
+    c = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": "egress-test-reader",
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        parts = c.partitions(topic) or []
+        c.assign([TopicPartitionOffset(topic, n, OFFSET_BEGINNING) for n in parts])
+        out: list[Out] = []
+        deadline = time.monotonic() + within
+        quiet = 0.0
+        while time.monotonic() < deadline:
+            msgs = c.consume(1000, 0.2)
+            for m in msgs:
+                out.append(
+                    Out(
+                        m.partition,
+                        m.offset,
+                        m.key,
+                        json.loads(m.value) if m.value else None,
+                        {k: (v or b"").decode() for k, v in m.headers},
+                    )
+                )
+            if len(out) >= want:
+                # a little longer: duplicates would arrive now
+                quiet = quiet + 0.2 if not msgs else 0.0
+                if quiet >= 1.0:
+                    break
+        return out
+    finally:
+        c.close()
+
+
+def check_exactly_once(
+    out: list[Out], want: dict[int, bytes | None], *, ordered: bool = True
+) -> None:
+    """Each input ``i`` (value["i"]) exactly once, unique sequence headers, and (``ordered``)
+    per-key input order."""
+    seen: dict[int, int] = {}
+    for o in out:
+        seen[o.value["i"]] = seen.get(o.value["i"], 0) + 1
+    lost = sorted(set(want) - set(seen))
+    dups = sorted(i for i, n in seen.items() if n > 1)
+    assert not lost and not dups, f"lost {len(lost)} {lost[:10]}, duplicated {len(dups)} {dups[:10]}"
+    seqs = [o.seq for o in out]
+    assert len(set(seqs)) == len(seqs), "a sequence header repeats"
+    for o in out:
+        assert o.key == want[o.value["i"]], f"record {o.value['i']}: key {o.key!r}"
+    # Per key, in partition-offset order, the inputs come in input order (i increases).
+    by_key: dict[bytes | None, list[Out]] = {}
+    for o in sorted(out, key=lambda o: (o.partition, o.offset)):
+        by_key.setdefault(o.key, []).append(o)
+    for key, recs in by_key.items():
+        ii = [r.value["i"] for r in recs]
+        assert ii == sorted(ii) or not ordered, f"key {key!r} out of order: {ii[:20]}"
+        # and the sequence numbers of one producer increase along a key
+        by_prod: dict[str, list[tuple[int, int]]] = {}
+        for r in recs:
+            by_prod.setdefault(r.seq[0], []).append(r.seq[1:])
+        for s in by_prod.values():
+            assert s == sorted(s), f"key {key!r}: sequence numbers out of order"

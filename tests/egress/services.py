@@ -1,0 +1,51 @@
+"""Handlers for the egress tests, written with the Sluice SDK: a stateless map, a per-key
+virtual object, a handler that sends with ``ctx.kafka_send``, and a stream handler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sdk
+from sdk import Context, ObjectContext, Service, VirtualObject
+
+enrich = Service("Enrich")
+
+
+@enrich.handler()
+async def map(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    return {"i": rec["i"], "by": "enrich"}
+
+
+tally = VirtualObject("Tally")
+
+
+@tally.handler()
+async def add(ctx: ObjectContext, rec: dict[str, Any]) -> dict[str, Any]:
+    n = (await ctx.get("n", type_hint=int) or 0) + 1
+    ctx.set("n", n)
+    return {"i": rec["i"], "n": n, "key": ctx.key()}
+
+
+sender = Service("Sender")
+
+
+@sender.handler()
+async def send(ctx: Context, rec: dict[str, Any]) -> None:
+    for j in range(rec.get("copies", 1)):
+        ctx.kafka_send(
+            rec["topic"], rec["key"], {"i": rec["i"], "j": j}, headers={"origin": "sender"}
+        )
+
+
+stream = Service("Stream")
+
+
+@stream.handler()
+async def batch(ctx: Context, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"key": r["key"], "value": {"i": r["value"]["i"], "by": "stream"}}
+        for r in batch["records"]
+    ]
+
+
+app = sdk.app(enrich, tally, sender, stream)
