@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import abc
+import bisect
 from collections.abc import Iterator
 
 # One column family per table.
@@ -44,11 +45,14 @@ class Store(abc.ABC):
 class Transaction:
     """Reads see this transaction's own writes; ``commit`` writes them in one batch."""
 
-    __slots__ = ("_changes", "_store")
+    __slots__ = ("_changes", "_keys", "_store")
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._changes: dict[tuple[str, bytes], bytes | None] = {}
+        # Changed keys per table, sorted: a prefix scan inside a big batch (thousands of
+        # Kafka records in one group commit) stays a bisect instead of a pass over them all.
+        self._keys: dict[str, list[bytes]] = {}
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         k = (cf, key)
@@ -56,20 +60,29 @@ class Transaction:
             return self._changes[k]
         return self._store.get(cf, key)
 
+    def _touch(self, cf: str, key: bytes) -> None:
+        if (cf, key) not in self._changes:
+            bisect.insort(self._keys.setdefault(cf, []), key)
+
     def put(self, cf: str, key: bytes, value: bytes) -> None:
+        self._touch(cf, key)
         self._changes[(cf, key)] = value
 
     def delete(self, cf: str, key: bytes) -> None:
+        self._touch(cf, key)
         self._changes[(cf, key)] = None
 
     def scan(self, cf: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         merged: dict[bytes, bytes | None] = dict(self._store.scan(cf, prefix))
-        for (c, k), v in self._changes.items():
-            if c == cf and k.startswith(prefix):
-                merged[k] = v
+        keys = self._keys.get(cf, ())
+        i = bisect.bisect_left(keys, prefix)
+        while i < len(keys) and keys[i].startswith(prefix):
+            merged[keys[i]] = self._changes[(cf, keys[i])]
+            i += 1
         return sorted((k, v) for k, v in merged.items() if v is not None)
 
     def commit(self) -> None:
         if self._changes:
             self._store.write(self._changes)
             self._changes = {}
+            self._keys = {}

@@ -198,15 +198,16 @@ class SubscriptionConsumer:
                 self._throttled = False
                 for s in self.partitions.values():
                     s.paused = False
-            msgs, highs = await self._call(self._poll, consumer)
+            room = sub.max_in_flight - self._load()
+            msgs, highs = await self._call(self._poll, consumer, min(BATCH, max(room, 1)))
             for n, hi in highs.items():
                 if n in self.partitions and hi is not None:
                     self.partitions[n].high = hi
             if msgs:
                 self._submit(msgs)
 
-    def _poll(self, consumer: Consumer) -> tuple[list[KafkaMessage], dict[int, int | None]]:
-        msgs = consumer.consume(BATCH, 0.1)
+    def _poll(self, consumer: Consumer, n: int) -> tuple[list[KafkaMessage], dict[int, int | None]]:
+        msgs = consumer.consume(n, 0.1)
         highs = {n: consumer.cached_high(self.sub.topic, n) for n in self.partitions}
         return msgs, highs
 

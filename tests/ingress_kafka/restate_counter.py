@@ -7,6 +7,7 @@ duplicate or a reordering). ``sluice_counter.py`` is the same object with the Sl
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from restate import ObjectContext, ObjectSharedContext, Service, TerminalError, VirtualObject
@@ -30,6 +31,13 @@ async def add(ctx: ObjectContext, rec: dict[str, Any]) -> None:
     ctx.set("count", count + 1)
     ctx.set("sum", total + int(rec.get("v", 0)))
     ctx.set("last", offset)
+
+
+@counter.handler()
+async def slow(ctx: ObjectContext, rec: dict[str, Any]) -> None:
+    await asyncio.sleep(0.05)  # not durable: only to keep invocations open for a while
+    count = await ctx.get("count", type_hint=int) or 0
+    ctx.set("count", count + 1)
 
 
 @counter.handler(kind="shared")

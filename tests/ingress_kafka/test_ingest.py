@@ -67,3 +67,26 @@ async def test_counter_ingest_exactly_once(
         await asyncio.sleep(0.2)
     assert "sluice_kafka_records_ingested_total" in text
     assert len(lags) == 4 and all(ln.endswith(" 0") for ln in lags), lags
+
+
+async def test_backpressure_bounds_invocations_in_flight(
+    kafka: Tansu, broker: Broker, admin: Admin, restate_counter: ServiceProcess
+) -> None:
+    topic = new_topic(kafka, 2)
+    produce(kafka, topic, [(f"s{i % 8}", {"v": 1}, i % 2) for i in range(48)])
+    await admin.register(restate_counter.uri)
+    await admin.cluster(kafka)
+    sub = await admin.subscribe(topic, "service://KafkaCounter/slow", name="slow", max_in_flight=4)
+    peak = 0
+    done = 0
+    deadline = time.monotonic() + 30
+    while done < 48 and time.monotonic() < deadline:
+        status = (await admin.http.get(f"/subscriptions/{sub['id']}")).json()["status"]
+        peak = max(peak, status.get("in_flight", 0))
+        done = 0
+        for k in range(8):
+            done += (await admin.state("KafkaCounter", f"s{k}")).get("count", 0)
+        await asyncio.sleep(0.01)
+    assert done == 48
+    # The consumer never took more records than the configured room (4) allowed.
+    assert 1 <= peak <= 4, peak

@@ -29,6 +29,7 @@ from .._records import (
     KafkaIngest,
     KafkaRecord,
     Kind,
+    Phase,
     Sink,
     SinkKind,
     Status,
@@ -110,7 +111,9 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
                 ),
             ),
         )
-        created += 1
+        new = ctx.status(iid.raw)
+        if new is not None and new.phase != Phase.COMPLETED:
+            created += 1  # in flight until its KafkaDone (not: failed at once, e.g. no handler)
     if last >= 0:
         ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(last))
     ctx.reply(cmd.waiter, "ok", message=str(created))
