@@ -191,7 +191,12 @@ def main() -> None:
             b = starters[name]()
             try:
                 r = run_one(
-                    b, f"http://127.0.0.1:{hport}", bootstrap, topic, args.records, args.timeout
+                    b,
+                    f"http://127.0.0.1:{hport}",
+                    bootstrap=bootstrap,
+                    topic=topic,
+                    records=args.records,
+                    timeout=args.timeout,
                 )
             finally:
                 b.stop()
