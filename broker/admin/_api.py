@@ -12,6 +12,7 @@ from broker.partition._records import Manage, Phase, SchemaUpdate, Status, Termi
 from broker.schema import Deployment, DiscoveryError, discover
 
 from ._openapi import OPENAPI
+from ._query import QueryError, run_query
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -53,11 +54,23 @@ class AdminApi:
                 return await self._invocations(req, m, seg[1:])
             if len(seg) == 3 and seg[0] == "state" and m == "GET":
                 return self._state(seg[1], seg[2])
+            if seg == ["query"] and m == "POST":
+                return self._query(req)
             if seg and seg[0] in ("kafka-clusters", "subscriptions", "metrics"):
                 return await self.broker.subscriptions.admin(req, seg)  # subscriptions/
         except (ValueError, KeyError) as e:
             return _err(400, f"bad request: {e}")
         return _err(404, "not found")
+
+    def _query(self, req: Request) -> Response:
+        try:
+            sql = json.loads(req.body or b"{}").get("query", "")
+            rows = run_query(self.broker.store, sql)
+        except QueryError as e:
+            return _err(400, str(e))
+        except ValueError as e:
+            return _err(400, f"the body must be JSON {{\"query\": \"SELECT ...\"}}: {e}")
+        return json_response(200, {"rows": rows})
 
     # --- deployments ---------------------------------------------------------------------
 

@@ -71,6 +71,13 @@ OPENAPI: dict[str, Any] = {
             "parameters": _ID,
             "patch": _op("Resume a paused invocation", {"202": "accepted"}),
         },
+        "/query": {
+            "post": _op(
+                "SQL subset: SELECT cols FROM sys_invocation|state [WHERE col = 'v' AND ...] [LIMIT n]",
+                {"200": "{rows: [...]}", "400": "unsupported query"},
+                {"type": "object", "properties": {"query": {"type": "string"}}},
+            )
+        },
         "/state/{service}/{key}": {
             "get": _op("The state of one object or workflow key, JSON-decoded where possible", {"200": "state"}),
         },

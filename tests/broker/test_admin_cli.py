@@ -40,6 +40,14 @@ async def test_admin_api(client: Client, restate_service: ServiceProcess) -> Non
     bad = await client.admin.post("/deployments", json={"uri": "http://127.0.0.1:1"})
     assert bad.status_code == 502 and "cannot reach" in bad.json()["message"]
     assert (await client.admin.post("/deployments", json={})).status_code == 400
+    r = await client.call("/Counter/q/add", 2)
+    iid = r.headers["x-restate-id"]
+    q = await client.admin.post("/query", json={"query": f"SELECT id, status FROM sys_invocation WHERE id = '{iid}'"})
+    assert q.json() == {"rows": [{"id": iid, "status": "completed"}]}
+    q = await client.admin.post("/query", json={"query": "SELECT key, value_utf8 FROM state WHERE service_name = 'Counter' AND service_key = 'q'"})
+    assert q.json()["rows"] == [{"key": "count", "value_utf8": "2"}]
+    bad = await client.admin.post("/query", json={"query": "DELETE FROM x"})
+    assert bad.status_code == 400 and "supported" in bad.json()["message"]
     r = await client.admin.patch("/invocations/inv_1" + "A" * 32 + "/kill")
     assert r.status_code == 404
     assert (await client.admin.delete(f"/deployments/{dep['id']}")).status_code == 202

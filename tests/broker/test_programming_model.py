@@ -66,9 +66,11 @@ async def test_workflow_promise_and_run_once(client: Client, restate_service: Se
     assert r.status_code == 200, r.text
     att = await client.ingress.get("/restate/workflow/SignUp/w1/attach")
     assert att.status_code == 200 and att.json() == "a@b.c:s3cret"
-    # Run once: calling run again returns the first result, without running again.
+    # Run once: calling run again is refused (409, like restate-server); output stays.
     again = await client.call("/SignUp/w1/run", "other@x.y")
-    assert again.json() == "a@b.c:s3cret"
+    assert again.status_code == 409 and "already invoked" in again.json()["message"]
+    out = await client.ingress.get("/restate/workflow/SignUp/w1/output")
+    assert out.json() == "a@b.c:s3cret"
 
 
 @MODES

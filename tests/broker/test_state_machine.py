@@ -232,7 +232,7 @@ def test_workflow_promise_and_run_once() -> None:
     again = Invoke(id=wf_id.raw, service="Wf", handler="run", key="w", kind=Kind.WORKFLOW, sink=Sink(kind=SinkKind.INGRESS, waiter=2))
     acts = h.apply(again)
     assert not of(acts, a.StartAttempt)
-    assert [(r.waiter, r.value) for r in of(acts, a.Reply)] == [(2, b'"done"')]
+    assert [(r.waiter, r.code) for r in of(acts, a.Reply)] == [(2, 409)]
 
 
 def test_kill_answers_waiters_and_frees_key() -> None:

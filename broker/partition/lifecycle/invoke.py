@@ -59,6 +59,10 @@ def _dedup(ctx: Ctx, cmd: Invoke, st: Status) -> None:
         if sink.kind == SinkKind.INGRESS:
             ctx.reply(sink.waiter, "previously", id=st.id)
         return
+    if st.kind == Kind.WORKFLOW:
+        # A workflow's run handler runs once per id: another call is refused, like restate.
+        answer_sink(ctx, sink, st.id, None, failure(409, "the workflow method was already invoked"))
+        return
     if st.phase == Phase.COMPLETED:
         answer_sink(ctx, sink, st.id, st.result, st.failure)
     else:
