@@ -1,0 +1,44 @@
+"""Inactivity timeout: an idle bidi stream is asked to suspend, and resumes on its timer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker.config import BrokerSettings
+from broker.server import Broker
+
+from .conftest import Client, ServiceProcess
+
+
+@pytest.fixture
+async def impatient(tmp_path: Path) -> AsyncIterator[Broker]:
+    b = Broker(
+        BrokerSettings(
+            data_dir=tmp_path / "d", ingress_port=0, admin_port=0,
+            inactivity_timeout_s=0.3, abort_timeout_s=5,
+        )
+    )
+    await b.start()
+    yield b
+    await b.stop()
+
+
+async def test_idle_stream_suspends_then_resumes(impatient: Broker, restate_service: ServiceProcess) -> None:
+    c = Client(impatient)
+    try:
+        await c.register(restate_service.uri)
+        call = asyncio.ensure_future(c.call("/Greeter/sleepy", 2500))
+        seen = set()
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            q = await c.admin.post("/query", json={"query": "SELECT status FROM sys_invocation WHERE target_handler_name = 'sleepy'"})
+            seen.update(r["status"] for r in q.json()["rows"])
+        assert "suspended" in seen, seen
+        r = await call
+        assert r.status_code == 200 and r.json() == "rested"
+    finally:
+        await c.close()
