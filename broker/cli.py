@@ -39,10 +39,21 @@ def _server(args: argparse.Namespace) -> None:
             body_limit=args.body_limit,
             fsync=not args.no_fsync,
             declarations=Path(args.config) if args.config else None,
+            retry={
+                "initial_interval_ms": args.retry_initial_interval_ms,
+                "factor": args.retry_factor,
+                "max_interval_ms": args.retry_max_interval_ms,
+                "max_attempts": args.retry_max_attempts,
+            },
+            inactivity_timeout_s=args.inactivity_timeout,
+            abort_timeout_s=args.abort_timeout,
+            idempotency_retention_s=args.idempotency_retention,
+            completion_retention_s=args.completion_retention,
         )
     except ValidationError as e:
         err = e.errors()[0]
-        raise CliError(f"--{'-'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+        flag = "-".join(str(x) for x in err["loc"]).replace("_", "-").removesuffix("-s")
+        raise CliError(f"--{flag}: {err['msg']}") from None
 
     async def run() -> None:
         try:
@@ -179,6 +190,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--partitions", type=int, default=8)
     s.add_argument("--body-limit", type=int, default=32 * 1024 * 1024, help="bytes")
     s.add_argument("--no-fsync", action="store_true", help="unsafe: skip fdatasync (benchmarks only)")
+    s.add_argument("--retry-initial-interval-ms", type=int, default=50)
+    s.add_argument("--retry-factor", type=float, default=2.0)
+    s.add_argument("--retry-max-interval-ms", type=int, default=10_000)
+    s.add_argument("--retry-max-attempts", type=int, default=100, help="then the invocation pauses")
+    s.add_argument("--inactivity-timeout", type=float, default=60.0, help="seconds; then ask to suspend")
+    s.add_argument("--abort-timeout", type=float, default=60.0, help="seconds after that; then abort")
+    s.add_argument("--idempotency-retention", type=float, default=86_400.0, help="seconds")
+    s.add_argument("--completion-retention", type=float, default=86_400.0, help="seconds")
     s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
     s.set_defaults(fn=_server)
 
