@@ -58,6 +58,8 @@ class AdminApi:
                 return self._query(req)
             if seg and seg[0] in ("kafka-clusters", "subscriptions", "metrics"):
                 return await self.broker.subscriptions.admin(req, seg)  # subscriptions/
+            if seg == ["egress"] and m == "GET":  # broker/egress.py: one row per sink
+                return json_response(200, {"sinks": self.broker.egress.to_json()})
         except (ValueError, KeyError) as e:
             return _err(400, f"bad request: {e}")
         return _err(404, "not found")

@@ -105,3 +105,11 @@ def check_exactly_once(
             by_prod.setdefault(r.seq[0], []).append(r.seq[1:])
         for s in by_prod.values():
             assert s == sorted(s), f"key {key!r}: sequence numbers out of order"
+
+
+@pytest.fixture(scope="session")
+def restate_egress_services() -> Iterator[ServiceProcess]:
+    svc = ServiceProcess("tests.egress.restate_services")
+    svc.start()
+    yield svc
+    svc.stop()

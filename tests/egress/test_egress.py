@@ -70,3 +70,36 @@ async def test_stream_handler_batches(
     got = await asyncio.to_thread(read_output, kafka, out, n)
     check_exactly_once(got, want)
     assert {o.value["by"] for o in got} == {"stream"}
+
+
+async def test_restate_sdk_generic_send_to_the_builtin_service(
+    kafka: Tansu, broker: Broker, admin: Admin, restate_egress_services: ServiceProcess
+) -> None:
+    await admin.register(restate_egress_services.uri)
+    await admin.cluster(kafka)
+    src, out = new_topic(kafka, 2), new_topic(kafka, 2)
+    n = 50
+    produce(kafka, src, [(f"k{i}", {"i": i, "topic": out, "key": f"k{i % 3}"}, None) for i in range(n)])
+    await admin.subscribe(src, "service://RestateSender/send")
+    got = await asyncio.to_thread(read_output, kafka, out, n)
+    check_exactly_once(got, {i: f"k{i % 3}".encode() for i in range(n)}, ordered=False)
+
+
+async def test_egress_to_another_cluster(
+    kafka: Tansu, broker: Broker, admin: Admin, egress_services: ServiceProcess
+) -> None:
+    """The source is one Kafka cluster, the output topic lives on another (a second Tansu)."""
+    await _setup(admin, kafka, egress_services)
+    remote = Tansu()
+    remote.start()
+    try:
+        await admin.cluster(remote, name="remote")
+        src, out = new_topic(kafka, 2), new_topic(remote, 2)
+        n = 100
+        want = {i: f"k{i % 7}".encode() for i in range(n)}
+        produce(kafka, src, [(want[i].decode(), {"i": i}, None) for i in range(n)])
+        await admin.subscribe(src, "service://Enrich/map", output_topic=out, output_cluster="remote")
+        got = await asyncio.to_thread(read_output, remote, out, n)
+        check_exactly_once(got, want)
+    finally:
+        remote.stop()
