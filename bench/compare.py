@@ -106,9 +106,21 @@ def start_sluice() -> Broker:
     work = Path(tempfile.mkdtemp(prefix="bench-sluice-"))
     ingress, admin = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "server", "--data-dir", str(work / "data"),
-         "--ingress-port", str(ingress), "--admin-port", str(admin)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "server",
+            "--data-dir",
+            str(work / "data"),
+            "--ingress-port",
+            str(ingress),
+            "--admin-port",
+            str(admin),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_http(f"http://127.0.0.1:{admin}/health")
     return Broker("sluice", proc, ingress, admin, work)
@@ -128,8 +140,11 @@ def start_restate(binary: Path) -> Broker:
         "RESTATE_ADMIN__DISABLE_WEB_UI": "true",
     }
     proc = subprocess.Popen(
-        [str(binary), "--no-logo"], env=env, cwd=work,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [str(binary), "--no-logo"],
+        env=env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_http(f"http://127.0.0.1:{admin}/health")
     wait_http(f"http://127.0.0.1:{ingress}/restate/health")
@@ -140,7 +155,10 @@ SCENARIOS = {
     # name: (path maker, body)
     "noop": (lambda c, n: "/Noop/noop", b""),
     "counter": (lambda c, n: f"/BenchCounter/k{c}/add", b"1"),
-    "workflow": (lambda c, n: f"/ThreeSteps/wf-{c}-{n}-{os.getpid()}-{time.monotonic_ns()}/run", b"1"),
+    "workflow": (
+        lambda c, n: f"/ThreeSteps/wf-{c}-{n}-{os.getpid()}-{time.monotonic_ns()}/run",
+        b"1",
+    ),
 }
 
 
@@ -156,10 +174,14 @@ class Row:
 
 async def measure(b: Broker, handler_pid: int, scenario: str, clients: int, seconds: float) -> Row:
     path, body = SCENARIOS[scenario]
-    await run_load("127.0.0.1", b.ingress, path, body, clients=clients, seconds=min(2.0, seconds), warmup=0)
+    await run_load(
+        "127.0.0.1", b.ingress, path, body, clients=clients, seconds=min(2.0, seconds), warmup=0
+    )
     handler_pids = tree(handler_pid)
     c0 = (cpu_seconds([b.proc.pid]), cpu_seconds(handler_pids))
-    res = await run_load("127.0.0.1", b.ingress, path, body, clients=clients, seconds=seconds, warmup=0)
+    res = await run_load(
+        "127.0.0.1", b.ingress, path, body, clients=clients, seconds=seconds, warmup=0
+    )
     c1 = (cpu_seconds([b.proc.pid]), cpu_seconds(handler_pids))
     return Row(b.name, scenario, clients, res, c1[0] - c0[0], c1[1] - c0[1])
 
@@ -173,7 +195,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     ap.add_argument("--concurrency", default="32,64,128")
     ap.add_argument("--scenarios", default="noop,workflow,counter")
-    ap.add_argument("--restate-server", default=os.environ.get("SLUICE_RESTATE_SERVER", str(DEFAULT_RESTATE)))
+    ap.add_argument(
+        "--restate-server", default=os.environ.get("SLUICE_RESTATE_SERVER", str(DEFAULT_RESTATE))
+    )
     ap.add_argument("--only", choices=["sluice", "restate"], help="run one broker only")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
@@ -181,12 +205,16 @@ def main() -> None:
     scenarios = args.scenarios.split(",")
     binary = Path(args.restate_server)
     if args.only != "sluice" and not binary.exists():
-        sys.exit(f"bench: restate-server not found at {binary} (run `make peers`, or pass --only sluice)")
+        sys.exit(
+            f"bench: restate-server not found at {binary} (run `make peers`, or pass --only sluice)"
+        )
 
     hport = free_port()
     handler = subprocess.Popen(
         [sys.executable, "-m", "hypercorn", "bench.handlers:app", "--bind", f"127.0.0.1:{hport}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     rows: list[Row] = []
     try:
@@ -218,7 +246,9 @@ def main() -> None:
 
     by = {(r.broker, r.scenario, r.clients): r for r in rows}
     if not args.only:
-        print("\nSluice/Restate ratios (throughput higher is better; p50, p99, cpu per call lower is better)")
+        print(
+            "\nSluice/Restate ratios (throughput higher is better; p50, p99, cpu per call lower is better)"
+        )
         print(f"{'scenario':9} {'clients':>7} {'thrpt':>7} {'p50':>7} {'p99':>7} {'cpu/call':>9}")
         for sc in scenarios:
             for n in levels:
@@ -234,13 +264,26 @@ def main() -> None:
                     f" {fmt_ratio(s_cpc, r_cpc):>9}"
                 )
     if args.json:
-        Path(args.json).write_text(json.dumps([
-            {"broker": r.broker, "scenario": r.scenario, "clients": r.clients,
-             "throughput": r.result.throughput, "p50_ms": r.result.percentile(0.5),
-             "p99_ms": r.result.percentile(0.99), "errors": r.result.errors,
-             "broker_cpu_s": r.broker_cpu, "handler_cpu_s": r.handler_cpu, "seconds": r.result.seconds}
-            for r in rows
-        ], indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "broker": r.broker,
+                        "scenario": r.scenario,
+                        "clients": r.clients,
+                        "throughput": r.result.throughput,
+                        "p50_ms": r.result.percentile(0.5),
+                        "p99_ms": r.result.percentile(0.99),
+                        "errors": r.result.errors,
+                        "broker_cpu_s": r.broker_cpu,
+                        "handler_cpu_s": r.handler_cpu,
+                        "seconds": r.result.seconds,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

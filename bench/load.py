@@ -61,13 +61,22 @@ async def _client(
 
 
 async def run_load(
-    host: str, port: int, path: object, body: bytes, *, clients: int, seconds: float, warmup: float = 1.0
+    host: str,
+    port: int,
+    path: object,
+    body: bytes,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float = 1.0,
 ) -> LoadResult:
     if warmup > 0:
         await run_load(host, port, path, body, clients=clients, seconds=warmup, warmup=0)
     res = LoadResult()
     t0 = time.monotonic()
     stop_at = t0 + seconds
-    await asyncio.gather(*(_client(host, port, path, body, stop_at, res, i) for i in range(clients)))
+    await asyncio.gather(
+        *(_client(host, port, path, body, stop_at, res, i) for i in range(clients))
+    )
     res.seconds = time.monotonic() - t0
     return res

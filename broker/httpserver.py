@@ -94,16 +94,23 @@ class _Conn(asyncio.Protocol):
             req = self._parse()
         except _BodyTooLarge:
             self._write(
-                json_response(413, {"code": 413, "message": f"request body exceeds the {self._limit} byte limit"}),
+                json_response(
+                    413,
+                    {"code": 413, "message": f"request body exceeds the {self._limit} byte limit"},
+                ),
                 close=True,
             )
             return
         except ValueError as e:
-            self._write(json_response(400, {"code": 400, "message": f"bad request: {e}"}), close=True)
+            self._write(
+                json_response(400, {"code": 400, "message": f"bad request: {e}"}), close=True
+            )
             return
         if req is None:
             if len(self._buf) > 64 * 1024 and b"\r\n\r\n" not in self._buf:
-                self._write(json_response(400, {"code": 400, "message": "headers too large"}), close=True)
+                self._write(
+                    json_response(400, {"code": 400, "message": "headers too large"}), close=True
+                )
             return
         self._busy = True
         keep = req.headers.get("connection", "").lower() != "close"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def _op(summary: str, responses: dict[str, str], body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _op(
+    summary: str, responses: dict[str, str], body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {code: {"description": d} for code, d in responses.items()},
@@ -27,7 +29,12 @@ OPENAPI: dict[str, Any] = {
             "get": _op("List deployments", {"200": "deployments"}),
             "post": _op(
                 "Register a deployment: discover its services and negotiate the protocol",
-                {"201": "registered", "400": "bad request", "409": "conflict", "502": "discovery failed"},
+                {
+                    "201": "registered",
+                    "400": "bad request",
+                    "409": "conflict",
+                    "502": "discovery failed",
+                },
                 {
                     "type": "object",
                     "required": ["uri"],
@@ -50,22 +57,31 @@ OPENAPI: dict[str, Any] = {
             "parameters": _ID,
             "get": _op("Describe a service", {"200": "service", "404": "not found"}),
         },
-        "/invocations": {"get": _op("List invocations (?status=&service=&limit=)", {"200": "invocations"})},
+        "/invocations": {
+            "get": _op("List invocations (?status=&service=&limit=)", {"200": "invocations"})
+        },
         "/invocations/{id}": {
             "parameters": _ID,
             "get": _op("Describe an invocation", {"200": "invocation", "404": "not found"}),
         },
         "/invocations/{id}/cancel": {
             "parameters": _ID,
-            "patch": _op("Cancel: the handler gets a CancelledError and may compensate", {"202": "accepted", "404": "not found"}),
+            "patch": _op(
+                "Cancel: the handler gets a CancelledError and may compensate",
+                {"202": "accepted", "404": "not found"},
+            ),
         },
         "/invocations/{id}/kill": {
             "parameters": _ID,
-            "patch": _op("Kill: stop at once, no compensation", {"202": "accepted", "404": "not found"}),
+            "patch": _op(
+                "Kill: stop at once, no compensation", {"202": "accepted", "404": "not found"}
+            ),
         },
         "/invocations/{id}/purge": {
             "parameters": _ID,
-            "patch": _op("Forget a completed invocation", {"200": "purged", "409": "not completed"}),
+            "patch": _op(
+                "Forget a completed invocation", {"200": "purged", "409": "not completed"}
+            ),
         },
         "/invocations/{id}/resume": {
             "parameters": _ID,
@@ -79,7 +95,10 @@ OPENAPI: dict[str, Any] = {
             )
         },
         "/state/{service}/{key}": {
-            "get": _op("The state of one object or workflow key, JSON-decoded where possible", {"200": "state"}),
+            "get": _op(
+                "The state of one object or workflow key, JSON-decoded where possible",
+                {"200": "state"},
+            ),
         },
     },
 }

@@ -59,7 +59,9 @@ def _invocation_row(st: Status) -> dict[str, Any]:
         "created_at": st.created_at,
         "modified_at": st.modified_at,
         "completed_at": st.completed_at or None,
-        "completion_result": (None if st.phase != Phase.COMPLETED else ("failure" if failure else "success")),
+        "completion_result": (
+            None if st.phase != Phase.COMPLETED else ("failure" if failure else "success")
+        ),
         "completion_failure": f"[{failure.code}] {failure.message}" if failure else None,
     }
 
@@ -92,7 +94,9 @@ TABLES = {"sys_invocation": _invocations, "state": _state}
 def run_query(store: Store, sql: str) -> list[dict[str, Any]]:
     m = _SQL.match(sql)
     if m is None:
-        raise QueryError("supported: SELECT cols FROM sys_invocation|state [WHERE col = 'v' [AND ...]] [LIMIT n]")
+        raise QueryError(
+            "supported: SELECT cols FROM sys_invocation|state [WHERE col = 'v' [AND ...]] [LIMIT n]"
+        )
     table = m["table"].lower()
     if table not in TABLES:
         raise QueryError(f"unknown table {m['table']!r}; supported: {', '.join(TABLES)}")
@@ -101,7 +105,9 @@ def run_query(store: Store, sql: str) -> list[dict[str, Any]]:
         for part in re.split(r"\s+and\s+", m["where"], flags=re.IGNORECASE):
             c = _COND.match(part)
             if c is None:
-                raise QueryError(f"unsupported condition {part.strip()!r}: only col = 'value' joined by AND")
+                raise QueryError(
+                    f"unsupported condition {part.strip()!r}: only col = 'value' joined by AND"
+                )
             conds.append((c[1].lower(), c[2].replace("''", "'") if c[2] is not None else int(c[3])))
     cols = [c.strip() for c in m["cols"].split(",")]
     limit = int(m["limit"]) if m["limit"] else None

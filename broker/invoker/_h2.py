@@ -244,13 +244,21 @@ class H2Client:
                     if not c.streams and c.transport is not None:
                         c.transport.close()
                     continue
-                if not c.closed and not c.draining and (best is None or len(c.streams) < len(best.streams)):
+                if (
+                    not c.closed
+                    and not c.draining
+                    and (best is None or len(c.streams) < len(best.streams))
+                ):
                     best = c
             if best is not None:
                 load = len(best.streams)
                 if load < self.streams_per_connection:
                     return best
-                if len(self._conns) >= self.max_connections and load < self.hard_limit and best.room > 0:
+                if (
+                    len(self._conns) >= self.max_connections
+                    and load < self.hard_limit
+                    and best.room > 0
+                ):
                     return best
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
@@ -264,9 +272,7 @@ class H2Client:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(
-            lambda: _Conn(self._closed), self.host, self.port
-        )
+        _, proto = await loop.create_connection(lambda: _Conn(self._closed), self.host, self.port)
         await proto.ready
         self._conns.append(proto)
         return proto

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sdk import protocol as p
-
 from broker.partition._records import Effects
 from broker.partition.actions import AbortAttempt, SendToAttempt, StartAttempt
 from broker.schema import Registry
+from sdk import protocol as p
 
 from ._h2 import H2Client, StreamHandler, _Conn
 from ._http1 import Http1Pool
@@ -54,8 +53,6 @@ class _Attempt(StreamHandler):
     __slots__ = (
         "bidi",
         "buf",
-        "reopen",
-        "sent",
         "conn",
         "epoch",
         "error_body",
@@ -64,6 +61,8 @@ class _Attempt(StreamHandler):
         "id",
         "invoker",
         "last_activity",
+        "reopen",
+        "sent",
         "sid",
         "status",
         "task",
@@ -137,7 +136,11 @@ class _Attempt(StreamHandler):
             return
         self._done()
         self.invoker._submit(
-            Effects(id=self.id, epoch=self.epoch, transport_failure=p.Failure(code=code, message=message))
+            Effects(
+                id=self.id,
+                epoch=self.epoch,
+                transport_failure=p.Failure(code=code, message=message),
+            )
         )
 
     def _done(self) -> None:
@@ -209,7 +212,9 @@ class Invoker:
             pool = self._h1.get((host, port))
             if pool is None:
                 pool = self._h1[(host, port)] = Http1Pool(host, port)
-            att.task = asyncio.ensure_future(self._request_response(att, pool, path, headers, action.frames))
+            att.task = asyncio.ensure_future(
+                self._request_response(att, pool, path, headers, action.frames)
+            )
         else:
             client = self._h2.get((host, port))
             if client is None:
@@ -221,13 +226,21 @@ class Invoker:
                 att: _Attempt = att, client: H2Client = client, frames: bytes = action.frames
             ) -> None:
                 body = frames + b"".join(att.sent)
-                att.task = asyncio.ensure_future(self._open_h2(att, client, path, headers, body, bidi))
+                att.task = asyncio.ensure_future(
+                    self._open_h2(att, client, path, headers, body, bidi)
+                )
 
             att.reopen = reopen
             reopen()
 
     async def _open_h2(
-        self, att: _Attempt, client: H2Client, path: str, headers: list[tuple[str, str]], body: bytes, bidi: bool
+        self,
+        att: _Attempt,
+        client: H2Client,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        bidi: bool,
     ) -> None:
         try:
             conn, sid = await client.open("POST", path, headers, att, body, end=not bidi)
@@ -262,7 +275,9 @@ class Invoker:
         att._done()
         failure = None
         if not terminal:
-            failure = p.Failure(code=503, message="the response ended without End, Suspension or Error")
+            failure = p.Failure(
+                code=503, message="the response ended without End, Suspension or Error"
+            )
         self._submit(Effects(id=att.id, epoch=att.epoch, frames=frames, transport_failure=failure))
 
     def send(self, action: SendToAttempt) -> None:

@@ -10,9 +10,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sdk import protocol as p
-
 from broker.schema import Registry
+from sdk import protocol as p
 
 from . import actions as a
 from ._records import Phase, Status, Timer

@@ -1,9 +1,9 @@
 """The processor: read from the log, apply, commit one batch, then act.
 
-    ingress / invoker / timers ──append──► log ──durable batch──► apply (state machine)
-                                                                    │ one write batch
-                                                                    ▼ (tables + applied lsn)
-                                                                 commit ──► actions
+ingress / invoker / timers ──append──► log ──durable batch──► apply (state machine)
+                                                                │ one write batch
+                                                                ▼ (tables + applied lsn)
+                                                             commit ──► actions
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import struct
 import time
 from collections.abc import Callable
 
-from sdk import protocol as p
-
 from broker.log import Log, Record
 from broker.storage import Store, Transaction
+from sdk import protocol as p
 
 from . import actions as a
 from ._context import Config, Ctx

@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 from sdk import protocol as p
 
 MANIFEST_VERSIONS = (4, 3, 2, 1)
-_ACCEPT = ", ".join(f"application/vnd.restate.endpointmanifest.v{v}+json" for v in MANIFEST_VERSIONS)
+_ACCEPT = ", ".join(
+    f"application/vnd.restate.endpointmanifest.v{v}+json" for v in MANIFEST_VERSIONS
+)
 
 
 class DiscoveryError(Exception):

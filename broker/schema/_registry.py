@@ -99,15 +99,15 @@ class Deployment:
         return {
             "id": self.id,
             "uri": self.uri,
-            "protocol_type": "RequestResponse" if self.protocol_mode == "REQUEST_RESPONSE" else "BidiStream",
+            "protocol_type": "RequestResponse"
+            if self.protocol_mode == "REQUEST_RESPONSE"
+            else "BidiStream",
             "http_version": "HTTP/1.1" if self.use_http_11 else "HTTP/2.0",
             "min_protocol_version": self.protocol_version,
             "max_protocol_version": self.protocol_version,
             "additional_headers": self.headers,
             "created_at": self.created_at,
-            "services": [
-                {"name": s["name"], "revision": 1} for s in self.services
-            ],
+            "services": [{"name": s["name"], "revision": 1} for s in self.services],
         }
 
     def to_json_bytes(self) -> bytes:

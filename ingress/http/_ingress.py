@@ -1,11 +1,11 @@
 """Routes:
 
-    POST /{Service}/{handler}[/send]            POST /{Object}/{key}/{handler}[/send]
-    POST /{Workflow}/{id}/run[/send]            ?delay=10s (sends), idempotency-key header
-    GET  /restate/invocation/{id}/attach|output
-    GET  /restate/workflow/{name}/{id}/attach|output
-    POST /restate/awakeables/{id}/resolve|reject
-    GET  /restate/health
+POST /{Service}/{handler}[/send]            POST /{Object}/{key}/{handler}[/send]
+POST /{Workflow}/{id}/run[/send]            ?delay=10s (sends), idempotency-key header
+GET  /restate/invocation/{id}/attach|output
+GET  /restate/workflow/{name}/{id}/attach|output
+POST /restate/awakeables/{id}/resolve|reject
+GET  /restate/health
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from sdk import protocol as p
-
 from broker.httpserver import Request, Response, json_response
 from broker.ids import InvocationId, parse_awakeable_id, partition_key_of
 from broker.partition._records import Attach, AttachMode, Invoke, Kind, Signal, Sink, SinkKind
 from broker.partition.actions import Reply
 from broker.partition.entries.calls import target_id
+from sdk import protocol as p
 
 from ._validate import validate
 
@@ -55,7 +54,8 @@ def parse_delay(text: str) -> int:
 
 def _err(status: int, message: str) -> Response:
     return json_response(
-        status, {"code": status, "message": message, "source": "ingress"},
+        status,
+        {"code": status, "message": message, "source": "ingress"},
         [("x-restate-error-source", "ingress")],
     )
 
@@ -77,20 +77,32 @@ class Ingress:
 
     async def _invoke(self, req: Request, seg: list[str]) -> Response:
         if len(seg) < 2:
-            return _err(400, "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler")
+            return _err(
+                400,
+                "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler",
+            )
         svc = self.registry.services.get(seg[0])
         if svc is None:
-            return _err(404, f"service '{seg[0]}' not found, make sure to register the service before calling it.")
+            return _err(
+                404,
+                f"service '{seg[0]}' not found, make sure to register the service before calling it.",
+            )
         keyed = svc.ty != "SERVICE"
         rest = seg[1:]
         key = ""
         if keyed:
             if len(rest) < 2:
-                return _err(400, f"'{svc.name}' is a {svc.ty.lower().replace('_', ' ')}: call /{svc.name}/{{key}}/{{handler}}")
+                return _err(
+                    400,
+                    f"'{svc.name}' is a {svc.ty.lower().replace('_', ' ')}: call /{svc.name}/{{key}}/{{handler}}",
+                )
             key, rest = rest[0], rest[1:]
         send = len(rest) == 2 and rest[1] == "send"
         if len(rest) != 1 and not send:
-            return _err(400, "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler")
+            return _err(
+                400,
+                "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler",
+            )
         handler = svc.handlers.get(rest[0])
         if handler is None:
             return _err(
@@ -105,18 +117,27 @@ class Ingress:
         execute_at = 0
         if "delay" in req.query:
             if not send:
-                return _err(400, "cannot use the delay query parameter with calls. The delay is supported only with sends")
+                return _err(
+                    400,
+                    "cannot use the delay query parameter with calls. The delay is supported only with sends",
+                )
             try:
                 delay = parse_delay(req.query["delay"])
             except ValueError:
-                return _err(400, f"bad delay query parameter, must be a ISO8601 duration: {req.query['delay']}")
+                return _err(
+                    400,
+                    f"bad delay query parameter, must be a ISO8601 duration: {req.query['delay']}",
+                )
             if delay > 0:
                 import time
 
                 execute_at = int(time.time() * 1000) + delay
         idem = req.headers.get("idempotency-key")
         if idem is not None and kind == Kind.WORKFLOW:
-            return _err(400, "cannot use the idempotency key with workflow handlers. The handler invocation will already be idempotent by the workflow key itself.")
+            return _err(
+                400,
+                "cannot use the idempotency key with workflow handlers. The handler invocation will already be idempotent by the workflow key itself.",
+            )
         if kind == Kind.WORKFLOW or idem is not None:
             iid = target_id(kind, svc.name, handler.name, key, idem, b"")
         else:

@@ -49,12 +49,16 @@ def _check(value: Any, schema: dict[str, Any], root: dict[str, Any], where: str)
     for combinator in ("anyOf", "oneOf"):
         options = schema.get(combinator)
         if isinstance(options, list) and options:
-            if all(_check(value, o, root, where) is not None for o in options if isinstance(o, dict)):
+            if all(
+                _check(value, o, root, where) is not None for o in options if isinstance(o, dict)
+            ):
                 return f"{where}: does not match any allowed shape"
             return None
     ty = schema.get("type")
     if isinstance(ty, str) and ty in _TYPES:
-        ok = isinstance(value, _TYPES[ty]) and not (ty in ("integer", "number") and isinstance(value, bool))
+        ok = isinstance(value, _TYPES[ty]) and not (
+            ty in ("integer", "number") and isinstance(value, bool)
+        )
         if ty == "integer" and isinstance(value, float) and value.is_integer():
             ok = True
         if not ok:

@@ -48,7 +48,14 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", f"{self.module}:app", "--bind", f"127.0.0.1:{self.port}"],
+            [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                f"{self.module}:app",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -101,17 +108,26 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 
 class Client:
     def __init__(self, broker: Broker) -> None:
-        self.ingress = httpx.AsyncClient(base_url=f"http://127.0.0.1:{broker.ingress_port}", timeout=30)
+        self.ingress = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{broker.ingress_port}", timeout=30
+        )
         self.admin = httpx.AsyncClient(base_url=f"http://127.0.0.1:{broker.admin_port}", timeout=30)
 
     async def register(self, uri: str, *, http1: bool = False) -> dict[str, object]:
-        r = await self.admin.post("/deployments", json={"uri": uri, "use_http_11": http1, "force": True})
+        r = await self.admin.post(
+            "/deployments", json={"uri": uri, "use_http_11": http1, "force": True}
+        )
         assert r.status_code == 201, r.text
         return r.json()  # type: ignore[no-any-return]
 
     async def call(self, path: str, body: object = None, **kw: object) -> httpx.Response:
         data = json.dumps(body).encode() if body is not None else b""
-        return await self.ingress.post(path, content=data, headers={"content-type": "application/json", **kw.pop("headers", {})}, **kw)  # type: ignore[arg-type]
+        return await self.ingress.post(
+            path,
+            content=data,
+            headers={"content-type": "application/json", **kw.pop("headers", {})},
+            **kw,
+        )  # type: ignore[arg-type]
 
     async def close(self) -> None:
         await self.ingress.aclose()

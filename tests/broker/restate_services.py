@@ -6,6 +6,7 @@ import os
 from datetime import timedelta
 
 import restate
+from pydantic import BaseModel
 from restate import (
     Context,
     ObjectContext,
@@ -17,8 +18,6 @@ from restate import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-
-from pydantic import BaseModel
 
 
 class Person(BaseModel):
@@ -158,8 +157,6 @@ async def click(ctx: WorkflowSharedContext, secret: str) -> None:
 @signup.handler()
 async def stage(ctx: WorkflowSharedContext) -> str | None:
     return await ctx.get("stage", type_hint=str)
-
-
 
 
 worker = Service("Worker")

@@ -15,8 +15,13 @@ from .conftest import ROOT, Client, ServiceProcess, free_port, wait_port
 
 async def sluice(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "broker",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -42,9 +47,16 @@ async def test_admin_api(client: Client, restate_service: ServiceProcess) -> Non
     assert (await client.admin.post("/deployments", json={})).status_code == 400
     r = await client.call("/Counter/q/add", 2)
     iid = r.headers["x-restate-id"]
-    q = await client.admin.post("/query", json={"query": f"SELECT id, status FROM sys_invocation WHERE id = '{iid}'"})
+    q = await client.admin.post(
+        "/query", json={"query": f"SELECT id, status FROM sys_invocation WHERE id = '{iid}'"}
+    )
     assert q.json() == {"rows": [{"id": iid, "status": "completed"}]}
-    q = await client.admin.post("/query", json={"query": "SELECT key, value_utf8 FROM state WHERE service_name = 'Counter' AND service_key = 'q'"})
+    q = await client.admin.post(
+        "/query",
+        json={
+            "query": "SELECT key, value_utf8 FROM state WHERE service_name = 'Counter' AND service_key = 'q'"
+        },
+    )
     assert q.json()["rows"] == [{"key": "count", "value_utf8": "2"}]
     bad = await client.admin.post("/query", json={"query": "DELETE FROM x"})
     assert bad.status_code == 400 and "supported" in bad.json()["message"]
@@ -54,10 +66,14 @@ async def test_admin_api(client: Client, restate_service: ServiceProcess) -> Non
     assert (await client.admin.get("/services")).json()["services"] == []
 
 
-async def test_cli_commands(broker: Broker, client: Client, restate_service: ServiceProcess) -> None:
+async def test_cli_commands(
+    broker: Broker, client: Client, restate_service: ServiceProcess
+) -> None:
     admin = ["--admin-url", f"http://127.0.0.1:{broker.admin_port}"]
     nobody = f"http://127.0.0.1:{free_port()}"
-    rc, out, err = await sluice("deployments", "--admin-url", nobody, "register", restate_service.uri)
+    rc, out, err = await sluice(
+        "deployments", "--admin-url", nobody, "register", restate_service.uri
+    )
     assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     rc, out, err = await sluice("deployments", *admin, "register", restate_service.uri)
     assert rc == 0, err
@@ -81,9 +97,21 @@ async def test_cli_commands(broker: Broker, client: Client, restate_service: Ser
 async def test_server_subcommand(tmp_path: Path) -> None:
     ingress, admin = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", "server", "--data-dir", str(tmp_path / "d"),
-        "--ingress-port", str(ingress), "--admin-port", str(admin), "--partitions", "4",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "broker",
+        "server",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--ingress-port",
+        str(ingress),
+        "--admin-port",
+        str(admin),
+        "--partitions",
+        "4",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await asyncio.to_thread(wait_port, admin)

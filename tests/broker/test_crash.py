@@ -7,7 +7,6 @@ requests, and no `run` step whose result was journaled executes again.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -33,9 +32,21 @@ class BrokerProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
-             "--ingress-port", str(self.ingress), "--admin-port", str(self.admin)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "server",
+                "--data-dir",
+                str(self.data),
+                "--ingress-port",
+                str(self.ingress),
+                "--admin-port",
+                str(self.admin),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         wait_port(self.ingress, self.proc)
 
@@ -52,7 +63,9 @@ class BrokerProcess:
         return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
 
-async def post_until_ok(c: httpx.AsyncClient, url: str, body: bytes, key: str, ok: int) -> httpx.Response:
+async def post_until_ok(
+    c: httpx.AsyncClient, url: str, body: bytes, key: str, ok: int
+) -> httpx.Response:
     """A client that retries (same idempotency key) until the broker answers."""
     while True:
         try:
@@ -80,12 +93,16 @@ async def test_sigkill_restart_exactly_once(tmp_path: Path) -> None:
 
             async def add(i: int) -> int:
                 async with sem:
-                    r = await post_until_ok(c, f"{base}/Counter/crash-adds/add", b"1", f"add-{i}", 200)
+                    r = await post_until_ok(
+                        c, f"{base}/Counter/crash-adds/add", b"1", f"add-{i}", 200
+                    )
                     return int(r.json())
 
             async def work(i: int) -> str:
                 async with sem:
-                    r = await post_until_ok(c, f"{base}/Worker/process/send", f'"w{i}"'.encode(), f"w-{i}", 202)
+                    r = await post_until_ok(
+                        c, f"{base}/Worker/process/send", f'"w{i}"'.encode(), f"w-{i}", 202
+                    )
                     return str(r.json()["invocationId"])
 
             tasks = [asyncio.ensure_future(add(i)) for i in range(ADDS)]

@@ -18,8 +18,11 @@ from .conftest import Client, ServiceProcess
 async def impatient(tmp_path: Path) -> AsyncIterator[Broker]:
     b = Broker(
         BrokerSettings(
-            data_dir=tmp_path / "d", ingress_port=0, admin_port=0,
-            inactivity_timeout_s=0.3, abort_timeout_s=5,
+            data_dir=tmp_path / "d",
+            ingress_port=0,
+            admin_port=0,
+            inactivity_timeout_s=0.3,
+            abort_timeout_s=5,
         )
     )
     await b.start()
@@ -27,7 +30,9 @@ async def impatient(tmp_path: Path) -> AsyncIterator[Broker]:
     await b.stop()
 
 
-async def test_idle_stream_suspends_then_resumes(impatient: Broker, restate_service: ServiceProcess) -> None:
+async def test_idle_stream_suspends_then_resumes(
+    impatient: Broker, restate_service: ServiceProcess
+) -> None:
     c = Client(impatient)
     try:
         await c.register(restate_service.uri)
@@ -35,7 +40,12 @@ async def test_idle_stream_suspends_then_resumes(impatient: Broker, restate_serv
         seen = set()
         for _ in range(40):
             await asyncio.sleep(0.05)
-            q = await c.admin.post("/query", json={"query": "SELECT status FROM sys_invocation WHERE target_handler_name = 'sleepy'"})
+            q = await c.admin.post(
+                "/query",
+                json={
+                    "query": "SELECT status FROM sys_invocation WHERE target_handler_name = 'sleepy'"
+                },
+            )
             seen.update(r["status"] for r in q.json()["rows"])
         assert "suspended" in seen, seen
         r = await call

@@ -23,7 +23,9 @@ async def eventually(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
 
 
 @MODES
-async def test_sleep_calls_and_delayed_send(client: Client, restate_service: ServiceProcess, http1: bool) -> None:
+async def test_sleep_calls_and_delayed_send(
+    client: Client, restate_service: ServiceProcess, http1: bool
+) -> None:
     await client.register(restate_service.uri, http1=http1)
     t0 = time.monotonic()
     r = await client.call("/Greeter/sleepy", 300)
@@ -40,7 +42,9 @@ async def test_sleep_calls_and_delayed_send(client: Client, restate_service: Ser
 
 
 @MODES
-async def test_terminal_error_maps_to_http_status(client: Client, restate_service: ServiceProcess, http1: bool) -> None:
+async def test_terminal_error_maps_to_http_status(
+    client: Client, restate_service: ServiceProcess, http1: bool
+) -> None:
     await client.register(restate_service.uri, http1=http1)
     r = await client.call("/Greeter/fail", "nope")
     assert r.status_code == 418
@@ -49,7 +53,9 @@ async def test_terminal_error_maps_to_http_status(client: Client, restate_servic
 
 
 @MODES
-async def test_workflow_promise_and_run_once(client: Client, restate_service: ServiceProcess, http1: bool) -> None:
+async def test_workflow_promise_and_run_once(
+    client: Client, restate_service: ServiceProcess, http1: bool
+) -> None:
     await client.register(restate_service.uri, http1=http1)
     r = await client.call("/SignUp/w1/run/send", "a@b.c")
     assert r.status_code == 202 and r.json()["status"] == "Accepted"
@@ -94,17 +100,23 @@ async def test_awakeables(client: Client, restate_service: ServiceProcess, http1
             assert (await client.call("/Greeter/resolver", awk)).status_code == 200
             assert (await call).json() == "from-handler"
         else:
-            r = await client.ingress.post(f"/restate/awakeables/{awk}/reject", content=b"went wrong")
+            r = await client.ingress.post(
+                f"/restate/awakeables/{awk}/reject", content=b"went wrong"
+            )
             assert r.status_code == 202
             res = await call
             assert res.status_code == 500 and "went wrong" in res.json()["message"]
 
 
 @MODES
-async def test_idempotency_key(client: Client, restate_service: ServiceProcess, http1: bool) -> None:
+async def test_idempotency_key(
+    client: Client, restate_service: ServiceProcess, http1: bool
+) -> None:
     await client.register(restate_service.uri, http1=http1)
     hdr = {"idempotency-key": f"k-{http1}"}
-    results = await asyncio.gather(*(client.call("/Counter/idem/add", 5, headers=hdr) for _ in range(5)))
+    results = await asyncio.gather(
+        *(client.call("/Counter/idem/add", 5, headers=hdr) for _ in range(5))
+    )
     assert {r.json() for r in results} == {5}
     assert len({r.headers["x-restate-id"] for r in results}) == 1
     assert (await client.call("/Counter/idem/get")).json() == 5
@@ -115,7 +127,9 @@ async def test_idempotency_key(client: Client, restate_service: ServiceProcess, 
     assert s.json()["status"] == "PreviouslyAccepted"
 
 
-async def test_retries_keep_journaled_run(client: Client, restate_service: ServiceProcess, markers: Path) -> None:
+async def test_retries_keep_journaled_run(
+    client: Client, restate_service: ServiceProcess, markers: Path
+) -> None:
     await client.register(restate_service.uri)
     r = await client.call("/Greeter/flaky", "retry-1")
     assert r.status_code == 200 and r.json() == "done"
@@ -124,7 +138,9 @@ async def test_retries_keep_journaled_run(client: Client, restate_service: Servi
 
 
 @MODES
-async def test_cancel_and_kill(client: Client, restate_service: ServiceProcess, http1: bool) -> None:
+async def test_cancel_and_kill(
+    client: Client, restate_service: ServiceProcess, http1: bool
+) -> None:
     await client.register(restate_service.uri, http1=http1)
     for op, code in (("cancel", 409), ("kill", 409)):
         r = await client.call("/Greeter/wait_long/send")
@@ -147,7 +163,9 @@ async def test_cancel_and_kill(client: Client, restate_service: ServiceProcess, 
         assert out.status_code == code and out.json()["message"].startswith(("cancel", "kill"))
 
 
-async def test_exclusive_fifo_and_shared_concurrent(client: Client, restate_service: ServiceProcess) -> None:
+async def test_exclusive_fifo_and_shared_concurrent(
+    client: Client, restate_service: ServiceProcess
+) -> None:
     await client.register(restate_service.uri)
     slow = [asyncio.ensure_future(client.call("/Counter/fifo/slow_add", i)) for i in (1, 2, 3)]
     await asyncio.sleep(0.05)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sdk import protocol as p
-
 from broker.ids import InvocationId, awakeable_id, partition_key_of
 from broker.partition import actions as a
 from broker.partition._context import Config, Ctx, RetryPolicy
@@ -25,6 +23,7 @@ from broker.partition._records import (
 from broker.partition.state_machine import StateMachine
 from broker.schema import Deployment, Registry
 from broker.storage import MemoryStore, Transaction
+from sdk import protocol as p
 
 DEPLOYMENT = Deployment(
     id="dp_test",
@@ -71,10 +70,14 @@ class Harness:
         return Status.decode(raw) if raw else None
 
     def effects(self, iid: InvocationId, epoch: int, *msgs: p.Message) -> list[a.Action]:
-        return self.apply(Effects(id=iid.raw, epoch=epoch, frames=b"".join(p.encode(m) for m in msgs)))
+        return self.apply(
+            Effects(id=iid.raw, epoch=epoch, frames=b"".join(p.encode(m) for m in msgs))
+        )
 
 
-def invoke(service: str, handler: str, key: str = "", kind: int = Kind.SERVICE, waiter: int = 7) -> tuple[Invoke, InvocationId]:
+def invoke(
+    service: str, handler: str, key: str = "", kind: int = Kind.SERVICE, waiter: int = 7
+) -> tuple[Invoke, InvocationId]:
     iid = InvocationId.generate(partition_key_of(key) if key else None)
     return (
         Invoke(
@@ -152,11 +155,15 @@ def test_exclusive_inbox_is_fifo_and_shared_runs_at_once() -> None:
     acts = h.apply(first, second, shared)
     assert [s.id for s in of(acts, a.StartAttempt)] == [id1.raw, id3.raw]
     assert h.status(id2).phase == Phase.INBOXED  # type: ignore[union-attr]
-    acts = h.effects(id1, 1, p.SetStateCommand(key=b"n", value=b"1"), p.OutputCommand(value=b""), p.EndMessage())
+    acts = h.effects(
+        id1, 1, p.SetStateCommand(key=b"n", value=b"1"), p.OutputCommand(value=b""), p.EndMessage()
+    )
     (start,) = of(acts, a.StartAttempt)
     assert start.id == id2.raw
     state = p.decode_all(start.frames)[0].message
-    assert isinstance(state, p.StartMessage) and state.state_map == [p.StateEntry(key=b"n", value=b"1")]
+    assert isinstance(state, p.StartMessage) and state.state_map == [
+        p.StateEntry(key=b"n", value=b"1")
+    ]
 
 
 def test_lazy_state_run_and_suspension_resume() -> None:
@@ -164,10 +171,15 @@ def test_lazy_state_run_and_suspension_resume() -> None:
     cmd, iid = invoke("Obj", "ex", "k", Kind.EXCLUSIVE)
     h.apply(cmd)
     acts = h.effects(
-        iid, 1, p.GetLazyStateCommand(key=b"n", result_completion_id=1), p.RunCommand(result_completion_id=2)
+        iid,
+        1,
+        p.GetLazyStateCommand(key=b"n", result_completion_id=1),
+        p.RunCommand(result_completion_id=2),
     )
     (n,) = of(acts, a.SendToAttempt)
-    assert p.decode_all(n.frame)[0].message == p.GetLazyStateCompletionNotification(completion_id=1, void=True)
+    assert p.decode_all(n.frame)[0].message == p.GetLazyStateCompletionNotification(
+        completion_id=1, void=True
+    )
     # Suspend on the run's completion, then the proposal arrives in a later stream: it wakes.
     h.effects(iid, 1, p.SuspensionMessage(waiting_completions=[2]))
     assert h.status(iid).phase == Phase.SUSPENDED  # type: ignore[union-attr]
@@ -177,7 +189,12 @@ def test_sleep_timer_wakes_suspended_invocation() -> None:
     h = Harness()
     cmd, iid = invoke("Svc", "h")
     h.apply(cmd)
-    acts = h.effects(iid, 1, p.SleepCommand(wake_up_time=h.now + 500, result_completion_id=1), p.SuspensionMessage(waiting_completions=[1]))
+    acts = h.effects(
+        iid,
+        1,
+        p.SleepCommand(wake_up_time=h.now + 500, result_completion_id=1),
+        p.SuspensionMessage(waiting_completions=[1]),
+    )
     (timer,) = of(acts, a.RegisterTimer)
     assert timer.fire_at == h.now + 500
     h.now += 500
@@ -193,8 +210,16 @@ def test_call_notifies_invocation_id_then_result() -> None:
     cmd, caller = invoke("Svc", "h")
     h.apply(cmd)
     acts = h.effects(
-        caller, 1,
-        p.CallCommand(service_name="Obj", handler_name="ex", key="k", parameter=b"1", invocation_id_notification_idx=1, result_completion_id=2),
+        caller,
+        1,
+        p.CallCommand(
+            service_name="Obj",
+            handler_name="ex",
+            key="k",
+            parameter=b"1",
+            invocation_id_notification_idx=1,
+            result_completion_id=2,
+        ),
     )
     sent = [p.decode_all(x.frame)[0].message for x in of(acts, a.SendToAttempt)]
     assert isinstance(sent[0], p.CallInvocationIdCompletionNotification)
@@ -203,7 +228,9 @@ def test_call_notifies_invocation_id_then_result() -> None:
     assert start.id == callee.raw
     acts = h.effects(callee, 1, p.OutputCommand(value=b"42"), p.EndMessage())
     (to_caller,) = of(acts, a.SendToAttempt)
-    assert p.decode_all(to_caller.frame)[0].message == p.CallCompletionNotification(completion_id=2, value=b"42")
+    assert p.decode_all(to_caller.frame)[0].message == p.CallCompletionNotification(
+        completion_id=2, value=b"42"
+    )
 
 
 def test_awakeable_signal_from_ingress() -> None:
@@ -221,15 +248,39 @@ def test_awakeable_signal_from_ingress() -> None:
 def test_workflow_promise_and_run_once() -> None:
     h = Harness()
     wf_id = InvocationId.derive(partition_key_of("w"), "wf", "Wf", "w")
-    run = Invoke(id=wf_id.raw, service="Wf", handler="run", key="w", kind=Kind.WORKFLOW, sink=Sink(kind=SinkKind.INGRESS, waiter=1), retention_ms=1000)
+    run = Invoke(
+        id=wf_id.raw,
+        service="Wf",
+        handler="run",
+        key="w",
+        kind=Kind.WORKFLOW,
+        sink=Sink(kind=SinkKind.INGRESS, waiter=1),
+        retention_ms=1000,
+    )
     h.apply(run)
-    h.effects(wf_id, 1, p.GetPromiseCommand(key="p", result_completion_id=1), p.SuspensionMessage(waiting_completions=[1]))
+    h.effects(
+        wf_id,
+        1,
+        p.GetPromiseCommand(key="p", result_completion_id=1),
+        p.SuspensionMessage(waiting_completions=[1]),
+    )
     sig, sig_id = invoke("Wf", "sig", "w", Kind.SHARED)
     h.apply(sig)
-    acts = h.effects(sig_id, 1, p.CompletePromiseCommand(key="p", completion_value=b'"s"', result_completion_id=1))
+    acts = h.effects(
+        sig_id,
+        1,
+        p.CompletePromiseCommand(key="p", completion_value=b'"s"', result_completion_id=1),
+    )
     assert [x.id for x in of(acts, a.StartAttempt)] == [wf_id.raw]  # the run resumes
     h.effects(wf_id, 2, p.OutputCommand(value=b'"done"'), p.EndMessage())
-    again = Invoke(id=wf_id.raw, service="Wf", handler="run", key="w", kind=Kind.WORKFLOW, sink=Sink(kind=SinkKind.INGRESS, waiter=2))
+    again = Invoke(
+        id=wf_id.raw,
+        service="Wf",
+        handler="run",
+        key="w",
+        kind=Kind.WORKFLOW,
+        sink=Sink(kind=SinkKind.INGRESS, waiter=2),
+    )
     acts = h.apply(again)
     assert not of(acts, a.StartAttempt)
     assert [(r.waiter, r.code) for r in of(acts, a.Reply)] == [(2, 409)]
@@ -249,11 +300,23 @@ def test_kill_answers_waiters_and_frees_key() -> None:
 
 def test_replay_is_deterministic() -> None:
     """The same commands give the same tables."""
+
     def run() -> dict[tuple[str, bytes], bytes]:
         h = Harness()
-        cmd = Invoke(id=b"\x01" * 24, service="Obj", handler="ex", key="k", kind=Kind.EXCLUSIVE, input=b"1")
+        cmd = Invoke(
+            id=b"\x01" * 24, service="Obj", handler="ex", key="k", kind=Kind.EXCLUSIVE, input=b"1"
+        )
         h.apply(cmd)
-        h.effects(InvocationId(b"\x01" * 24), 1, p.SetStateCommand(key=b"a", value=b"2"), p.SleepCommand(wake_up_time=5, result_completion_id=1))
-        return {(cf, k): v for cf in ("status", "journal", "state", "timers", "locks") for k, v in h.store.scan(cf, b"")}
+        h.effects(
+            InvocationId(b"\x01" * 24),
+            1,
+            p.SetStateCommand(key=b"a", value=b"2"),
+            p.SleepCommand(wake_up_time=5, result_completion_id=1),
+        )
+        return {
+            (cf, k): v
+            for cf in ("status", "journal", "state", "timers", "locks")
+            for k, v in h.store.scan(cf, b"")
+        }
 
     assert run() == run()

@@ -10,7 +10,9 @@ from .conftest import Client, ServiceProcess
 
 
 @pytest.mark.parametrize("http1", [False, True], ids=["h2c", "http1.1"])
-async def test_greeter_and_counter(client: Client, restate_service: ServiceProcess, http1: bool) -> None:
+async def test_greeter_and_counter(
+    client: Client, restate_service: ServiceProcess, http1: bool
+) -> None:
     out = await client.register(restate_service.uri, http1=http1)
     assert str(out["id"]).startswith("dp_")
     names = {s["name"] for s in out["services"]}  # type: ignore[attr-defined]

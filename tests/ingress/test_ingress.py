@@ -16,7 +16,9 @@ from tests.broker.conftest import Client, ServiceProcess
 
 @pytest.fixture
 async def small_broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(BrokerSettings(data_dir=tmp_path / "d", ingress_port=0, admin_port=0, body_limit=64 * 1024))
+    b = Broker(
+        BrokerSettings(data_dir=tmp_path / "d", ingress_port=0, admin_port=0, body_limit=64 * 1024)
+    )
     await b.start()
     yield b
     await b.stop()
@@ -31,7 +33,9 @@ async def raw(port: int, data: bytes) -> bytes:
     return out
 
 
-async def test_413_before_anything_is_appended(small_broker: Broker, restate_service: ServiceProcess) -> None:
+async def test_413_before_anything_is_appended(
+    small_broker: Broker, restate_service: ServiceProcess
+) -> None:
     c = Client(small_broker)
     try:
         await c.register(restate_service.uri)
@@ -41,7 +45,9 @@ async def test_413_before_anything_is_appended(small_broker: Broker, restate_ser
         assert r.status_code == 413 and "limit" in r.json()["message"]
         # Chunked: the limit holds while reading, without a content-length to trust.
         head = b"POST /Greeter/greet HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-        chunks = b"".join(b"%x\r\n" % 8192 + b"y" * 8192 + b"\r\n" for _ in range(10)) + b"0\r\n\r\n"
+        chunks = (
+            b"".join(b"%x\r\n" % 8192 + b"y" * 8192 + b"\r\n" for _ in range(10)) + b"0\r\n\r\n"
+        )
         out = await raw(small_broker.ingress_port, head + chunks)
         assert out.startswith(b"HTTP/1.1 413")
         assert small_broker.log.tail == tail, "a rejected request reached the log"
@@ -50,14 +56,18 @@ async def test_413_before_anything_is_appended(small_broker: Broker, restate_ser
         out = await raw(
             small_broker.ingress_port,
             head.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
-            + b"%x\r\n" % len(ok) + ok + b"\r\n0\r\n\r\n",
+            + b"%x\r\n" % len(ok)
+            + ok
+            + b"\r\n0\r\n\r\n",
         )
         assert out.startswith(b"HTTP/1.1 200") and out.endswith(b'"Hello chunky!"')
     finally:
         await c.close()
 
 
-async def test_unknown_targets_and_bad_input(client: Client, restate_service: ServiceProcess) -> None:
+async def test_unknown_targets_and_bad_input(
+    client: Client, restate_service: ServiceProcess
+) -> None:
     await client.register(restate_service.uri)
     cases = [
         ("/Nope/greet", b'"a"', 404, "service 'Nope' not found"),
@@ -71,7 +81,9 @@ async def test_unknown_targets_and_bad_input(client: Client, restate_service: Se
     ]
     tail = client_broker_tail = None  # noqa: F841
     for path, body, status, text in cases:
-        r = await client.ingress.post(path, content=body, headers={"content-type": "application/json"})
+        r = await client.ingress.post(
+            path, content=body, headers={"content-type": "application/json"}
+        )
         assert r.status_code == status, (path, r.text)
         assert text in r.json()["message"], (path, r.json())
     r = await client.ingress.post("/Greeter/adult", content=b'{"name": "a", "age": 30}')

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sdk import protocol as p
-
 from broker.ids import InvocationId, partition_key_of
+from sdk import protocol as p
 
 from .._context import Ctx, failure
 from .._records import Phase, Status
@@ -20,14 +19,20 @@ def _target(cmd: p.AttachInvocationCommand) -> bytes | None:
         return None
     if cmd.workflow_target is not None:
         wt = cmd.workflow_target
-        return InvocationId.derive(partition_key_of(wt.workflow_key), "wf", wt.workflow_name, wt.workflow_key).raw
+        return InvocationId.derive(
+            partition_key_of(wt.workflow_key), "wf", wt.workflow_name, wt.workflow_key
+        ).raw
     if cmd.idempotent_request_target is not None:
         t = cmd.idempotent_request_target
         key = t.service_key or ""
-        pk = partition_key_of(key) if t.service_key is not None else partition_key_of(
-            f"{t.service_name}/{t.handler_name}/{t.idempotency_key}"
+        pk = (
+            partition_key_of(key)
+            if t.service_key is not None
+            else partition_key_of(f"{t.service_name}/{t.handler_name}/{t.idempotency_key}")
         )
-        return InvocationId.derive(pk, "idem", t.service_name, key, t.handler_name, t.idempotency_key).raw
+        return InvocationId.derive(
+            pk, "idem", t.service_name, key, t.handler_name, t.idempotency_key
+        ).raw
     return None
 
 

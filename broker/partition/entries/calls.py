@@ -3,9 +3,8 @@ from the idempotency key / workflow id), so replaying the log recreates the same
 
 from __future__ import annotations
 
-from sdk import protocol as p
-
 from broker.ids import InvocationId, partition_key_of
+from sdk import protocol as p
 
 from .._context import Ctx, failure
 from .._records import Invoke, Kind, Status
@@ -51,7 +50,9 @@ def one_way(ctx: Ctx, st: Status, cmd: p.OneWayCallCommand) -> None:
     _dispatch(ctx, st, cmd, one_way=True)
 
 
-def _dispatch(ctx: Ctx, st: Status, cmd: p.CallCommand | p.OneWayCallCommand, *, one_way: bool) -> None:
+def _dispatch(
+    ctx: Ctx, st: Status, cmd: p.CallCommand | p.OneWayCallCommand, *, one_way: bool
+) -> None:
     kind, fail = _resolve(ctx, cmd.service_name, cmd.handler_name)
     seed = st.id + st.journal_len.to_bytes(4, "big")
     callee = target_id(kind, cmd.service_name, cmd.handler_name, cmd.key, cmd.idempotency_key, seed)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sdk import protocol as p
-
 from broker.ids import InvocationId, parse_awakeable_id
+from sdk import protocol as p
 
 from .._context import Ctx
 from .._records import Phase, Signal, Status

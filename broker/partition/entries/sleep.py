@@ -16,4 +16,6 @@ def sleep(ctx: Ctx, st: Status, cmd: p.SleepCommand) -> None:
 
 
 def wake(ctx: Ctx, timer: Timer) -> None:
-    ctx.notify(timer.id, p.SleepCompletionNotification(completion_id=timer.completion_id, void=True))
+    ctx.notify(
+        timer.id, p.SleepCompletionNotification(completion_id=timer.completion_id, void=True)
+    )

@@ -13,12 +13,16 @@ def attach(ctx: Ctx, cmd: Attach) -> None:
         return
     if st.phase == Phase.COMPLETED:
         if st.failure is not None:
-            ctx.reply(cmd.waiter, "result", id=st.id, code=st.failure.code, message=st.failure.message)
+            ctx.reply(
+                cmd.waiter, "result", id=st.id, code=st.failure.code, message=st.failure.message
+            )
         else:
             ctx.reply(cmd.waiter, "result", id=st.id, value=st.result or b"")
         return
     if cmd.mode == AttachMode.OUTPUT:
-        ctx.reply(cmd.waiter, "error", code=470, message="the invocation exists but has not completed yet")
+        ctx.reply(
+            cmd.waiter, "error", code=470, message="the invocation exists but has not completed yet"
+        )
         return
     st.sinks.append(Sink(kind=SinkKind.INGRESS, waiter=cmd.waiter))
     ctx.put_status(st)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sdk import protocol as p
-
 from broker.ids import InvocationId
+from sdk import protocol as p
 
 from .. import actions as a
 from .._context import Ctx, key_prefix
@@ -19,7 +18,9 @@ def start_attempt(ctx: Ctx, st: Status) -> None:
     st.waiting_signals = []
     st.waiting_names = []
     svc = ctx.registry.services.get(st.service)
-    if svc is not None and (not st.deployment_id or st.deployment_id not in ctx.registry.deployments):
+    if svc is not None and (
+        not st.deployment_id or st.deployment_id not in ctx.registry.deployments
+    ):
         st.deployment_id = svc.deployment_id
     state_map: list[p.StateEntry] = []
     if st.kind != Kind.SERVICE:
@@ -40,7 +41,9 @@ def start_attempt(ctx: Ctx, st: Status) -> None:
     )
     frames = p.encode(start) + b"".join(ctx.journal(st))
     ctx.put_status(st)
-    ctx.actions.append(a.StartAttempt(st.id, st.epoch, st.service, st.handler, st.deployment_id, frames))
+    ctx.actions.append(
+        a.StartAttempt(st.id, st.epoch, st.service, st.handler, st.deployment_id, frames)
+    )
 
 
 def suspend(ctx: Ctx, st: Status, msg: p.SuspensionMessage) -> None:
@@ -68,7 +71,9 @@ def suspend(ctx: Ctx, st: Status, msg: p.SuspensionMessage) -> None:
     ctx.put_status(st)
 
 
-def attempt_failed(ctx: Ctx, st: Status, code: int, message: str, retry_after_ms: int | None) -> None:
+def attempt_failed(
+    ctx: Ctx, st: Status, code: int, message: str, retry_after_ms: int | None
+) -> None:
     """Back off and retry, or pause after the last attempt."""
     ctx.actions.append(a.AbortAttempt(st.id, st.epoch))
     st.retry_count += 1

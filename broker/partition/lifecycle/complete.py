@@ -8,9 +8,9 @@ from sdk import protocol as p
 
 from .. import actions as a
 from .._context import Ctx, key_prefix
+from .._records import Expire, Kind, Phase, Sink, SinkKind, Status, Timer
 
 _U64 = struct.Struct(">Q")
-from .._records import Expire, Kind, Phase, Sink, SinkKind, Status, Timer
 
 
 def answer_sink(

@@ -25,7 +25,11 @@ def invoke(ctx: Ctx, cmd: Invoke) -> None:
     if svc is None or handler is None:
         # Only calls from handlers get here (the ingress checks first): fail the call.
         if cmd.sink is not None:
-            what = f"service '{cmd.service}'" if svc is None else f"handler '{cmd.service}/{cmd.handler}'"
+            what = (
+                f"service '{cmd.service}'"
+                if svc is None
+                else f"handler '{cmd.service}/{cmd.handler}'"
+            )
             answer_sink(ctx, cmd.sink, cmd.id, None, failure(404, f"{what} not found"))
         return
     st = Status(
