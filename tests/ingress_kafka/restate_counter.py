@@ -10,8 +10,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from restate import ObjectContext, ObjectSharedContext, Service, TerminalError, VirtualObject
+from restate import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    Service,
+    TerminalError,
+    VirtualObject,
+)
 from restate import app as restate_app
+from restate.serde import BytesSerde
 
 counter = VirtualObject("KafkaCounter")
 
@@ -20,16 +28,17 @@ counter = VirtualObject("KafkaCounter")
 async def add(ctx: ObjectContext, rec: dict[str, Any]) -> None:
     if rec.get("fail"):
         raise TerminalError(f"refused record {rec.get('v')}", status_code=422)
-    offset = int(ctx.request().headers["kafka.offset"])
     count = await ctx.get("count", type_hint=int) or 0
     total = await ctx.get("sum", type_hint=int) or 0
-    last = await ctx.get("last", type_hint=int)
-    bad = await ctx.get("out_of_order", type_hint=int) or 0
-    if last is not None and offset <= last:
-        bad += 1
-        ctx.set("out_of_order", bad)
     ctx.set("count", count + 1)
     ctx.set("sum", total + int(rec.get("v", 0)))
+    if "kafka.offset" not in ctx.request().headers:
+        return  # sent by KafkaEcho/forward, not from a topic
+    offset = int(ctx.request().headers["kafka.offset"])
+    last = await ctx.get("last", type_hint=int)
+    if last is not None and offset <= last:
+        bad = await ctx.get("out_of_order", type_hint=int) or 0
+        ctx.set("out_of_order", bad + 1)
     ctx.set("last", offset)
 
 
@@ -49,12 +58,25 @@ async def get(ctx: ObjectSharedContext) -> dict[str, Any]:
     }
 
 
+@counter.handler()
+async def remember(ctx: ObjectContext, rec: Any) -> None:
+    """Keep the input and the headers the broker forwarded."""
+    ctx.set("input", rec)
+    ctx.set("headers", dict(ctx.request().headers))
+
+
 echo = Service("KafkaEcho")
 
 
 @echo.handler()
-async def headers(ctx: Any, rec: Any) -> dict[str, str]:
-    return dict(ctx.request().headers)
+async def forward(ctx: Context, rec: dict[str, Any]) -> None:
+    """A plain service handler (records run concurrently): counts them in the object."""
+    ctx.object_send(add, key=str(rec["to"]), arg={"v": rec["v"]})
+
+
+@echo.handler(accept="application/octet-stream", input_serde=BytesSerde())
+async def raw(ctx: Context, data: bytes) -> None:
+    ctx.object_send(remember, key="raw", arg=data.hex())
 
 
 app = restate_app([counter, echo])

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
 from broker.server import Broker
+from connectors.kafka import Producer
 from tests.broker.conftest import ServiceProcess
 from tests.kafka import Tansu
 
@@ -90,3 +92,54 @@ async def test_backpressure_bounds_invocations_in_flight(
     assert done == 48
     # The consumer never took more records than the configured room (4) allowed.
     assert 1 <= peak <= 4, peak
+
+
+async def test_headers_key_and_input_reach_the_handler(
+    kafka: Tansu, broker: Broker, admin: Admin, restate_counter: ServiceProcess
+) -> None:
+    topic = new_topic(kafka, 1)
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    p.produce(topic, b'{"x": [1, 2]}', key=b"h1", headers=[("trace-id", b"abc"), ("bin", b"\xff")])
+    p.flush()
+    await admin.register(restate_counter.uri)
+    await admin.cluster(kafka)
+    await admin.subscribe(topic, "service://KafkaCounter/remember", name=f"h-{topic}")
+    deadline = time.monotonic() + 15
+    state: dict[str, Any] = {}
+    while "headers" not in state and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        state = await admin.state("KafkaCounter", "h1")
+    assert state["input"] == {"x": [1, 2]}
+    h = state["headers"]
+    # The record's own headers (non-UTF-8 values in the key encoding) beside Kafka's metadata.
+    assert h["trace-id"] == "abc" and h["bin"] == "b64:/w=="
+    assert (h["kafka.topic"], h["kafka.partition"], h["kafka.offset"], h["kafka.key"]) == (
+        topic,
+        "0",
+        "0",
+        "h1",
+    )
+    assert int(h["kafka.timestamp"]) > 1_600_000_000_000
+
+
+async def test_service_handler_and_raw_serde(
+    kafka: Tansu, broker: Broker, admin: Admin, restate_counter: ServiceProcess
+) -> None:
+    topic = new_topic(kafka, 2)
+    # Null keys are fine for a plain service handler.
+    produce(kafka, topic, [(None, {"to": f"svc{i % 3}", "v": i}, i % 2) for i in range(30)])
+    raw_topic = new_topic(kafka, 1)
+    produce(kafka, raw_topic, [(None, b"\x00\x01not json", 0)])
+    await admin.register(restate_counter.uri)
+    await admin.cluster(kafka)
+    await admin.subscribe(topic, "service://KafkaEcho/forward", name=f"svc-{topic}")
+    await admin.subscribe(raw_topic, "service://KafkaEcho/raw", name=f"raw-{topic}", serde="raw")
+    want = {f"svc{k}": (10, sum(i for i in range(30) if i % 3 == k)) for k in range(3)}
+    states = await admin.wait_counts(list(want), {k: c for k, (c, _) in want.items()}, within=20)
+    assert {k: (s.get("count"), s.get("sum")) for k, s in states.items()} == want
+    deadline = time.monotonic() + 10
+    state: dict[str, Any] = {}
+    while "input" not in state and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        state = await admin.state("KafkaCounter", "raw")
+    assert state.get("input") == b"\x00\x01not json".hex()
