@@ -8,6 +8,7 @@ ingress / invoker / timers ──append──► log ──durable batch──�
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from .state_machine import StateMachine
 
 _U64 = struct.Struct(">Q")
 APPLIED = b"applied_lsn"
+log = logging.getLogger("sluice.processor")
 
 
 class Processor:
@@ -80,6 +82,26 @@ class Processor:
         self._act(self._apply(records))
 
     def _apply(self, records: list[Record]) -> list[a.Action]:
+        try:
+            return self._apply_batch(records)
+        except Exception:
+            # A command the state machine cannot apply must not stall everything behind it:
+            # apply the batch again one command per write batch and skip the failing ones
+            # (deterministically: a replay skips the same commands).
+            log.exception("applying a batch failed; retrying command by command")
+            actions: list[a.Action] = []
+            for rec in records:
+                try:
+                    actions += self._apply_batch([rec])
+                except Exception:
+                    log.exception("skipping log entry %d: the state machine cannot apply it", rec.lsn)
+                    tx = Transaction(self.store)
+                    self.applied = rec.lsn
+                    tx.put("meta", APPLIED, _U64.pack(self.applied))
+                    tx.commit()
+            return actions
+
+    def _apply_batch(self, records: list[Record]) -> list[a.Action]:
         tx = Transaction(self.store)
         ctx = Ctx(tx, self.sm.registry, self.sm.config)
         for rec in records:

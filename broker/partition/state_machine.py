@@ -121,7 +121,13 @@ class StateMachine:
         if st is None or st.phase != Phase.INVOKED or st.epoch != cmd.epoch:
             return  # a stream from an earlier attempt: it may not append anything
         if cmd.frames:
-            for frame in p.decode_all(cmd.frames):
+            try:
+                frames = p.decode_all(cmd.frames)
+            except p.DecodeError as e:
+                # A handler that speaks garbage fails its attempt; it never stalls the log.
+                attempt.attempt_failed(ctx, st, 571, f"protocol violation: {e}", None)
+                return
+            for frame in frames:
                 if st.phase != Phase.INVOKED or st.epoch != cmd.epoch:
                     return
                 self._frame(ctx, st, frame)

@@ -320,3 +320,13 @@ def test_replay_is_deterministic() -> None:
         }
 
     assert run() == run()
+
+
+def test_garbage_from_a_handler_fails_the_attempt() -> None:
+    h = Harness()
+    cmd, iid = invoke("Svc", "h")
+    h.apply(cmd)
+    acts = h.apply(Effects(id=iid.raw, epoch=1, frames=b"\x7f\x7f\x00\x00\x00\x00\x00\x01x"))
+    st = h.status(iid)
+    assert st is not None and st.phase == Phase.BACKING_OFF and "protocol violation" in st.last_failure
+    assert of(acts, a.AbortAttempt)
