@@ -109,6 +109,13 @@ class Broker:
                 if struct.unpack_from(">Q", k)[0] <= now:
                     self.submit(Expire(upto=now))
                 break
+            await self.checkpoint()
+
+    async def checkpoint(self) -> int:
+        """Sync the tables, then drop log segments they fully cover; return how many."""
+        applied = self.processor.applied
+        await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
+        return self.log.trim(applied)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         self._expiry.cancel()

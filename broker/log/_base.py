@@ -34,6 +34,10 @@ class Log(abc.ABC):
     def read_from(self, lsn: Lsn) -> Iterator[Record]:
         """Records with position >= lsn, oldest first (used on recovery)."""
 
+    @abc.abstractmethod
+    def trim(self, lsn: Lsn) -> int:
+        """Drop what is no longer needed up to lsn (every table holds its effects)."""
+
     @property
     @abc.abstractmethod
     def tail(self) -> Lsn:

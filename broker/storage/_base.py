@@ -41,6 +41,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def sync(self) -> None:
+        """Make every write so far survive a machine crash (then the log may be trimmed)."""
+
 
 class Transaction:
     """Reads see this transaction's own writes; ``commit`` writes them in one batch."""

@@ -53,6 +53,9 @@ class RocksDBStore(Store):
                 wb.put(key, value, handles[cf])
         self._db.write(wb, self._wopts)
 
+    def sync(self) -> None:
+        self._db.flush_wal(True)
+
     def close(self) -> None:
         if self._db is None:
             return
