@@ -67,7 +67,7 @@ class AdminApi:
     def _query(self, req: Request) -> Response:
         try:
             sql = json.loads(req.body or b"{}").get("query", "")
-            rows = run_query(self.broker.store, sql)
+            rows = run_query(self.broker.store, sql, partitions=self.broker.partitions)
         except QueryError as e:
             return _err(400, str(e))
         except ValueError as e:
@@ -171,7 +171,7 @@ class AdminApi:
             raw = self.broker.store.get("status", iid.raw)
             if raw is None:
                 return _err(404, "invocation not found")
-            return json_response(200, _status_json(Status.decode(raw)))
+            return json_response(200, _status_json(Status.decode(raw), self.broker.partitions))
         op = rest[1] if len(rest) == 2 else req.query.get("mode", "cancel" if m == "DELETE" else "")
         action = {
             "cancel": Terminate.CANCEL,
@@ -193,7 +193,7 @@ class AdminApi:
         out = []
         for _, raw in self.broker.store.scan("status", b""):
             st = Status.decode(raw)
-            j = _status_json(st)
+            j = _status_json(st, self.broker.partitions)
             if want_status and j["status"] != want_status:
                 continue
             if want_service and st.service != want_service:
@@ -215,10 +215,11 @@ class AdminApi:
         return json_response(200, {"service": service, "key": key, "state": state})
 
 
-def _status_json(st: Status) -> dict[str, Any]:
+def _status_json(st: Status, partitions: int) -> dict[str, Any]:
     iid = InvocationId(st.id)
     return {
         "id": str(iid),
+        "partition": iid.partition_key % partitions,
         "target": f"{st.service}/{st.key + '/' if st.key else ''}{st.handler}",
         "service": st.service,
         "handler": st.handler,

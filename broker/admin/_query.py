@@ -38,11 +38,14 @@ class QueryError(ValueError):
     pass
 
 
-def _invocation_row(st: Status) -> dict[str, Any]:
-    code, _, rest = st.last_failure.partition("] ")
+def _invocation_row(st: Status, partitions: int) -> dict[str, Any]:
+    code = st.last_failure.partition("] ")[0]
     failure = st.failure
+    iid = InvocationId(st.id)
     return {
-        "id": str(InvocationId(st.id)),
+        "id": str(iid),
+        "partition_key": iid.partition_key,
+        "partition": iid.partition_key % partitions,
         "target": f"{st.service}/{st.key + '/' if st.key else ''}{st.handler}",
         "target_service_name": st.service,
         "target_service_key": st.key or None,
@@ -66,12 +69,12 @@ def _invocation_row(st: Status) -> dict[str, Any]:
     }
 
 
-def _invocations(store: Store) -> Iterator[dict[str, Any]]:
+def _invocations(store: Store, partitions: int) -> Iterator[dict[str, Any]]:
     for _, raw in store.scan("status", b""):
-        yield _invocation_row(Status.decode(raw))
+        yield _invocation_row(Status.decode(raw), partitions)
 
 
-def _state(store: Store) -> Iterator[dict[str, Any]]:
+def _state(store: Store, partitions: int) -> Iterator[dict[str, Any]]:
     for k, v in store.scan("state", b""):
         pos = 0
         parts = []
@@ -91,7 +94,7 @@ def _state(store: Store) -> Iterator[dict[str, Any]]:
 TABLES = {"sys_invocation": _invocations, "state": _state}
 
 
-def run_query(store: Store, sql: str) -> list[dict[str, Any]]:
+def run_query(store: Store, sql: str, *, partitions: int = 1) -> list[dict[str, Any]]:
     m = _SQL.match(sql)
     if m is None:
         raise QueryError(
@@ -112,7 +115,7 @@ def run_query(store: Store, sql: str) -> list[dict[str, Any]]:
     cols = [c.strip() for c in m["cols"].split(",")]
     limit = int(m["limit"]) if m["limit"] else None
     out: list[dict[str, Any]] = []
-    for row in TABLES[table](store):
+    for row in TABLES[table](store, partitions):
         if all(row.get(k) == v for k, v in conds):
             if cols != ["*"]:
                 missing = [c for c in cols if c not in row]

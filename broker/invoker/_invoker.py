@@ -63,6 +63,7 @@ class _Attempt(StreamHandler):
         "last_activity",
         "reopen",
         "sent",
+        "service",
         "sid",
         "status",
         "task",
@@ -84,6 +85,7 @@ class _Attempt(StreamHandler):
         self.bidi = False
         self.reopen: Callable[[], None] | None = None
         self.sent: list[bytes] = []  # notifications sent before the endpoint answered
+        self.service = ""
 
     # --- h2 stream events ---
     def on_headers(self, status: int, headers: dict[str, str]) -> None:
@@ -183,10 +185,16 @@ class Invoker:
             for att in list(self._active.values()):
                 if att.conn is None:
                     continue
-                if not att.half_closed_at and now - att.last_activity > opts.inactivity_timeout:
+                svc = self._registry.services.get(att.service)
+                inactivity = opts.inactivity_timeout
+                abort = opts.abort_timeout
+                if svc is not None:  # the endpoint's manifest may set its own (v3+)
+                    inactivity = (svc.inactivity_timeout_ms or inactivity * 1000) / 1000
+                    abort = (svc.abort_timeout_ms or abort * 1000) / 1000
+                if not att.half_closed_at and now - att.last_activity > inactivity:
                     att.half_closed_at = now  # ask the handler to suspend
                     att.conn.end(att.sid)
-                elif att.half_closed_at and now - att.half_closed_at > opts.abort_timeout:
+                elif att.half_closed_at and now - att.half_closed_at > abort:
                     att.conn.reset(att.sid)
                     att.fail("inactivity: the handler did not suspend within the abort timeout")
 
@@ -197,6 +205,7 @@ class Invoker:
         if old is not None:
             old.abort()
         att = _Attempt(self, action.id, action.epoch)
+        att.service = action.service
         self._active[action.id] = att
         dep = self._registry.deployments.get(action.deployment_id)
         if dep is None:

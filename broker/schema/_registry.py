@@ -48,6 +48,8 @@ class ServiceInfo:
     idempotency_retention_ms: int | None = None
     inactivity_timeout_ms: int | None = None
     abort_timeout_ms: int | None = None
+    # Manifest v4 retry policy; None: the broker's default.
+    retry: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The admin API's service metadata, shaped like restate-server's."""
@@ -160,6 +162,18 @@ class Registry:
                     idempotency_retention_ms=svc.get("idempotencyRetention"),
                     inactivity_timeout_ms=svc.get("inactivityTimeout"),
                     abort_timeout_ms=svc.get("abortTimeout"),
+                    retry={
+                        k: svc[k]
+                        for k in (
+                            "retryPolicyInitialInterval",
+                            "retryPolicyMaxInterval",
+                            "retryPolicyMaxAttempts",
+                            "retryPolicyExponentiationFactor",
+                            "retryPolicyOnMaxAttempts",
+                        )
+                        if svc.get(k) is not None
+                    }
+                    or None,
                 )
         self.services = services
 

@@ -51,6 +51,8 @@ async def test_admin_api(client: Client, restate_service: ServiceProcess) -> Non
         "/query", json={"query": f"SELECT id, status FROM sys_invocation WHERE id = '{iid}'"}
     )
     assert q.json() == {"rows": [{"id": iid, "status": "completed"}]}
+    row = (await client.admin.get(f"/invocations/{iid}")).json()
+    assert 0 <= row["partition"] < 8
     q = await client.admin.post(
         "/query",
         json={

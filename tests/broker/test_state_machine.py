@@ -330,3 +330,26 @@ def test_garbage_from_a_handler_fails_the_attempt() -> None:
     st = h.status(iid)
     assert st is not None and st.phase == Phase.BACKING_OFF and "protocol violation" in st.last_failure
     assert of(acts, a.AbortAttempt)
+
+
+def test_service_retry_policy_from_the_manifest_can_kill() -> None:
+    h = Harness(max_attempts=100)
+    dep = Deployment(
+        id="dp_r", uri="http://127.0.0.1:2", use_http_11=False, protocol_version=6,
+        services=[{
+            "name": "Strict", "ty": "SERVICE", "handlers": [{"name": "h"}],
+            "retryPolicyMaxAttempts": 2, "retryPolicyOnMaxAttempts": "KILL",
+            "retryPolicyInitialInterval": 10,
+        }],
+    )
+    h.apply(SchemaUpdate(deployment_json=dep.to_json_bytes()))
+    cmd, iid = invoke("Strict", "h")
+    h.apply(cmd)
+    acts = h.effects(iid, 1, p.ErrorMessage(code=500, message="first"))
+    (timer,) = of(acts, a.RegisterTimer)
+    assert timer.fire_at == h.now + 10
+    h.now += 10
+    h.apply(TimerFired(key=timer.key))
+    acts = h.effects(iid, 2, p.ErrorMessage(code=500, message="second"))
+    (reply,) = of(acts, a.Reply)
+    assert reply.code == 500 and reply.message == "second"

@@ -6,7 +6,7 @@ from broker.ids import InvocationId
 from sdk import protocol as p
 
 from .. import actions as a
-from .._context import Ctx, key_prefix
+from .._context import Ctx, RetryPolicy, key_prefix
 from .._records import Kind, Phase, Status, Timer, TimerKind
 
 
@@ -79,7 +79,23 @@ def attempt_failed(
     st.retry_count += 1
     st.last_failure = f"[{code}] {message}"[:2000]
     policy = ctx.config.retry
+    on_max = "PAUSE"
+    svc = ctx.registry.services.get(st.service)
+    if svc is not None and svc.retry:  # the service's own policy (manifest v4)
+        r = svc.retry
+        policy = RetryPolicy(
+            initial_ms=int(r.get("retryPolicyInitialInterval", policy.initial_ms)),
+            factor=float(r.get("retryPolicyExponentiationFactor", policy.factor)),
+            max_interval_ms=int(r.get("retryPolicyMaxInterval", policy.max_interval_ms)),
+            max_attempts=int(r.get("retryPolicyMaxAttempts", policy.max_attempts)),
+        )
+        on_max = str(r.get("retryPolicyOnMaxAttempts", "PAUSE")).upper()
     if st.retry_count >= policy.max_attempts:
+        if on_max == "KILL":
+            from .complete import complete
+
+            complete(ctx, st, None, p.Failure(code=code if code >= 400 else 500, message=message))
+            return
         st.phase = Phase.PAUSED
         ctx.put_status(st)
         return
