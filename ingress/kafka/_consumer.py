@@ -29,12 +29,12 @@ from connectors.kafka import Consumer, KafkaError, KafkaMessage, TopicPartitionO
 from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
 from connectors.serde import DecodeError, Serde, encode_key, serde_for
 from sdk import protocol as p
-from subscriptions._models import KafkaCluster, Subscription
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from broker.server import Broker
+    from subscriptions._models import KafkaCluster, Subscription  # (subscriptions imports us)
 
 log = logging.getLogger("sluice.kafka")
 _U64 = struct.Struct(">Q")
