@@ -269,8 +269,13 @@ class Invoker:
     async def _request_response(
         self, att: _Attempt, pool: Http1Pool, path: str, headers: list[tuple[str, str]], body: bytes
     ) -> None:
+        # Request/response has no stream to half-close: the whole exchange gets both timeouts.
+        limit = self._options.inactivity_timeout + self._options.abort_timeout
         try:
-            status, _, data = await pool.request("POST", path, headers, body)
+            status, _, data = await asyncio.wait_for(pool.request("POST", path, headers, body), limit)
+        except TimeoutError:
+            att.fail(f"the handler did not answer within {limit:.0f}s")
+            return
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
             att.fail(f"cannot reach the deployment: {e}")
             return
