@@ -69,9 +69,9 @@ class Controller:
         decl = load_declarations(path)  # DeclarationError: FILE:LINE: reason, before anything runs
         now = int(time.time() * 1000)
         for c in decl.kafka_clusters:
-            old = self.clusters().get(c.name)
-            if old is None or old.properties != c.properties:
-                c.created_at = old.created_at if old else now
+            known = self.clusters().get(c.name)
+            if known is None or known.properties != c.properties:
+                c.created_at = known.created_at if known else now
                 await self._put("kafka_clusters", c.name, c.model_dump_json().encode())
         declared = set()
         for s in decl.subscriptions:
@@ -83,8 +83,8 @@ class Controller:
                 if old is not None:
                     s.paused = old.paused
                 await self._put("subscriptions", s.name, s.model_dump_json().encode())
-        for name, old in self.subscriptions().items():
-            if old.origin == "file" and name not in declared:
+        for name, prev in self.subscriptions().items():
+            if prev.origin == "file" and name not in declared:
                 await self._put("subscriptions", name, b"")
 
     async def _put(self, table: str, name: str, row: bytes, reset: bytes = b"") -> None:
@@ -231,9 +231,10 @@ class Controller:
                 await self._put("kafka_clusters", c.name, c.model_dump_json().encode())
                 return json_response(201, c.public())
             return _err(405, "method not allowed")
-        c = clusters.get(rest[0])
-        if c is None:
+        found = clusters.get(rest[0])
+        if found is None:
             return _err(404, f"kafka cluster '{rest[0]}' not found")
+        c = found
         if m == "GET":
             subs = [s.public() for s in self.subscriptions().values() if s.cluster == c.name]
             return json_response(200, {**c.public(), "subscriptions": subs})
