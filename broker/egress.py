@@ -27,7 +27,7 @@ from broker.partition._outbox import (
     outbox_prefix,
     parse_outbox_key,
 )
-from broker.partition.lifecycle.egress import EGRESS_PARTITIONS
+from broker.partition.lifecycle.egress import EGRESS_PARTITIONS, records_of
 from connectors.kafka._egress import EgressSink, OutRecord
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class SinkWorker:
         topics = set()
         for _, raw in self.broker.store.scan("outbox", outbox_prefix(self.cluster, self.sink)):
             e = OutboxEntry.decode(raw)
-            topics.update(r.topic for r in e.records)
+            topics.update(r.topic for r in records_of(e))
             if e.topic:
                 topics.add(e.topic)
         rec = await loop.run_in_executor(self._ex, kafka.recover, topics)
@@ -186,11 +186,13 @@ class SinkWorker:
     def _trim(self, upto: int) -> None:
         self.broker.submit(EgressCommitted(cluster=self.cluster, sink=self.sink, upto=upto))
 
-    def _collect(self) -> tuple[list[OutRecord], int]:
-        """The sendable prefix from the cursor: its records and its last sequence number
-        (0: nothing). Missing rows below the first one are trimmed, hence sent."""
+    def _collect(self) -> tuple[list[tuple[int, OutboxEntry]], int, int]:
+        """The sendable prefix from the cursor: its rows, their record count (an estimate
+        for batch rows) and the last sequence number (0: nothing). Missing rows below the
+        first one are trimmed, hence sent."""
         prefix = outbox_prefix(self.cluster, self.sink)
-        out: list[OutRecord] = []
+        rows: list[tuple[int, OutboxEntry]] = []
+        count = 0
         upto = 0
         expected = 0
         for k, raw in self.broker.store.scan("outbox", prefix):
@@ -202,9 +204,20 @@ class SinkWorker:
             e = OutboxEntry.decode(raw)
             if e.state == OutboxState.PENDING:
                 break
-            if out and len(out) + len(e.records) > MAX_TRANSACTION_RECORDS:
+            n = len(e.records) or (e.raw.count(b'"value') if e.raw else 0)
+            if rows and count + n > MAX_TRANSACTION_RECORDS:
                 break
-            for i, r in enumerate(e.records):
+            rows.append((seq, e))
+            count += n
+            upto = seq
+            expected = seq + 1
+        return rows, count, upto
+
+    def _send_rows(self, rows: list[tuple[int, OutboxEntry]], upto: int) -> int:
+        """In the sink's thread: rows to records (batch rows are split here), one transaction."""
+        out: list[OutRecord] = []
+        for seq, e in rows:
+            for i, r in enumerate(records_of(e)):
                 if (seq, i) in self._visible:
                     continue
                 out.append(
@@ -217,19 +230,20 @@ class SinkWorker:
                         part=i,
                     )
                 )
-            upto = seq
-            expected = seq + 1
-        return out, upto
+        if out:
+            assert self._kafka is not None
+            self._kafka.send(out, upto)
+        return len(out)
 
     async def _step(self, loop: asyncio.AbstractEventLoop) -> bool:
-        records, upto = self._collect()
+        rows, _, upto = self._collect()
         if not upto:
             return False
-        if records:
-            assert self._kafka is not None
-            await loop.run_in_executor(self._ex, self._kafka.send, records, upto)
-            self.sent += len(records)
-            self.transactions += 1
+        if any(e.state == OutboxState.READY for _, e in rows):
+            sent = await loop.run_in_executor(self._ex, self._send_rows, rows, upto)
+            if sent:
+                self.sent += sent
+                self.transactions += 1
         self.cursor = upto + 1
         if self._visible:
             self._visible = {v for v in self._visible if v[0] > upto}

@@ -1,16 +1,16 @@
 """Outbox rows and egress commands: records waiting to leave for Kafka.
 
-    outbox table, one sequence per (cluster, egress partition):
+outbox table, one sequence per (cluster, egress partition):
 
-        cluster \\0 u32 sink | u64 seq ─► OutboxEntry
-                              1 READY    records to send
-                              2 READY
-                              3 PENDING  reserved in input order, filled when its invocation ends
-                              4 EMPTY    nothing to send (failed, or returned nothing)
+    cluster \\0 u32 sink | u64 seq ─► OutboxEntry
+                          1 READY    records to send
+                          2 READY
+                          3 PENDING  reserved in input order, filled when its invocation ends
+                          4 EMPTY    nothing to send (failed, or returned nothing)
 
-    The egress connector sends the contiguous prefix that is not PENDING, in one Kafka
-    transaction together with its progress marker, then appends EgressCommitted(upto), which
-    deletes the rows (so trimming is a log command, replayed alike on every node).
+The egress connector sends the contiguous prefix that is not PENDING, in one Kafka
+transaction together with its progress marker, then appends EgressCommitted(upto), which
+deletes the rows (so trimming is a log command, replayed alike on every node).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sdk.protocol import Header, Message
-from sdk.protocol._proto import BOOL, OPT_BYTES, REP_MSG, STRING, UINT
+from sdk.protocol._proto import BOOL, BYTES, OPT_BYTES, REP_MSG, REP_UINT, STRING, UINT
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -51,7 +51,9 @@ class OutboxEntry(Message):
     """One sequence number: zero or more records that leave in the same transaction.
 
     While PENDING, ``topic``, ``key`` and ``headers`` say where the invocation's result goes;
-    ``batch``: the result is a JSON list of records (a stream handler), not one value.
+    ``batch``: the result is a JSON list of records (a stream handler), not one value;
+    when READY it stays that JSON (``raw``), split into records only on its way out
+    (``records_of``), so the state machine does not encode a message per record.
     """
 
     state: int = 0
@@ -60,6 +62,7 @@ class OutboxEntry(Message):
     key: bytes | None = None
     headers: list[Header] = field(default_factory=list)
     batch: bool = False
+    raw: bytes | None = None  # READY batch: the handler's JSON list, split by the connector
     _schema: ClassVar = (
         (1, "state", UINT),
         (2, "records", REP_MSG, OutboxRecord),
@@ -67,6 +70,7 @@ class OutboxEntry(Message):
         (4, "key", OPT_BYTES),
         (5, "headers", REP_MSG, Header),
         (6, "batch", BOOL),
+        (7, "raw", OPT_BYTES),
     )
 
 
@@ -82,6 +86,18 @@ class EgressTarget(Message):
         (2, "topic", STRING),
         (3, "headers", REP_MSG, Header),
     )
+
+
+@dataclass(slots=True)
+class KafkaBatch(Message):
+    """Up to ``batch_max`` records of one partition for a stream handler, packed once by the
+    consumer: ``items`` is the records' JSON objects joined by commas, ``ends[j]`` the end
+    of the j-th, so a batch that partly overlaps what was ingested can be cut."""
+
+    offsets: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    items: bytes = b""
+    _schema: ClassVar = ((1, "offsets", REP_UINT), (2, "ends", REP_UINT), (3, "items", BYTES))
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from sdk.protocol._proto import (
     UINT,
 )
 
-from ._outbox import EgressCommitted, EgressTarget
+from ._outbox import EgressCommitted, EgressTarget, KafkaBatch
 
 # --- shared pieces ---------------------------------------------------------------------------
 
@@ -224,6 +224,7 @@ class KafkaIngest(Message):
     generation: int = 0  # the subscription's creation time: part of the invocation ids
     output: EgressTarget | None = None  # results go to this topic (lifecycle/egress.py)
     batch_max: int = 0  # > 0: a stream handler, one invocation per up to this many records
+    batches: list[KafkaBatch] = field(default_factory=list)  # a stream handler's records
     _schema: ClassVar = (
         (1, "subscription", STRING),
         (2, "producer", BYTES),
@@ -238,6 +239,7 @@ class KafkaIngest(Message):
         (11, "generation", UINT),
         (20, "output", MSG, EgressTarget),
         (21, "batch_max", UINT),
+        (22, "batches", REP_MSG, KafkaBatch),
     )
 
 

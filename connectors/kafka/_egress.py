@@ -108,7 +108,9 @@ class EgressSink:
         tps = []
         for topic in sorted(set(pending_topics)):
             for n in prod.partitions(topic) or []:
-                tps.append(TopicPartitionOffset(topic, n, self.ends.get((topic, n), OFFSET_BEGINNING)))
+                tps.append(
+                    TopicPartitionOffset(topic, n, self.ends.get((topic, n), OFFSET_BEGINNING))
+                )
         if tps:
             for m in self._read(tps):
                 h = dict(m.headers)
@@ -164,7 +166,11 @@ class EgressSink:
         try:
             if highs is None:
                 highs = {(t.topic, t.partition): c.watermarks(t.topic, t.partition)[1] for t in tps}
-            todo = {(t.topic, t.partition) for t in tps if highs[(t.topic, t.partition)] > max(t.offset, 0)}
+            todo = {
+                (t.topic, t.partition)
+                for t in tps
+                if highs[(t.topic, t.partition)] > max(t.offset, 0)
+            }
             c.assign(tps)
             out: list[object] = []
             last: dict[tuple[str, int], int] = {}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from broker.partition._records import KafkaIngest, KafkaRecord, Kind
+from broker.partition.lifecycle.egress import pack_batches
 from broker.partition.lifecycle.kafka import producer_id
 from connectors.kafka import Consumer, KafkaError, KafkaMessage, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
@@ -199,12 +200,19 @@ class SubscriptionConsumer:
                 for s in self.partitions.values():
                     s.paused = False
             room = sub.max_in_flight - self._load()
-            msgs, highs = await self._call(self._poll, consumer, min(BATCH, max(room, 1)))
+            msgs, highs = await self._call(self._poll, consumer, min(self._limit(), max(room, 1)))
             for n, hi in highs.items():
                 if n in self.partitions and hi is not None:
                     self.partitions[n].high = hi
             if msgs:
                 self._submit(msgs)
+
+    def _limit(self) -> int:
+        """Records per consume call: a stream handler's batches are cut per partition from
+        one call, so it asks for a full batch of each partition."""
+        if self.sub.batch_max_records:
+            return min(max(BATCH, self.sub.batch_max_records * len(self.partitions)), 20_000)
+        return BATCH
 
     def _poll(self, consumer: Consumer, n: int) -> tuple[list[KafkaMessage], dict[int, int | None]]:
         msgs = consumer.consume(n, 0.1)
@@ -237,6 +245,8 @@ class SubscriptionConsumer:
                 output=sub.egress_target(),
                 batch_max=sub.batch_max_records,
             )
+            if sub.batch_max_records:
+                pack_batches(cmd)  # a stream handler: records packed into batches, once
             wid, fut = self.broker.waiter()
             cmd.waiter = wid
             stats.pending += len(records)
@@ -289,6 +299,13 @@ class SubscriptionConsumer:
             rec.key = key
             return rec
         rec.key = key
+        if sub.batch_max_records:
+            # A stream handler's batch names topic and partition once; per record only the
+            # key (raw_key; None: no key) and a content type that is not JSON (egress.py).
+            rec.raw_key = m.key
+            if self.serde.content_type != "application/json":
+                rec.headers.append(p.Header(key="content-type", value=self.serde.content_type))
+            return rec
         rec.headers += [
             p.Header(key="kafka.topic", value=m.topic),
             p.Header(key="kafka.partition", value=str(m.partition)),

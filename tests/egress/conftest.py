@@ -87,7 +87,9 @@ def check_exactly_once(
         seen[o.value["i"]] = seen.get(o.value["i"], 0) + 1
     lost = sorted(set(want) - set(seen))
     dups = sorted(i for i, n in seen.items() if n > 1)
-    assert not lost and not dups, f"lost {len(lost)} {lost[:10]}, duplicated {len(dups)} {dups[:10]}"
+    assert not lost and not dups, (
+        f"lost {len(lost)} {lost[:10]}, duplicated {len(dups)} {dups[:10]}"
+    )
     seqs = [o.seq for o in out]
     assert len(set(seqs)) == len(seqs), "a sequence header repeats"
     for o in out:

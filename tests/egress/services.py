@@ -43,8 +43,7 @@ stream = Service("Stream")
 @stream.handler()
 async def batch(ctx: Context, batch: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        {"key": r["key"], "value": {"i": r["value"]["i"], "by": "stream"}}
-        for r in batch["records"]
+        {"key": r["key"], "value": {"i": r["value"]["i"], "by": "stream"}} for r in batch["records"]
     ]
 
 

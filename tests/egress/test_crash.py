@@ -58,7 +58,7 @@ async def _egress_sent(c: httpx.AsyncClient, admin: str) -> int:
         return -1
 
 
-async def test_sigkill_with_egress_is_exactly_once(
+async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scenario, in order
     kafka: Tansu, tmp_path: Path, egress_services: ServiceProcess
 ) -> None:
     src = new_topic(kafka, 4)

@@ -49,7 +49,9 @@ async def test_kafka_send_from_a_handler(
     await _setup(admin, kafka, egress_services)
     src, out = new_topic(kafka, 2), new_topic(kafka, 2)
     n = 100
-    produce(kafka, src, [(f"k{i}", {"i": i, "topic": out, "key": f"k{i % 5}"}, None) for i in range(n)])
+    produce(
+        kafka, src, [(f"k{i}", {"i": i, "topic": out, "key": f"k{i % 5}"}, None) for i in range(n)]
+    )
     await admin.subscribe(src, "service://Sender/send")
     got = await asyncio.to_thread(read_output, kafka, out, n)
     # Stateless invocations run concurrently: their sends keep the order of completion
@@ -79,7 +81,9 @@ async def test_restate_sdk_generic_send_to_the_builtin_service(
     await admin.cluster(kafka)
     src, out = new_topic(kafka, 2), new_topic(kafka, 2)
     n = 50
-    produce(kafka, src, [(f"k{i}", {"i": i, "topic": out, "key": f"k{i % 3}"}, None) for i in range(n)])
+    produce(
+        kafka, src, [(f"k{i}", {"i": i, "topic": out, "key": f"k{i % 3}"}, None) for i in range(n)]
+    )
     await admin.subscribe(src, "service://RestateSender/send")
     got = await asyncio.to_thread(read_output, kafka, out, n)
     check_exactly_once(got, {i: f"k{i % 3}".encode() for i in range(n)}, ordered=False)
@@ -98,7 +102,9 @@ async def test_egress_to_another_cluster(
         n = 100
         want = {i: f"k{i % 7}".encode() for i in range(n)}
         produce(kafka, src, [(want[i].decode(), {"i": i}, None) for i in range(n)])
-        await admin.subscribe(src, "service://Enrich/map", output_topic=out, output_cluster="remote")
+        await admin.subscribe(
+            src, "service://Enrich/map", output_topic=out, output_cluster="remote"
+        )
         got = await asyncio.to_thread(read_output, remote, out, n)
         check_exactly_once(got, want)
     finally:

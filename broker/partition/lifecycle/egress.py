@@ -23,6 +23,7 @@ from .._context import Ctx, failure
 from .._outbox import (
     EgressCommitted,
     EgressTarget,
+    KafkaBatch,
     OutboxEntry,
     OutboxReady,
     OutboxRecord,
@@ -87,24 +88,34 @@ def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> N
     if entry.state != OutboxState.PENDING:
         return
     records: list[OutboxRecord] = []
-    if fail is None and value is not None and value.strip() not in (b"", b"null"):
+    if fail is None and value is not None and value.strip() not in (b"", b"null", b"[]"):
         if entry.batch:
-            records = _batch_records(entry, value)
-        else:
-            records = [
-                OutboxRecord(
-                    topic=entry.topic, key=entry.key, value=value, headers=list(entry.headers)
-                )
-            ]
+            entry.state = OutboxState.READY
+            entry.raw = value
+            ctx.tx.put("outbox", key, entry.encode())
+            cluster, sink, _ = parse_outbox_key(key)
+            ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+            return
+        records = [
+            OutboxRecord(topic=entry.topic, key=entry.key, value=value, headers=list(entry.headers))
+        ]
     out = OutboxEntry(state=OutboxState.READY if records else OutboxState.EMPTY, records=records)
     ctx.tx.put("outbox", key, out.encode())
     cluster, sink, _ = parse_outbox_key(key)
     ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
 
 
+def records_of(entry: OutboxEntry) -> list[OutboxRecord]:
+    """The records of a READY row, in order (their index is the ``sluice-part`` header)."""
+    if entry.batch and entry.raw is not None:
+        return _batch_records(entry, entry.raw)
+    return entry.records
+
+
 def _batch_records(entry: OutboxEntry, value: bytes) -> list[OutboxRecord]:
     """A stream handler's result: a JSON list of records ({"value", "key"?, "headers"?,
-    "topic"?}); anything else is one record holding the whole value."""
+    "topic"?}); anything else is one record holding the whole value. Deterministic: the
+    same bytes always give the same records."""
     try:
         items = json.loads(value)
     except ValueError:
@@ -114,16 +125,19 @@ def _batch_records(entry: OutboxEntry, value: bytes) -> list[OutboxRecord]:
     out = []
     for item in items:
         if isinstance(item, dict) and ("value" in item or "value_b64" in item):
-            out.append(_record(item, entry.topic, list(entry.headers)))
-        else:
-            out.append(
-                OutboxRecord(
-                    topic=entry.topic,
-                    key=None,
-                    value=json.dumps(item, separators=(",", ":")).encode(),
-                    headers=list(entry.headers),
-                )
+            try:
+                out.append(_record(item, entry.topic, list(entry.headers)))
+                continue
+            except (ValueError, TypeError):
+                pass  # not a record after all: sent as the value it is
+        out.append(
+            OutboxRecord(
+                topic=entry.topic,
+                key=None,
+                value=json.dumps(item, separators=(",", ":")).encode(),
+                headers=list(entry.headers),
             )
+        )
     return out
 
 
@@ -217,28 +231,32 @@ def reserve_for(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> bytes:
 
 
 def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
-    """A stream handler: the new records of one partition, up to ``batch_max`` per
-    invocation, deduplicated by the batch's last offset; each batch's result (a list of
-    records) fills one outbox row, so it leaves in one egress transaction."""
+    """A stream handler: each packed batch of one partition (up to ``batch_max`` records)
+    becomes one invocation, deduplicated by its last offset (a batch that partly overlaps
+    what was already ingested is cut); its result (a list of records) fills one outbox row,
+    so it leaves in one egress transaction. ``cmd.records`` holds the records to
+    dead-letter."""
     from .kafka import _dead_letter_record  # noqa: PLC0415 - kafka.py imports this module
 
     raw = ctx.tx.get("kafka_dedup", cmd.producer)
     last = _U64.unpack(raw)[0] if raw is not None else -1
-    fresh = [r for r in cmd.records if r.offset > last]
-    if not fresh:
-        ctx.reply(cmd.waiter, "ok", message="0")
-        return
-    good = []
-    for rec in fresh:
-        if rec.reason:
+    top = last
+    for rec in cmd.records:
+        if rec.offset > last:
             _dead_letter_record(ctx, cmd, rec)
-        else:
-            good.append(rec)
+            top = max(top, rec.offset)
     created = 0
     pk = partition_key_of(cmd.producer)
-    for i in range(0, len(good), cmd.batch_max):
-        chunk = good[i : i + cmd.batch_max]
-        end = chunk[-1].offset
+    keyed = cmd.kind != Kind.SERVICE
+    for b in cmd.batches:
+        if not b.offsets or b.offsets[-1] <= last:
+            continue
+        first = 0
+        while b.offsets[first] <= last:
+            first += 1
+        items = b.items if first == 0 else b.items[b.ends[first - 1] + 1 :]
+        end = b.offsets[-1]
+        top = max(top, end)
         iid = InvocationId.derive(
             pk, "kafka-batch", cmd.producer, _U64.pack(cmd.generation), _U64.pack(end)
         )
@@ -247,7 +265,7 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
         out = b""
         if cmd.output is not None:
             out = reserve(ctx, cmd.output, sink_of(cmd.producer), None, batch=True)
-        keyed = cmd.kind != Kind.SERVICE
+        head = json.dumps({"topic": cmd.topic, "partition": cmd.partition})[:-1].encode()
         invoke(
             ctx,
             Invoke(
@@ -256,11 +274,11 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
                 handler=cmd.handler,
                 key=f"{cmd.topic}/{cmd.partition}" if keyed else "",
                 kind=cmd.kind,
-                input=batch_input(cmd.topic, cmd.partition, chunk),
+                input=head + b',"records":[' + items + b"]}",
                 headers=[
                     p.Header(key="kafka.topic", value=cmd.topic),
                     p.Header(key="kafka.partition", value=str(cmd.partition)),
-                    p.Header(key="kafka.offset", value=str(chunk[0].offset)),
+                    p.Header(key="kafka.offset", value=str(b.offsets[first])),
                     p.Header(key="kafka.last-offset", value=str(end)),
                     p.Header(key="content-type", value="application/json"),
                 ],
@@ -273,30 +291,54 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
             ),
         )
         created += 1
-    ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(fresh[-1].offset))
+    if top > last:
+        ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(top))
     ctx.reply(cmd.waiter, "ok", message=str(created))
 
 
-def batch_input(topic: str, partition: int, records: list[KafkaRecord]) -> bytes:
-    """A stream handler's input: ``{"topic", "partition", "records": [{"offset", "key",
-    "value" (JSON) or "value_b64", "headers"}]}``, built without re-parsing the values."""
-    parts = []
-    for rec in records:
-        meta = {}
-        headers = {}
+def pack_batches(cmd: KafkaIngest) -> None:
+    """Consumer side, once per poll: the decodable records of ``cmd`` become batches of up
+    to ``cmd.batch_max`` JSON items (``{"offset", "key", "value" (JSON) or "value_b64",
+    "headers"}``); the others stay in ``cmd.records``, to be dead-lettered."""
+    dead: list[KafkaRecord] = []
+    batch = KafkaBatch()
+    size = 0
+    items: list[bytes] = []
+    for rec in cmd.records:
+        if rec.reason:
+            dead.append(rec)
+            continue
+        item = _item(rec)
+        size += len(item) + (1 if items else 0)
+        items.append(item)
+        batch.offsets.append(rec.offset)
+        batch.ends.append(size)
+        if len(items) >= cmd.batch_max:
+            batch.items = b",".join(items)
+            cmd.batches.append(batch)
+            batch, size, items = KafkaBatch(), 0, []
+    if items:
+        batch.items = b",".join(items)
+        cmd.batches.append(batch)
+    cmd.records = dead
+
+
+def _item(rec: KafkaRecord) -> bytes:
+    json_value = True
+    headers = b"{}"
+    if rec.headers:
+        hs = {}
         for h in rec.headers:
-            if h.key.startswith("kafka.") or h.key == "content-type":
-                meta[h.key] = h.value
-            else:
-                headers[h.key] = h.value
-        key = json.dumps(rec.key) if "kafka.key" in meta else "null"
-        if meta.get("content-type", "application/json") == "application/json" and rec.input:
-            value = b'"value":' + rec.input
-        else:
-            value = b'"value_b64":"' + base64.b64encode(rec.input).decode().encode() + b'"'
-        parts.append(
-            b'{"offset":%d,"key":%s,%s,"headers":%s}'
-            % (rec.offset, key.encode(), value, json.dumps(headers).encode())
-        )
-    head = json.dumps({"topic": topic, "partition": partition})[:-1].encode()
-    return head + b',"records":[' + b",".join(parts) + b"]}"
+            if h.key == "content-type":
+                json_value = h.value == "application/json"
+            elif not h.key.startswith("kafka."):
+                hs[h.key] = h.value
+        if hs:
+            headers = json.dumps(hs).encode()
+    has_key = rec.raw_key is not None or any(h.key == "kafka.key" for h in rec.headers)
+    key = json.dumps(rec.key).encode() if has_key else b"null"
+    if json_value and rec.input:
+        value = b'"value":' + rec.input
+    else:
+        value = b'"value_b64":"' + base64.b64encode(rec.input) + b'"'
+    return b'{"offset":%d,"key":%s,%s,"headers":%s}' % (rec.offset, key, value, headers)
