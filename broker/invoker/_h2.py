@@ -47,6 +47,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.draining = False  # no new streams (GOAWAY received, or retired by us)
         self.opened = 0
+        self._flush_scheduled = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
@@ -135,6 +136,13 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     def flush(self) -> None:
+        # Coalesce: every stream opened or fed in this loop turn leaves in one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
