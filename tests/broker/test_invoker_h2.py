@@ -1,0 +1,38 @@
+"""The h2 invoker under load: thousands of streams over hypercorn without a retried attempt.
+
+hypercorn closes a connection after 1,000 requests (GOAWAY); a stream opened in that race
+kills the whole connection, so the invoker retires connections first. Streams must also be
+closed on both sides once the handler has said its last word, or they pile up until the
+endpoint's concurrent-stream cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from broker.server import Broker
+
+from .conftest import Client, ServiceProcess
+
+
+async def test_many_calls_no_retries(broker: Broker, client: Client, restate_service: ServiceProcess) -> None:
+    await client.register(restate_service.uri)
+    sem = asyncio.Semaphore(16)  # one connection: past hypercorn's 1,000 requests
+
+    async def one(i: int) -> int:
+        async with sem:
+            r = await client.call("/Greeter/greet", f"n{i}")
+            return r.status_code
+
+    codes = await asyncio.gather(*(one(i) for i in range(1200)))
+    assert set(codes) == {200}
+    q = await client.admin.post(
+        "/query",
+        json={"query": "SELECT id, retry_count, last_failure FROM sys_invocation WHERE target_handler_name = 'greet'"},
+    )
+    rows = q.json()["rows"]
+    assert len(rows) == 1200
+    retried = [r for r in rows if r["retry_count"] or r["last_failure"]]
+    assert not retried, retried[:3]
+    streams = sum(len(c.streams) for h2 in broker.invoker._h2.values() for c in h2._conns)
+    assert streams == 0, f"{streams} h2 streams left open after every call completed"
