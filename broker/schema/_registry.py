@@ -50,6 +50,7 @@ class ServiceInfo:
     abort_timeout_ms: int | None = None
     # Manifest v4 retry policy; None: the broker's default.
     retry: dict[str, Any] | None = None
+    lazy_state: bool = False  # manifest v3 enableLazyState: no state in StartMessage
 
     def to_json(self) -> dict[str, Any]:
         """The admin API's service metadata, shaped like restate-server's."""
@@ -162,6 +163,7 @@ class Registry:
                     idempotency_retention_ms=svc.get("idempotencyRetention"),
                     inactivity_timeout_ms=svc.get("inactivityTimeout"),
                     abort_timeout_ms=svc.get("abortTimeout"),
+                    lazy_state=bool(svc.get("enableLazyState", False)),
                     retry={
                         k: svc[k]
                         for k in (

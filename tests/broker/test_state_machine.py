@@ -353,3 +353,20 @@ def test_service_retry_policy_from_the_manifest_can_kill() -> None:
     acts = h.effects(iid, 2, p.ErrorMessage(code=500, message="second"))
     (reply,) = of(acts, a.Reply)
     assert reply.code == 500 and reply.message == "second"
+
+
+def test_lazy_state_services_get_no_state_map() -> None:
+    h = Harness()
+    dep = Deployment(
+        id="dp_l", uri="http://127.0.0.1:3", use_http_11=False, protocol_version=6,
+        services=[{"name": "Lazy", "ty": "VIRTUAL_OBJECT", "enableLazyState": True,
+                   "handlers": [{"name": "ex", "ty": "EXCLUSIVE"}]}],
+    )
+    h.apply(SchemaUpdate(deployment_json=dep.to_json_bytes()))
+    first, id1 = invoke("Lazy", "ex", "k", Kind.EXCLUSIVE)
+    h.apply(first)
+    h.effects(id1, 1, p.SetStateCommand(key=b"a", value=b"1"), p.OutputCommand(value=b""), p.EndMessage())
+    second, _ = invoke("Lazy", "ex", "k", Kind.EXCLUSIVE)
+    (start,) = of(h.apply(second), a.StartAttempt)
+    msg = p.decode_all(start.frames)[0].message
+    assert isinstance(msg, p.StartMessage) and msg.partial_state and msg.state_map == []

@@ -23,7 +23,8 @@ def start_attempt(ctx: Ctx, st: Status) -> None:
     ):
         st.deployment_id = svc.deployment_id
     state_map: list[p.StateEntry] = []
-    if st.kind != Kind.SERVICE:
+    lazy = svc is not None and svc.lazy_state
+    if st.kind != Kind.SERVICE and not lazy:
         prefix = key_prefix(st.service, st.key)
         state_map = [
             p.StateEntry(key=k[len(prefix) :], value=v) for k, v in ctx.tx.scan("state", prefix)
@@ -34,7 +35,7 @@ def start_attempt(ctx: Ctx, st: Status) -> None:
         debug_id=str(iid),
         known_entries=st.journal_len,
         state_map=state_map,
-        partial_state=False,
+        partial_state=lazy,
         key=st.key,
         retry_count_since_last_stored_entry=st.retry_count,
         random_seed=int.from_bytes(st.id[8:16], "big"),
