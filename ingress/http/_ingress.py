@@ -211,6 +211,18 @@ class Ingress:
             except ValueError as e:
                 return _err(400, f"bad invocation id '{seg[2]}': {e}")
             return await self._attach(iid, seg[3])
+        if len(seg) in (6, 7) and seg[1] == "invocation" and seg[-1] in ("attach", "output"):
+            # /restate/invocation/{service}[/{key}]/{handler}/{idempotency-key}/attach|output
+            svc = self.registry.services.get(seg[2])
+            if svc is None:
+                return _err(404, f"service '{seg[2]}' not found")
+            key = seg[3] if len(seg) == 7 else ""
+            handler = svc.handlers.get(seg[-3])
+            if handler is None:
+                return _err(404, f"handler '{seg[2]}/{seg[-3]}' not found")
+            kind = handler.kind(svc.ty)
+            iid = target_id(kind, svc.name, handler.name, key, seg[-2], b"")
+            return await self._attach(iid, seg[-1])
         if len(seg) == 5 and seg[1] == "workflow" and seg[4] in ("attach", "output"):
             svc = self.registry.services.get(seg[2])
             if svc is None or svc.ty != "WORKFLOW":

@@ -123,6 +123,8 @@ async def test_idempotency_key(
     iid = results[0].headers["x-restate-id"]
     out = await client.ingress.get(f"/restate/invocation/{iid}/output")
     assert out.status_code == 200 and out.json() == 5
+    by_key = await client.ingress.get(f"/restate/invocation/Counter/idem/add/k-{http1}/output")
+    assert by_key.status_code == 200 and by_key.json() == 5
     s = await client.call("/Counter/idem/add/send", 5, headers=hdr)
     assert s.json()["status"] == "PreviouslyAccepted"
 
