@@ -1,0 +1,130 @@
+"""The handler service under test, as a subprocess of its own so that it can be SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from ._process import HarnessError, ManagedProcess, free_port, port_is_open
+
+ALWAYS_REPLAY_ENV = "SLUICE_ALWAYS_REPLAY"
+
+
+class HandlerProcess:
+    """An ASGI app (`module:attr`) served by hypercorn on a free loopback port.
+
+    `env` is added to the inherited environment (for example a side-effect log path);
+    `always_replay=True` sets `SLUICE_ALWAYS_REPLAY=1`, which the Sluice SDK's endpoint reads
+    (other SDKs ignore it). `kill` sends SIGKILL; `restart` comes back on the same port, so the
+    registered deployment URL stays valid.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        env: dict[str, str] | None = None,
+        always_replay: bool = False,
+        cwd: Path | None = None,
+        python: str = sys.executable,
+        work_dir: Path | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.startup_timeout = startup_timeout
+        self._owns_dir = work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="handler-")) if work_dir is None else work_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        source = cwd if cwd is not None else Path.cwd()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.pop(ALWAYS_REPLAY_ENV, None)
+        if always_replay:
+            full_env[ALWAYS_REPLAY_ENV] = "1"
+        # `module:attr` is imported relative to `cwd`, like `python -m` would.
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(source), full_env.get("PYTHONPATH", "")) if p
+        )
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.env = full_env
+        self._process = ManagedProcess(
+            name=f"handler {target}",
+            argv=[
+                python,
+                "-m",
+                "sdk.testing._serve",
+                target,
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
+            log_path=self.work_dir / "handler.log",
+            env=full_env,
+            cwd=source,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self._process.log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def running(self) -> bool:
+        return self._process.running()
+
+    def start(self) -> None:
+        if port_is_open(self.host, self.port):
+            raise HarnessError(f"port {self.port} is taken before {self.target} started")
+        self._process.spawn()
+        self._process.wait_until(
+            lambda: port_is_open(self.host, self.port),
+            timeout=self.startup_timeout,
+            what=f"listening on {self.url}",
+        )
+
+    def stop(self) -> None:
+        # SIGINT: the launcher's graceful shutdown. SIGTERM is left to the app, since
+        # restate-sdk takes over the loop's SIGTERM handler for its own use.
+        self._process.stop(timeout=2.0, sig=signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL the handler process, mid-whatever it is doing."""
+        self._process.kill()
+
+    def restart(self, *, kill: bool = False) -> None:
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> HandlerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,121 @@
+"""Fixtures of the scenario suite: one broker and one handler process per parameter set.
+
+The parameters are sdk x transport x replay x broker. The session-scoped `scenario` fixture
+is parametrized over them, so pytest runs all the tests of one parameter set together and
+starts each broker and handler process once, not once per test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from sdk.testing import HandlerProcess, HarnessError, TestEnvironment, Transport, make_broker
+
+from .effects import EFFECTS_ENV
+from .support import BROKERS, REPO, SDKS, Scenario
+
+TARGETS = {
+    "restate-sdk": "tests.scenarios.restate_services:app",
+    "sluice": "tests.scenarios.sluice_services:app",
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    sdk: str
+    transport: Transport
+    always_replay: bool
+    broker: str
+
+    @property
+    def id(self) -> str:
+        sdk_name = "restate-sdk" if self.sdk == "restate-sdk" else "sluice-sdk"
+        replay = "always-replay" if self.always_replay else "normal"
+        broker = "restate-server" if self.broker == "restate-server" else "sluice-broker"
+        return f"{sdk_name}-{self.transport.value}-{replay}-on-{broker}"
+
+
+def _setups() -> list[Setup]:
+    setups = []
+    for broker in BROKERS:
+        for sdk_name in SDKS:
+            for transport in (Transport.H2, Transport.HTTP1):
+                # SLUICE_ALWAYS_REPLAY is a switch of the Sluice SDK's endpoint only.
+                for always_replay in (False, True) if sdk_name == "sluice" else (False,):
+                    setups.append(Setup(sdk_name, transport, always_replay, broker))
+    return setups
+
+
+SETUPS = _setups()
+
+
+@pytest.fixture(scope="session", params=SETUPS, ids=[s.id for s in SETUPS])
+def scenario(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scenario]:
+    setup: Setup = request.param
+    # Under pytest's basetemp, so that the logs of the last runs stay for a post-mortem.
+    work = tmp_path_factory.mktemp(setup.id, numbered=False)
+    effects_file = work / "effects.jsonl"
+    effects_file.touch()
+    env = TestEnvironment(
+        make_broker(setup.broker, work_dir=work / "broker"),
+        HandlerProcess(
+            TARGETS[setup.sdk],
+            env={EFFECTS_ENV: str(effects_file)},
+            always_replay=setup.always_replay,
+            cwd=REPO,
+            work_dir=work / "handler",
+        ),
+        transport=setup.transport,
+    )
+    try:
+        env.start()
+    except HarnessError as exc:
+        env.close()
+        pytest.fail(f"{setup.id}: the environment did not start: {exc}", pytrace=False)
+    try:
+        yield Scenario(setup, env, effects_file)
+    finally:
+        env.close()
+        # Keep the logs (broker.log, handler/handler.log, effects.jsonl), drop the data.
+        shutil.rmtree(env.broker.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def broker_survives(scenario: Scenario) -> Iterator[None]:
+    """Fail the test after which the broker broke, and give the next tests a fresh broker.
+
+    Without this, one test that crashes a partition processor of restate-server (as a
+    malformed awakeable id does) would turn every later test of its parameter set into a
+    timeout, and hide which test did it.
+    """
+    mark = scenario.broker_log_size()
+    yield
+    breakage = scenario.broker_breakage(mark)
+    if breakage is not None:
+        scenario.reset()
+        pytest.fail(
+            f"{scenario.env.broker.name} broke during this test: {breakage!r}. It was restarted "
+            "with empty data for the next tests.",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+async def ingress(scenario: Scenario, broker_survives: None) -> AsyncIterator[httpx.AsyncClient]:
+    # Every scenario completes in a few seconds; 15 s means stuck, not slow.
+    async with scenario.env.ingress_client(timeout=15.0) as client:
+        yield client
+
+
+@pytest.fixture
+def key() -> str:
+    """A fresh object key / workflow id, so tests sharing one environment never collide."""
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,121 @@
+"""Helpers the scenario tests share: polling, one-way sends, attaching to results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+import sdk
+from sdk.testing import TestEnvironment, read_json_lines
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The Sluice SDK (issue 2) is written alongside this suite. Until `sdk.app` exists its example
+# services cannot even be imported, so the "sluice" SDK parameter is left out of collection
+# here, rather than collected and skipped (a skip would read as a pass). Once the SDK lands,
+# this check is true and every sluice-SDK case runs and must pass.
+SLUICE_SDK_PRESENT = hasattr(sdk, "app")
+
+# The Sluice broker (issue 3) is built in parallel too. Until its entry point
+# (`python -m broker server`, i.e. broker/__main__.py) exists, the "sluice" broker parameter is
+# left out of collection for the same reason. Once it exists, those cases run, and a broker
+# that fails to start fails them with its log in the message.
+SLUICE_BROKER_PRESENT = (REPO / "broker" / "__main__.py").is_file()
+
+SDKS = ["restate-sdk"] + (["sluice"] if SLUICE_SDK_PRESENT else [])
+BROKERS = ["restate-server"] + (["sluice"] if SLUICE_BROKER_PRESENT else [])
+
+# Log lines after which a restate-server can no longer serve the rest of a parameter set.
+BROKER_BREAKAGE = ("Partition processor exited unexpectedly", "panicked at")
+
+
+@dataclass
+class Scenario:
+    """A running parameter set: the environment, and the handler's side-effect log."""
+
+    setup: Any  # conftest.Setup
+    env: TestEnvironment
+    effects_file: Path
+
+    def broker_log_size(self) -> int:
+        path = self.env.broker.log_path
+        return path.stat().st_size if path.exists() else 0
+
+    def broker_breakage(self, since: int) -> str | None:
+        """Why the broker can no longer serve this parameter set, if it cannot: it exited, or
+        (restate-server) a partition processor crashed, which stalls every key it owns."""
+        if not self.env.broker.running():
+            return f"{self.env.broker.name} exited"
+        with self.env.broker.log_path.open("rb") as log:
+            log.seek(since)
+            for line in log.read().decode(errors="replace").splitlines():
+                if any(pattern in line for pattern in BROKER_BREAKAGE):
+                    return line.strip()
+        return None
+
+    def reset(self) -> None:
+        """A brand-new broker (empty data, same ports) with the deployment registered again."""
+        self.env.broker.wipe()
+        self.env.broker.start()
+        if not self.env.handler.running():
+            self.env.handler.start()
+        self.env.register()
+
+    def effects(self, kind: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in read_json_lines(self.effects_file)
+            if (kind is None or e["kind"] == kind) and (key is None or e["key"] == key)
+        ]
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    until: Callable[[T], bool] = bool,
+    within: float = 20.0,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until `until(result)` holds; fail with the last result after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {result!r}")
+        await asyncio.sleep(0.05)
+
+
+async def send(
+    ingress: httpx.AsyncClient, path: str, body: Any, headers: dict[str, str] | None = None
+) -> str:
+    """A one-way call through the ingress (`/send`); returns the new invocation's id."""
+    response = await ingress.post(f"{path}/send", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    invocation_id: str = response.json()["invocationId"]
+    return invocation_id
+
+
+async def attach(ingress: httpx.AsyncClient, invocation_id: str) -> httpx.Response:
+    """Wait for an invocation's result through the ingress."""
+    return await ingress.get(f"/restate/invocation/{invocation_id}/attach")
+
+
+async def call_json(ingress: httpx.AsyncClient, path: str, body: Any = None) -> Any:
+    """A request/response call that must succeed; returns the decoded JSON result."""
+    if body is None:
+        response = await ingress.post(path)
+    else:
+        response = await ingress.post(path, json=body)
+    assert response.status_code == 200, f"{path}: HTTP {response.status_code} {response.text}"
+    return response.json() if response.content else None

@@ -1,0 +1,78 @@
+"""Cancel (graceful: the handler compensates) and kill (abrupt) through the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from .support import Scenario, attach, call_json, eventually, send
+
+HOUR_MS = 3_600_000
+
+
+async def _book_and_wait_for_hotel(
+    scenario: Scenario, ingress: httpx.AsyncClient, trip: str
+) -> str:
+    """Start a booking that sleeps for an hour after the hotel; return once it is there."""
+    invocation = await send(ingress, "/Trips/book", {"trip": trip, "wait_ms": HOUR_MS})
+
+    async def booked() -> list[str]:
+        return [e["item"] for e in scenario.effects("booked", trip)]
+
+    await eventually(booked, until=lambda items: items == ["flight", "hotel"], what="two bookings")
+    return invocation
+
+
+async def test_cancel_a_sleeping_invocation_runs_its_compensations(
+    scenario: Scenario, ingress: httpx.AsyncClient, key: str
+) -> None:
+    invocation = await _book_and_wait_for_hotel(scenario, ingress, key)
+    started = time.monotonic()
+    cancelled = await scenario.env.cancel_invocation(invocation)
+    assert cancelled.status_code in (200, 202), cancelled.text
+
+    result = await attach(ingress, invocation)
+    assert result.status_code == 409, result.text
+    assert time.monotonic() - started < 30, "the hour-long sleep was not interrupted"
+    trail = [(e["kind"], e["item"]) for e in scenario.effects(key=key)]
+    assert trail == [
+        ("booked", "flight"),
+        ("booked", "hotel"),
+        ("cancelled", "hotel"),
+        ("cancelled", "flight"),
+    ]
+
+
+async def test_kill_ends_an_invocation_without_compensations(
+    scenario: Scenario, ingress: httpx.AsyncClient, key: str
+) -> None:
+    invocation = await _book_and_wait_for_hotel(scenario, ingress, key)
+    killed = await scenario.env.kill_invocation(invocation)
+    assert killed.status_code in (200, 202), killed.text
+
+    result = await attach(ingress, invocation)
+    assert result.status_code == 409, result.text
+    assert result.json()["message"] == "killed"
+    # Give a wrongly surviving handler time to compensate: nothing may follow the bookings.
+    await asyncio.sleep(0.5)
+    assert [e["kind"] for e in scenario.effects(key=key)] == ["booked", "booked"]
+
+
+async def test_kill_releases_the_object_key(
+    scenario: Scenario, ingress: httpx.AsyncClient, key: str
+) -> None:
+    invocation = await send(ingress, f"/Counter/{key}/block", HOUR_MS)
+    await eventually(
+        lambda: call_json(ingress, f"/Counter/{key}/keys"),
+        until=lambda keys: "blocked" in keys,
+        what="the blocking handler to start",
+    )
+    killed = await scenario.env.kill_invocation(invocation)
+    assert killed.status_code in (200, 202), killed.text
+    result = await attach(ingress, invocation)
+    assert result.status_code == 409, result.text
+
+    # The exclusive lock is free again, and the killed handler never added its 1000.
+    assert await call_json(ingress, f"/Counter/{key}/add", 1) == 1
