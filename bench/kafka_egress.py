@@ -232,7 +232,7 @@ def main() -> None:
                     b.admin,
                     hport,
                     "service://BenchStream/batch",
-                    {"batch_max_records": str(args.batch), "max_in_flight": "5000"},
+                    {"batch_max_records": str(args.batch), "max_in_flight": "50000"},
                 ),
             ),
             "ceiling": (

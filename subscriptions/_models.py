@@ -74,6 +74,7 @@ SLUICE_OPTIONS = (
     "output_cluster",
     "output_headers",
     "batch_max_records",
+    "batch_max_ms",
 )
 
 
@@ -115,6 +116,8 @@ class Subscription(BaseModel):
     # A stream handler: one invocation per up to this many records of one partition; its
     # input is {"topic", "partition", "records": [...]}, its result a list of records.
     batch_max_records: int = Field(0, ge=0, le=100_000)
+    # ... or as many as arrived within this many milliseconds (one consume call).
+    batch_max_ms: int = Field(100, ge=1, le=60_000)
     created_at: int = 0
     origin: Literal["api", "file"] = "api"  # "file": deleted when the file no longer declares it
 
@@ -239,6 +242,7 @@ class Subscription(BaseModel):
                 opts["output_headers"] = json.dumps(self.output_headers)
         if self.batch_max_records:
             opts["batch_max_records"] = str(self.batch_max_records)
+            opts["batch_max_ms"] = str(self.batch_max_ms)
         return {
             "id": self.id,
             "name": self.name,

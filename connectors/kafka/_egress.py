@@ -78,9 +78,13 @@ class EgressSink:
         self.marker_partition = marker_partition % progress_partitions
         self.progress_partitions = progress_partitions
         self.progress_topic = progress_topic
-        self.ends: dict[tuple[str, int], int] = {}  # next offset after our last record
+        # Per output partition, an offset at or below our first record there that is not
+        # yet in a committed marker; a topic is listed (partition -1) before it is written.
+        self.ends: dict[tuple[str, int], int] = {}
+        self.committed = 0  # the sequence number of the last committed marker
         self.transactions = 0
         self._p: TransactionalProducer | None = None
+        self._wm: Consumer | None = None
         kill = os.environ.get(_KILL_ENV, "")
         self._kill_at = int(kill) if kill.isdigit() else 0
 
@@ -103,14 +107,16 @@ class EgressSink:
         prod.init()
         marker = self._read_marker()
         seq = int(marker.get("seq", 0)) if marker else 0
+        self.committed = seq
         self.ends = {(t, int(n)): int(o) for t, n, o in (marker or {}).get("ends", [])}
         visible: set[tuple[int, int]] = set()
+        known = {t for t, _ in self.ends}
         tps = []
-        for topic in sorted(set(pending_topics)):
+        # A topic the marker does not list was never written (``_announce``): nothing to scan.
+        for topic in sorted(set(pending_topics) & known):
             for n in prod.partitions(topic) or []:
-                tps.append(
-                    TopicPartitionOffset(topic, n, self.ends.get((topic, n), OFFSET_BEGINNING))
-                )
+                start = self.ends.get((topic, n), OFFSET_BEGINNING)
+                tps.append(TopicPartitionOffset(topic, n, start))
         if tps:
             for m in self._read(tps):
                 h = dict(m.headers)
@@ -187,7 +193,7 @@ class EgressSink:
                     # the end is the end.
                     if m.offset >= highs.get(tp, 0) - 2:
                         todo.discard(tp)
-                if not msgs and time.monotonic() - idle_since > 1.0:
+                if not msgs and time.monotonic() - idle_since > 0.5:
                     break
             return out
         finally:
@@ -203,6 +209,9 @@ class EgressSink:
             raise KafkaError("the egress sink is not recovered", retriable=True)
         pid = self.producer_id.encode()
         try:
+            new = {r.topic for r in records} - {t for t, _ in self.ends}
+            if new:
+                self._announce(prod, new)
             prod.begin()
             for r in records:
                 prod.produce(
@@ -233,11 +242,38 @@ class EgressSink:
                 prod.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             prod.commit()
+            self.committed = upto
         except KafkaError:
             self._p = None
             raise
+
+    def _announce(self, prod: TransactionalProducer, topics: set[str]) -> None:
+        """Before the first records to a topic: commit a marker that lists the topic's
+        current end offsets, so that a recovery scans only from there (and never scans a
+        topic that is not listed)."""
+        if self._wm is None:
+            self._wm = self._consumer()
+        for topic in sorted(topics):
+            self.ends[(topic, -1)] = 0
+            for n in prod.partitions(topic) or []:
+                self.ends[(topic, n)] = self._wm.watermarks(topic, n)[1]
+        marker = {
+            "seq": self.committed,
+            "ends": [[t, n, o] for (t, n), o in sorted(self.ends.items())],
+        }
+        prod.begin()
+        prod.produce(
+            self.progress_topic,
+            json.dumps(marker, separators=(",", ":")).encode(),
+            key=self.producer_id.encode(),
+            partition=self.marker_partition,
+        )
+        prod.commit()
 
     def close(self) -> None:
         if self._p is not None:
             self._p.close()
             self._p = None
+        if self._wm is not None:
+            self._wm.close()
+            self._wm = None

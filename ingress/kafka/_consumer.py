@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from broker.partition._records import KafkaIngest, KafkaRecord, Kind
-from broker.partition.lifecycle.egress import pack_batches
+from broker.partition.lifecycle.egress import pack_batches, pack_messages
 from broker.partition.lifecycle.kafka import producer_id
 from connectors.kafka import Consumer, KafkaError, KafkaMessage, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
@@ -215,7 +215,9 @@ class SubscriptionConsumer:
         return BATCH
 
     def _poll(self, consumer: Consumer, n: int) -> tuple[list[KafkaMessage], dict[int, int | None]]:
-        msgs = consumer.consume(n, 0.1)
+        # A stream handler waits up to batch_max_ms for full batches; others poll every 0.1s.
+        wait = self.sub.batch_max_ms / 1000 if self.sub.batch_max_records else 0.1
+        msgs = consumer.consume(n, wait)
         highs = {n: consumer.cached_high(self.sub.topic, n) for n in self.partitions}
         return msgs, highs
 
@@ -230,7 +232,9 @@ class SubscriptionConsumer:
             stats = self.partitions.get(n)
             if stats is None:
                 continue
-            records = [self._record(m) for m in batch]
+            # A stream handler on JSON: records go straight into packed batches (egress.py).
+            fast = bool(sub.batch_max_records) and self.serde.content_type == "application/json"
+            records = [] if fast else [self._record(m) for m in batch]
             cmd = KafkaIngest(
                 subscription=sub.name,
                 producer=stats.producer,
@@ -245,15 +249,23 @@ class SubscriptionConsumer:
                 output=sub.egress_target(),
                 batch_max=sub.batch_max_records,
             )
-            if sub.batch_max_records:
+            if fast:
+                pack_messages(
+                    cmd,
+                    batch,
+                    self._record,
+                    max_bytes=sub.max_record_bytes,
+                    keyed=self.kind != Kind.SERVICE,
+                )
+            elif sub.batch_max_records:
                 pack_batches(cmd)  # a stream handler: records packed into batches, once
             wid, fut = self.broker.waiter()
             cmd.waiter = wid
-            stats.pending += len(records)
+            stats.pending += len(batch)
             self.broker.submit(cmd)
-            bad = sum(1 for r in records if r.reason)
-            last = records[-1].offset
-            fut.add_done_callback(functools.partial(self._durable, stats, len(records), bad, last))
+            bad = sum(1 for r in (cmd.records if fast else records) if r.reason)
+            last = batch[-1].offset
+            fut.add_done_callback(functools.partial(self._durable, stats, len(batch), bad, last))
 
     def _durable(
         self, stats: PartitionStats, n: int, bad: int, last: int, fut: asyncio.Future[Any]

@@ -17,7 +17,8 @@ from broker.partition._outbox import (
     parse_outbox_key,
 )
 from broker.partition._records import KafkaIngest, KafkaRecord, Kind, Status
-from broker.partition.lifecycle.egress import pack_batches, records_of
+from broker.partition.lifecycle.egress import pack_batches, pack_messages, records_of
+from connectors.kafka import KafkaMessage
 from sdk import protocol as p
 from tests.broker.test_state_machine import Harness, of
 
@@ -148,3 +149,40 @@ def _batches(h: Harness) -> list[list[int]]:
         assert isinstance(inp, p.InputCommand)
         out.append([r["offset"] for r in json.loads(inp.value or b"{}")["records"]])
     return sorted(out)
+
+
+def test_pack_messages_checks_each_value_and_hands_the_rest_to_the_consumer() -> None:
+    msgs = [
+        KafkaMessage("in", 0, 0, b"k", b'{"i": 0}'),
+        KafkaMessage("in", 0, 1, b"k", b'{"i": 1'),  # not JSON
+        KafkaMessage("in", 0, 2, b"k", b'1, "x": 2'),  # two values, not one
+        KafkaMessage("in", 0, 3, b'q"uote', b" 3 "),  # a key that needs escaping
+        KafkaMessage("in", 0, 4, None, b"[4]", [("h", b"v")]),
+    ]
+    seen: list[int] = []
+
+    def record(m: KafkaMessage) -> KafkaRecord:
+        seen.append(m.offset)
+        try:
+            json.loads(m.value or b"")
+        except ValueError:
+            return KafkaRecord(offset=m.offset, reason="not JSON", raw_value=m.value)
+        return KafkaRecord(
+            offset=m.offset,
+            key=m.key.decode() if m.key else "",
+            input=m.value or b"",
+            raw_key=m.key,
+        )
+
+    cmd = _ingest(range(0), batch_max=10)
+    pack_messages(cmd, msgs, record, max_bytes=1000, keyed=False)
+    assert seen == [1, 2, 3]
+    assert [r.offset for r in cmd.records] == [1, 2]
+    [b] = cmd.batches
+    assert b.offsets == [0, 3, 4]
+    items = json.loads(b"[" + b.items + b"]")
+    assert [(x["key"], x["value"], x["headers"]) for x in items] == [
+        ("k", {"i": 0}, {}),
+        ('q"uote', 3, {}),
+        (None, [4], {"h": "v"}),
+    ]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from broker.ids import InvocationId, partition_key_of
-from connectors.serde import decode_key
+from connectors.serde import KEY_PREFIX, decode_key, encode_key
 from sdk import protocol as p
 
 from .._context import Ctx, failure
@@ -122,23 +124,22 @@ def _batch_records(entry: OutboxEntry, value: bytes) -> list[OutboxRecord]:
         items = None
     if not isinstance(items, list):
         return [OutboxRecord(topic=entry.topic, key=None, value=value, headers=list(entry.headers))]
-    out = []
-    for item in items:
-        if isinstance(item, dict) and ("value" in item or "value_b64" in item):
-            try:
-                out.append(_record(item, entry.topic, list(entry.headers)))
-                continue
-            except (ValueError, TypeError):
-                pass  # not a record after all: sent as the value it is
-        out.append(
-            OutboxRecord(
-                topic=entry.topic,
-                key=None,
-                value=json.dumps(item, separators=(",", ":")).encode(),
-                headers=list(entry.headers),
-            )
-        )
-    return out
+    return [batch_item(entry, item) for item in items]
+
+
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def batch_item(entry: OutboxEntry, item: Any) -> OutboxRecord:
+    """One element of a stream handler's result list as a record."""
+    if isinstance(item, dict) and ("value" in item or "value_b64" in item):
+        try:
+            return _record(item, entry.topic, list(entry.headers))
+        except (ValueError, TypeError):
+            pass  # not a record after all: sent as the value it is
+    return OutboxRecord(
+        topic=entry.topic, key=None, value=compact_json(item).encode(), headers=list(entry.headers)
+    )
 
 
 def _record(item: dict[str, Any], topic: str, headers: list[p.Header]) -> OutboxRecord:
@@ -146,7 +147,7 @@ def _record(item: dict[str, Any], topic: str, headers: list[p.Header]) -> Outbox
     if item.get("value_b64") is not None:
         value: bytes | None = base64.b64decode(item["value_b64"])
     elif "value" in item and item["value"] is not None:
-        value = json.dumps(item["value"], separators=(",", ":")).encode()
+        value = compact_json(item["value"]).encode()
     else:
         value = None
     if item.get("key_b64") is not None:
@@ -312,6 +313,64 @@ def pack_batches(cmd: KafkaIngest) -> None:
         size += len(item) + (1 if items else 0)
         items.append(item)
         batch.offsets.append(rec.offset)
+        batch.ends.append(size)
+        if len(items) >= cmd.batch_max:
+            batch.items = b",".join(items)
+            cmd.batches.append(batch)
+            batch, size, items = KafkaBatch(), 0, []
+    if items:
+        batch.items = b",".join(items)
+        cmd.batches.append(batch)
+    cmd.records = dead
+
+
+_SCAN = json.JSONDecoder().scan_once  # one JSON value, without json.loads' per-call costs
+_JSON_WS = " \t\n\r"
+_KEY_PREFIX = KEY_PREFIX.encode()
+_PLAIN_KEY = re.compile(rb"[ !#-\[\]-~]*")  # printable ASCII but '"' and '\\': no escaping
+
+
+def pack_messages(
+    cmd: KafkaIngest,
+    msgs: list[Any],
+    record: Callable[[Any], KafkaRecord],
+    *,
+    max_bytes: int,
+    keyed: bool,
+) -> None:
+    """Consumer side, JSON values: Kafka messages straight into packed batches, each value
+    checked to be one JSON value; a message that fails a check goes through ``record`` (the
+    consumer's own checks), which dead-letters it or gives the record to pack."""
+    batch = KafkaBatch()
+    size = 0
+    items: list[bytes] = []
+    dead: list[KafkaRecord] = []
+    for m in msgs:
+        v, k = m.value, m.key
+        ok = v is not None and len(v) + len(k or b"") <= max_bytes and (k is not None or not keyed)
+        if ok:
+            try:
+                text = v.decode().strip(_JSON_WS)
+                ok = _SCAN(text, 0)[1] == len(text)
+            except (UnicodeDecodeError, StopIteration, ValueError):
+                ok = False
+        if ok and k is not None and (not _PLAIN_KEY.fullmatch(k) or k.startswith(_KEY_PREFIX)):
+            ok = False  # escaping, not UTF-8, or b64:-like: the consumer encodes (or refuses) it
+        if ok:
+            key = b"null" if k is None else b'"' + k + b'"'
+            headers = b"{}"
+            if m.headers:
+                headers = json.dumps({h: encode_key(x) if x else "" for h, x in m.headers}).encode()
+            item = b'{"offset":%d,"key":%s,"value":%s,"headers":%s}' % (m.offset, key, v, headers)
+        else:
+            rec = record(m)
+            if rec.reason:
+                dead.append(rec)
+                continue
+            item = _item(rec)
+        size += len(item) + (1 if items else 0)
+        items.append(item)
+        batch.offsets.append(m.offset)
         batch.ends.append(size)
         if len(items) >= cmd.batch_max:
             batch.items = b",".join(items)
