@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from broker.server import Broker
-from connectors.kafka import Producer
+from connectors.kafka import Consumer, Producer, TopicPartitionOffset
 from tests.broker.conftest import ServiceProcess
 from tests.kafka import Tansu
 
@@ -69,6 +69,22 @@ async def test_counter_ingest_exactly_once(
         await asyncio.sleep(0.2)
     assert "sluice_kafka_records_ingested_total" in text
     assert len(lags) == 4 and all(ln.endswith(" 0") for ln in lags), lags
+
+    # The offsets went back to Kafka (under the subscription's group id) once durable: they
+    # equal each partition's position in the log.
+    positions = {p["partition"]: p["position"] for p in status["partitions"]}
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"sluice-{name}"})
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            tps = [TopicPartitionOffset(topic, n) for n in range(4)]
+            committed = await asyncio.to_thread(c.committed, tps)
+            if committed == positions:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        c.close()
+    assert committed == positions and sum(positions.values()) == 2000
 
 
 async def test_backpressure_bounds_invocations_in_flight(
