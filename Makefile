@@ -44,6 +44,7 @@ demo: venv
 
 bench: peers
 	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m bench
+	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m bench.kafka_ingest
 
 clean:
 	rm -rf $(VENV) $(TOOLS) sluice-data
