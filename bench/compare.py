@@ -3,8 +3,9 @@
     python -m bench [--duration 10] [--concurrency 32,64,128] [--scenarios noop,counter,workflow]
 
 Each broker runs with durability on (Sluice fdatasyncs its log before acknowledging anything;
-restate-server with its defaults). They run one after the other against one hypercorn process
-serving bench/handlers.py over h2c, so they never compete for the CPU. Reported: throughput,
+restate-server with its defaults). Both run at once against one hypercorn process serving
+bench/handlers.py over h2c; measurements alternate (Sluice, then Restate, per scenario and
+concurrency), so only one broker is under load at a time and both see the same background. Reported: throughput,
 p50/p99 latency, and CPU seconds used by the broker process and the handler process during
 the measured window, with Sluice/Restate ratios.
 """
@@ -220,25 +221,30 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{hport}/health")
         starters = {"sluice": start_sluice, "restate": lambda: start_restate(binary)}
-        for name in ("sluice", "restate"):
-            if args.only and name != args.only:
-                continue
-            b = starters[name]()
-            try:
-                register(b.admin, f"http://127.0.0.1:{hport}")
-                time.sleep(1.0)
-                for sc in scenarios:
-                    for n in levels:
-                        row = asyncio.run(measure(b, handler.pid, sc, n, args.duration))
+        names = [n for n in ("sluice", "restate") if not args.only or n == args.only]
+        brokers: dict[str, Broker] = {}
+        try:
+            for name in names:
+                brokers[name] = starters[name]()
+                register(brokers[name].admin, f"http://127.0.0.1:{hport}")
+            time.sleep(1.0)
+            # Interleaved: each measurement of one broker is followed by the same one of the
+            # other, so both see the same background load on a shared machine.
+            for sc in scenarios:
+                for n in levels:
+                    for name in names:
+                        row = asyncio.run(measure(brokers[name], handler.pid, sc, n, args.duration))
                         rows.append(row)
                         r = row.result
                         print(
-                            f"{name:8} {sc:9} c={n:<4} {r.throughput:8.0f}/s  p50 {r.percentile(0.5):6.1f} ms"
-                            f"  p99 {r.percentile(0.99):7.1f} ms  errors {r.errors:<4}"
-                            f"  cpu broker {row.broker_cpu:5.1f}s handler {row.handler_cpu:5.1f}s",
+                            f"{name:8} {sc:9} c={n:<4} {r.throughput:8.0f}/s"
+                            f"  p50 {r.percentile(0.5):6.1f} ms  p99 {r.percentile(0.99):7.1f} ms"
+                            f"  errors {r.errors:<4}  cpu broker {row.broker_cpu:5.1f}s"
+                            f" handler {row.handler_cpu:5.1f}s",
                             flush=True,
                         )
-            finally:
+        finally:
+            for b in brokers.values():
                 b.stop()
     finally:
         handler.terminate()
