@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ._process import HarnessError, ManagedProcess, free_port
+from ._process import HarnessError, ManagedProcess, free_port, tail
 
 RESTATE_VERSION = "1.7.12"
 _RESTATE_ENV = "SLUICE_RESTATE_SERVER"
@@ -37,6 +37,13 @@ def restate_server_binary() -> Path:
             f"(or point ${_RESTATE_ENV} at the binary)"
         )
     return path
+
+
+def _port_clash(log_path: Path) -> bool:
+    """Whether the last lines of a log say that a port was taken."""
+    text = tail(log_path, 20).lower()
+    # restate-server: "Address in use (os error 98)"; Python: "[Errno 98] Address already in use".
+    return "address in use" in text or "address already in use" in text
 
 
 def _http_ok(url: str) -> bool:
@@ -61,8 +68,9 @@ class Broker(abc.ABC):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
-        self.ingress_port = free_port()
-        self.admin_port = free_port()
+        self.ingress_port = 0
+        self.admin_port = 0
+        self._pick_ports()
         self._process: ManagedProcess | None = None
 
     @property
@@ -101,7 +109,31 @@ class Broker(abc.ABC):
     def _env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def _pick_ports(self) -> None:
+        self.ingress_port = free_port()
+        self.admin_port = free_port()
+
     def start(self) -> None:
+        """Start and wait for both health checks; same ports and data as before on a restart.
+
+        On the first start only, a port taken between choosing it and binding it (other test
+        runs share the machine) means new ports and another try.
+        """
+        first = self._process is None
+        for attempt in range(3):
+            try:
+                self._start_once()
+                return
+            except HarnessError as exc:
+                if not (first and attempt < 2 and _port_clash(self.log_path)):
+                    raise
+                self.kill()
+                self._process = None
+                self._pick_ports()
+                with self.log_path.open("a") as log:
+                    log.write(f"\n--- harness: {exc.args[0].splitlines()[0]}; new ports ---\n")
+
+    def _start_once(self) -> None:
         if self._process is None:
             self._process = ManagedProcess(
                 name=self.name,
@@ -180,12 +212,15 @@ class RestateServer(Broker):
     ) -> None:
         super().__init__(work_dir=work_dir, startup_timeout=startup_timeout)
         self.binary = binary if binary is not None else restate_server_binary()
-        self.fabric_port = free_port()
         self.partitions = partitions
         self.retry_initial_interval = retry_initial_interval
         self.retry_max_interval = retry_max_interval
         self.inactivity_timeout = inactivity_timeout
         self.extra_config = extra_config
+
+    def _pick_ports(self) -> None:
+        super()._pick_ports()
+        self.fabric_port = free_port()
 
     def _config(self) -> str:
         # Keys from `restate-server --dump-config` and the 1.6 network-configuration notes:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from ._process import HarnessError, ManagedProcess, free_port, port_is_open
+from ._process import HarnessError, ManagedProcess, free_port, port_is_open, tail
 
 ALWAYS_REPLAY_ENV = "SLUICE_ALWAYS_REPLAY"
 
@@ -54,22 +54,19 @@ class HandlerProcess:
         )
         full_env["PYTHONUNBUFFERED"] = "1"
         self.env = full_env
+        self.python = python
+        self._started = False
         self._process = ManagedProcess(
             name=f"handler {target}",
-            argv=[
-                python,
-                "-m",
-                "sdk.testing._serve",
-                target,
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-            ],
+            argv=self._argv(),
             log_path=self.work_dir / "handler.log",
             env=full_env,
             cwd=source,
         )
+
+    def _argv(self) -> list[str]:
+        serve = [self.python, "-m", "sdk.testing._serve", self.target]
+        return [*serve, "--host", self.host, "--port", str(self.port)]
 
     @property
     def url(self) -> str:
@@ -87,14 +84,36 @@ class HandlerProcess:
         return self._process.running()
 
     def start(self) -> None:
-        if port_is_open(self.host, self.port):
-            raise HarnessError(f"port {self.port} is taken before {self.target} started")
-        self._process.spawn()
-        self._process.wait_until(
-            lambda: port_is_open(self.host, self.port),
-            timeout=self.startup_timeout,
-            what=f"listening on {self.url}",
-        )
+        """Start and wait until it listens; a restart comes back on the same port.
+
+        On the first start only, a port taken meanwhile (other test runs share the machine)
+        means a new port and another try.
+        """
+        for attempt in range(3):
+            retry = not self._started and attempt < 2
+            if port_is_open(self.host, self.port):
+                if retry:
+                    self._new_port()
+                    continue
+                raise HarnessError(f"port {self.port} is taken before {self.target} started")
+            try:
+                self._process.spawn()
+                self._process.wait_until(
+                    lambda: port_is_open(self.host, self.port),
+                    timeout=self.startup_timeout,
+                    what=f"listening on {self.url}",
+                )
+            except HarnessError:
+                if retry and "address already in use" in tail(self.log_path, 20).lower():
+                    self._new_port()
+                    continue
+                raise
+            self._started = True
+            return
+
+    def _new_port(self) -> None:
+        self.port = free_port()
+        self._process.argv = self._argv()
 
     def stop(self) -> None:
         # SIGINT: the launcher's graceful shutdown. SIGTERM is left to the app, since

@@ -80,6 +80,7 @@ steps = Workflow("Steps")
 @steps.main()
 async def run(ctx: WorkflowContext, start: int) -> list[int]:
     key = ctx.key()
+    record("body", key)  # not journaled: counts executions of the handler body (replays)
 
     def step(name: str, value: int) -> int:
         record("step", key, step=name)

@@ -34,3 +34,15 @@ async def test_delayed_send_chain_arrives_after_the_delay(
     # The delayed invocation itself completed.
     output = await ingress.get(f"/restate/invocation/{callee}/attach")
     assert output.status_code == 200, output.text
+
+
+async def test_ingress_send_with_a_delay(ingress: httpx.AsyncClient, key: str) -> None:
+    started = time.monotonic()
+    response = await ingress.post(f"/Counter/{key}/add/send?delay=700ms", json=5)
+    assert response.status_code == 202, response.text
+    assert await call_json(ingress, f"/Counter/{key}/get") == 0
+    value = await eventually(
+        lambda: call_json(ingress, f"/Counter/{key}/get"), what="the delayed add to run"
+    )
+    assert value == 5
+    assert time.monotonic() - started >= 0.7

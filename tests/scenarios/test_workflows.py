@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from sdk.testing import Transport
+
 from .support import Scenario, call_json, eventually, send
 
 
@@ -13,6 +15,14 @@ async def test_three_step_workflow_runs_each_step_once(
     assert await call_json(ingress, f"/Steps/{key}/run", 1) == [2, 4, 7]
     steps = [e["step"] for e in scenario.effects("step", key)]
     assert steps == ["one", "two", "three"]
+    executions = len(scenario.effects("body", key))
+    if scenario.setup.always_replay:
+        # Always-replay suspends at each of the three steps: the body ran again after each,
+        # replaying the journal, and still no step executed twice.
+        assert executions >= 4, executions
+    elif scenario.setup.transport is Transport.H2:
+        # Bidirectional streaming: one execution, nothing to replay.
+        assert executions == 1, executions
 
     # The run handler runs once per workflow id: a second submission is refused,
     # and the output stays available.
