@@ -71,7 +71,7 @@ class AdminApi:
         except QueryError as e:
             return _err(400, str(e))
         except ValueError as e:
-            return _err(400, f"the body must be JSON {{\"query\": \"SELECT ...\"}}: {e}")
+            return _err(400, f'the body must be JSON {{"query": "SELECT ..."}}: {e}')
         return json_response(200, {"rows": rows})
 
     # --- deployments ---------------------------------------------------------------------
@@ -103,7 +103,7 @@ class AdminApi:
             return _err(400, f"the body is not valid JSON: {e}")
         uri = body.get("uri")
         if not isinstance(uri, str) or not uri:
-            return _err(400, "missing 'uri': POST /deployments takes {\"uri\": \"http://host:port\"}")
+            return _err(400, 'missing \'uri\': POST /deployments takes {"uri": "http://host:port"}')
         use_h1 = bool(body.get("use_http_11", False))
         force = bool(body.get("force", True))
         headers = body.get("additional_headers") or {}
@@ -117,7 +117,7 @@ class AdminApi:
             return _err(
                 409,
                 f"a deployment with uri {uri} already exists ({existing.id}) with different "
-                "services; register with \"force\": true to overwrite it",
+                'services; register with "force": true to overwrite it',
             )
         for svc in services:
             current = self.registry.services.get(svc["name"])
@@ -146,7 +146,9 @@ class AdminApi:
         if m != "GET":
             return _err(405, "method not allowed")
         if not rest:
-            return json_response(200, {"services": [s.to_json() for s in self.registry.services.values()]})
+            return json_response(
+                200, {"services": [s.to_json() for s in self.registry.services.values()]}
+            )
         svc = self.registry.services.get(rest[0])
         if svc is None:
             return _err(404, f"service '{rest[0]}' not found")

@@ -272,7 +272,9 @@ class Invoker:
         # Request/response has no stream to half-close: the whole exchange gets both timeouts.
         limit = self._options.inactivity_timeout + self._options.abort_timeout
         try:
-            status, _, data = await asyncio.wait_for(pool.request("POST", path, headers, body), limit)
+            status, _, data = await asyncio.wait_for(
+                pool.request("POST", path, headers, body), limit
+            )
         except TimeoutError:
             att.fail(f"the handler did not answer within {limit:.0f}s")
             return

@@ -37,7 +37,9 @@ _SUFFIX = ".seg"
 
 
 class EmbeddedLog(Log):
-    def __init__(self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20
+    ) -> None:
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync

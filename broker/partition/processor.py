@@ -94,7 +94,9 @@ class Processor:
                 try:
                     actions += self._apply_batch([rec])
                 except Exception:
-                    log.exception("skipping log entry %d: the state machine cannot apply it", rec.lsn)
+                    log.exception(
+                        "skipping log entry %d: the state machine cannot apply it", rec.lsn
+                    )
                     tx = Transaction(self.store)
                     self.applied = rec.lsn
                     tx.put("meta", APPLIED, _U64.pack(self.applied))

@@ -12,12 +12,25 @@ import ingress.http
 def test_exported_names() -> None:
     assert sorted(broker.log.__all__) == ["EmbeddedLog", "Log", "Record"]
     assert sorted(broker.storage.__all__) == [
-        "COLUMN_FAMILIES", "MemoryStore", "RocksDBStore", "Store", "Transaction",
+        "COLUMN_FAMILIES",
+        "MemoryStore",
+        "RocksDBStore",
+        "Store",
+        "Transaction",
     ]
     assert sorted(broker.invoker.__all__) == [
-        "H2Client", "H2Response", "Invoker", "InvokerOptions", "http1_request",
+        "H2Client",
+        "H2Response",
+        "Invoker",
+        "InvokerOptions",
+        "http1_request",
     ]
     assert sorted(broker.schema.__all__) == [
-        "Deployment", "DiscoveryError", "HandlerInfo", "Registry", "ServiceInfo", "discover",
+        "Deployment",
+        "DiscoveryError",
+        "HandlerInfo",
+        "Registry",
+        "ServiceInfo",
+        "discover",
     ]
     assert sorted(ingress.http.__all__) == ["Ingress", "parse_delay"]

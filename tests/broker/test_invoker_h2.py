@@ -15,7 +15,9 @@ from broker.server import Broker
 from .conftest import Client, ServiceProcess
 
 
-async def test_many_calls_no_retries(broker: Broker, client: Client, restate_service: ServiceProcess) -> None:
+async def test_many_calls_no_retries(
+    broker: Broker, client: Client, restate_service: ServiceProcess
+) -> None:
     await client.register(restate_service.uri)
     sem = asyncio.Semaphore(16)  # one connection: past hypercorn's 1,000 requests
 
@@ -28,7 +30,9 @@ async def test_many_calls_no_retries(broker: Broker, client: Client, restate_ser
     assert set(codes) == {200}
     q = await client.admin.post(
         "/query",
-        json={"query": "SELECT id, retry_count, last_failure FROM sys_invocation WHERE target_handler_name = 'greet'"},
+        json={
+            "query": "SELECT id, retry_count, last_failure FROM sys_invocation WHERE target_handler_name = 'greet'"
+        },
     )
     rows = q.json()["rows"]
     assert len(rows) == 1200

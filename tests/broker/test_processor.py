@@ -17,7 +17,9 @@ from broker.schema import Registry
 from broker.storage import MemoryStore
 
 
-async def test_a_poison_entry_is_skipped_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_poison_entry_is_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = MemoryStore()
     got: list[a.Action] = []
     done = asyncio.Event()

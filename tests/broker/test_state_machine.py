@@ -328,19 +328,29 @@ def test_garbage_from_a_handler_fails_the_attempt() -> None:
     h.apply(cmd)
     acts = h.apply(Effects(id=iid.raw, epoch=1, frames=b"\x7f\x7f\x00\x00\x00\x00\x00\x01x"))
     st = h.status(iid)
-    assert st is not None and st.phase == Phase.BACKING_OFF and "protocol violation" in st.last_failure
+    assert (
+        st is not None and st.phase == Phase.BACKING_OFF and "protocol violation" in st.last_failure
+    )
     assert of(acts, a.AbortAttempt)
 
 
 def test_service_retry_policy_from_the_manifest_can_kill() -> None:
     h = Harness(max_attempts=100)
     dep = Deployment(
-        id="dp_r", uri="http://127.0.0.1:2", use_http_11=False, protocol_version=6,
-        services=[{
-            "name": "Strict", "ty": "SERVICE", "handlers": [{"name": "h"}],
-            "retryPolicyMaxAttempts": 2, "retryPolicyOnMaxAttempts": "KILL",
-            "retryPolicyInitialInterval": 10,
-        }],
+        id="dp_r",
+        uri="http://127.0.0.1:2",
+        use_http_11=False,
+        protocol_version=6,
+        services=[
+            {
+                "name": "Strict",
+                "ty": "SERVICE",
+                "handlers": [{"name": "h"}],
+                "retryPolicyMaxAttempts": 2,
+                "retryPolicyOnMaxAttempts": "KILL",
+                "retryPolicyInitialInterval": 10,
+            }
+        ],
     )
     h.apply(SchemaUpdate(deployment_json=dep.to_json_bytes()))
     cmd, iid = invoke("Strict", "h")
@@ -358,14 +368,25 @@ def test_service_retry_policy_from_the_manifest_can_kill() -> None:
 def test_lazy_state_services_get_no_state_map() -> None:
     h = Harness()
     dep = Deployment(
-        id="dp_l", uri="http://127.0.0.1:3", use_http_11=False, protocol_version=6,
-        services=[{"name": "Lazy", "ty": "VIRTUAL_OBJECT", "enableLazyState": True,
-                   "handlers": [{"name": "ex", "ty": "EXCLUSIVE"}]}],
+        id="dp_l",
+        uri="http://127.0.0.1:3",
+        use_http_11=False,
+        protocol_version=6,
+        services=[
+            {
+                "name": "Lazy",
+                "ty": "VIRTUAL_OBJECT",
+                "enableLazyState": True,
+                "handlers": [{"name": "ex", "ty": "EXCLUSIVE"}],
+            }
+        ],
     )
     h.apply(SchemaUpdate(deployment_json=dep.to_json_bytes()))
     first, id1 = invoke("Lazy", "ex", "k", Kind.EXCLUSIVE)
     h.apply(first)
-    h.effects(id1, 1, p.SetStateCommand(key=b"a", value=b"1"), p.OutputCommand(value=b""), p.EndMessage())
+    h.effects(
+        id1, 1, p.SetStateCommand(key=b"a", value=b"1"), p.OutputCommand(value=b""), p.EndMessage()
+    )
     second, _ = invoke("Lazy", "ex", "k", Kind.EXCLUSIVE)
     (start,) = of(h.apply(second), a.StartAttempt)
     msg = p.decode_all(start.frames)[0].message
