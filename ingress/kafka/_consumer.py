@@ -270,7 +270,7 @@ class SubscriptionConsumer:
     def _durable(
         self, stats: PartitionStats, n: int, bad: int, last: int, fut: asyncio.Future[Any]
     ) -> None:
-        stats.pending -= n
+        stats.pending = max(stats.pending - n, 0)  # (a reopen zeroed it meanwhile)
         if fut.cancelled() or fut.exception() is not None:
             return
         created = int(fut.result().message or 0)
