@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -18,27 +17,12 @@ import pytest
 from sdk.testing import HandlerProcess, HarnessError, TestEnvironment, Transport, make_broker
 
 from .effects import EFFECTS_ENV
-from .support import BROKERS, REPO, SDKS, Scenario
+from .support import BROKERS, REPO, SDKS, Scenario, Setup
 
 TARGETS = {
     "restate-sdk": "tests.scenarios.restate_services:app",
     "sluice": "tests.scenarios.sluice_services:app",
 }
-
-
-@dataclass(frozen=True)
-class Setup:
-    sdk: str
-    transport: Transport
-    always_replay: bool
-    broker: str
-
-    @property
-    def id(self) -> str:
-        sdk_name = "restate-sdk" if self.sdk == "restate-sdk" else "sluice-sdk"
-        replay = "always-replay" if self.always_replay else "normal"
-        broker = "restate-server" if self.broker == "restate-server" else "sluice-broker"
-        return f"{sdk_name}-{self.transport.value}-{replay}-on-{broker}"
 
 
 def _setups() -> list[Setup]:

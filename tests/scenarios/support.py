@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 import sdk
-from sdk.testing import TestEnvironment, read_json_lines
+from sdk.testing import TestEnvironment, Transport, read_json_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,11 +35,28 @@ BROKERS = ["restate-server"] + (["sluice"] if SLUICE_BROKER_PRESENT else [])
 BROKER_BREAKAGE = ("Partition processor exited unexpectedly", "panicked at")
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One parameter set: which SDK's services, over which transport, on which broker."""
+
+    sdk: str
+    transport: Transport
+    always_replay: bool
+    broker: str
+
+    @property
+    def id(self) -> str:
+        sdk_name = "restate-sdk" if self.sdk == "restate-sdk" else "sluice-sdk"
+        replay = "always-replay" if self.always_replay else "normal"
+        broker = "restate-server" if self.broker == "restate-server" else "sluice-broker"
+        return f"{sdk_name}-{self.transport.value}-{replay}-on-{broker}"
+
+
 @dataclass
 class Scenario:
     """A running parameter set: the environment, and the handler's side-effect log."""
 
-    setup: Any  # conftest.Setup
+    setup: Setup
     env: TestEnvironment
     effects_file: Path
 
