@@ -1,5 +1,6 @@
 """Exactly-once egress under crashes (issue 5's Done-when): 20,000 records through
-topic → stateless handler → output topic and through topic → virtual object → output topic,
+topic → stateless handler → output topic and through topic → virtual object → output topic
+(and through a stream handler, in batches of up to 100, to a third output topic),
 while the Sluice broker is SIGKILLed at random at least 5 times, and also from inside an
 egress transaction (records and marker produced, commit not sent). A read_committed reader
 then finds each input exactly once in each output, by content and by the sequence headers
@@ -30,7 +31,8 @@ from tests.kafka import Tansu
 
 from .conftest import check_exactly_once, new_topic, produce, read_output
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+# About a minute on an idle 2-core machine; more when other test sessions share it.
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
 
 RECORDS = 20_000
 KEYS = 200
@@ -62,7 +64,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
     kafka: Tansu, tmp_path: Path, egress_services: ServiceProcess
 ) -> None:
     src = new_topic(kafka, 4)
-    out_map, out_obj = new_topic(kafka, 4), new_topic(kafka, 4)
+    out_map, out_obj, out_stream = new_topic(kafka, 4), new_topic(kafka, 4), new_topic(kafka, 4)
     rng = random.Random(int(os.environ.get("SLUICE_TEST_SEED", "5")))
     want = {i: f"key-{rng.randrange(KEYS)}".encode() for i in range(RECORDS)}
     produce(kafka, src, [(want[i].decode(), {"i": i}, None) for i in range(RECORDS)])
@@ -82,16 +84,23 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
                 json={"name": "local", "properties": {"bootstrap.servers": kafka.bootstrap}},
             )
             assert r.status_code == 201, r.text
-            for name, sink, out in (
-                ("map", "service://Enrich/map", out_map),
-                ("obj", "service://Tally/add", out_obj),
+            # Also a stream handler (batches of up to 100 records), deduplicated by offsets.
+            for name, sink, out, more in (
+                ("map", "service://Enrich/map", out_map, {}),
+                ("obj", "service://Tally/add", out_obj, {}),
+                ("stream", "service://Stream/batch", out_stream, {"batch_max_records": "100"}),
             ):
                 r = await c.post(
                     f"{admin}/subscriptions",
                     json={
                         "source": f"kafka://local/{src}",
                         "sink": sink,
-                        "options": {"name": name, "max_in_flight": "500", "output_topic": out},
+                        "options": {
+                            "name": name,
+                            "max_in_flight": "500",
+                            "output_topic": out,
+                            **more,
+                        },
                     },
                 )
                 assert r.status_code == 201, r.text
@@ -125,9 +134,11 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
 
             got_map = await asyncio.to_thread(read_output, kafka, out_map, RECORDS, 120)
             got_obj = await asyncio.to_thread(read_output, kafka, out_obj, RECORDS, 60)
-            print(f"{RECORDS} records x 2 pipelines in {time.monotonic() - started:.0f}s")
+            got_stream = await asyncio.to_thread(read_output, kafka, out_stream, RECORDS, 60)
+            print(f"{RECORDS} records x 3 pipelines in {time.monotonic() - started:.0f}s")
             check_exactly_once(got_map, want)
             check_exactly_once(got_obj, want)
+            check_exactly_once(got_stream, want)
             # The object's state is exactly once too: each key counted 1, 2, 3, ... in order.
             per_key: dict[bytes | None, list[int]] = {}
             for o in sorted(got_obj, key=lambda o: (o.partition, o.offset)):
