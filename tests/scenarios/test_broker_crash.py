@@ -1,0 +1,34 @@
+"""SIGKILL the broker while an invocation sleeps: after a restart on the same data it resumes.
+
+The timer and the journal are durable: the sleep still ends, and the steps that ran before the
+crash are replayed from the journal, not executed again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from .support import Scenario, attach, eventually, send
+
+
+async def test_broker_sigkill_during_a_sleep_resumes_the_invocation(
+    scenario: Scenario, ingress: httpx.AsyncClient, key: str
+) -> None:
+    invocation = await send(ingress, "/Trips/book", {"trip": key, "wait_ms": 1500})
+
+    async def booked() -> list[str]:
+        return [e["item"] for e in scenario.effects("booked", key)]
+
+    await eventually(booked, until=lambda items: items == ["flight", "hotel"], what="two bookings")
+    started = time.monotonic()
+    scenario.env.broker.restart(kill=True)
+
+    async with scenario.env.ingress_client(timeout=30.0) as fresh:
+        result = await attach(fresh, invocation)
+    assert result.status_code == 200, f"{result.text}\n{scenario.env.logs()}"
+    assert result.json() == ["flight", "hotel", "car"]
+    assert time.monotonic() - started < 20
+    assert await booked() == ["flight", "hotel", "car"]
+    assert scenario.effects("cancelled", key) == []
