@@ -49,6 +49,7 @@ def _server(args: argparse.Namespace) -> None:
             abort_timeout_s=args.abort_timeout,
             idempotency_retention_s=args.idempotency_retention,
             completion_retention_s=args.completion_retention,
+            max_concurrent_invocations=args.max_concurrent_invocations,
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -198,6 +199,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--abort-timeout", type=float, default=60.0, help="seconds after that; then abort")
     s.add_argument("--idempotency-retention", type=float, default=86_400.0, help="seconds")
     s.add_argument("--completion-retention", type=float, default=86_400.0, help="seconds")
+    s.add_argument(
+        "--max-concurrent-invocations", type=int, default=0, help="attempts streaming at once; 0: no limit"
+    )
     s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
     s.set_defaults(fn=_server)
 

@@ -25,6 +25,7 @@ class BrokerSettings(BaseModel):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     inactivity_timeout_s: float = Field(60.0, gt=0)
     abort_timeout_s: float = Field(60.0, gt=0)
+    max_concurrent_invocations: int = Field(0, ge=0, description="streaming at once; 0: no limit")
     idempotency_retention_s: float = Field(86_400.0, ge=0)
     workflow_retention_s: float = Field(86_400.0, ge=0)
     completion_retention_s: float = Field(

@@ -67,7 +67,11 @@ class Broker:
         self.invoker = Invoker(
             self.registry,
             self.processor.submit,
-            InvokerOptions(inactivity_timeout=s.inactivity_timeout_s, abort_timeout=s.abort_timeout_s),
+            InvokerOptions(
+                inactivity_timeout=s.inactivity_timeout_s,
+                abort_timeout=s.abort_timeout_s,
+                max_concurrent=s.max_concurrent_invocations,
+            ),
         )
         self.timers = TimerService(self.processor.submit)
         self._act(self.processor.recover())

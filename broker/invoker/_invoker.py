@@ -5,6 +5,7 @@ anything (the state machine drops effects whose epoch is not the current one).""
 from __future__ import annotations
 
 import asyncio
+import collections
 import struct
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ _TERMINAL = (0x0001, 0x0002, 0x0003)  # Suspension, Error, End
 class InvokerOptions:
     inactivity_timeout: float = 60.0  # then ask the handler to suspend (close our half)
     abort_timeout: float = 60.0  # then reset the stream and retry
+    max_concurrent: int = 0  # attempts streaming at once; more wait in FIFO order (0: no limit)
 
 
 def split_frames(buf: bytearray) -> tuple[bytes, bool]:
@@ -64,6 +66,7 @@ class _Attempt(StreamHandler):
         "reopen",
         "sent",
         "service",
+        "slot",
         "sid",
         "status",
         "task",
@@ -86,6 +89,7 @@ class _Attempt(StreamHandler):
         self.reopen: Callable[[], None] | None = None
         self.sent: list[bytes] = []  # notifications sent before the endpoint answered
         self.service = ""
+        self.slot = False  # holds one of the invoker's concurrency slots
 
     # --- h2 stream events ---
     def on_headers(self, status: int, headers: dict[str, str]) -> None:
@@ -150,6 +154,10 @@ class _Attempt(StreamHandler):
         inv = self.invoker
         if inv._active.get(self.id) is self:
             del inv._active[self.id]
+        if self.slot:
+            self.slot = False
+            inv._running -= 1
+            inv._next()
 
     def abort(self) -> None:
         self._done()
@@ -170,6 +178,9 @@ class Invoker:
         self._submit = submit
         self._options = options or InvokerOptions()
         self._active: dict[bytes, _Attempt] = {}
+        self._running = 0
+        self._waiting: collections.deque[StartAttempt] = collections.deque()
+        self._queued: dict[bytes, StartAttempt] = {}
         self._h2: dict[tuple[str, int], H2Client] = {}
         self._h1: dict[tuple[str, int], Http1Pool] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -204,7 +215,26 @@ class Invoker:
         old = self._active.get(action.id)
         if old is not None:
             old.abort()
+        limit = self._options.max_concurrent
+        if limit and self._running >= limit:
+            self._queued[action.id] = action  # a later start for the id replaces it
+            self._waiting.append(action)
+            return
+        self._queued.pop(action.id, None)
+        self._launch(action)
+
+    def _next(self) -> None:
+        limit = self._options.max_concurrent
+        while self._waiting and (not limit or self._running < limit):
+            action = self._waiting.popleft()
+            if self._queued.get(action.id) is action:
+                del self._queued[action.id]
+                self._launch(action)
+
+    def _launch(self, action: StartAttempt) -> None:
         att = _Attempt(self, action.id, action.epoch)
+        att.slot = True
+        self._running += 1
         att.service = action.service
         self._active[action.id] = att
         dep = self._registry.deployments.get(action.deployment_id)
@@ -297,6 +327,10 @@ class Invoker:
         self._submit(Effects(id=att.id, epoch=att.epoch, frames=frames, transport_failure=failure))
 
     def send(self, action: SendToAttempt) -> None:
+        queued = self._queued.get(action.id)
+        if queued is not None and queued.epoch == action.epoch:
+            queued.frames += action.frame  # not streaming yet: goes with the journal
+            return
         att = self._active.get(action.id)
         if att is None or att.epoch != action.epoch or att.conn is None:
             if (
@@ -314,6 +348,9 @@ class Invoker:
         att.conn.send(att.sid, action.frame)
 
     def abort(self, action: AbortAttempt) -> None:
+        queued = self._queued.get(action.id)
+        if queued is not None and queued.epoch <= action.epoch:
+            del self._queued[action.id]
         att = self._active.get(action.id)
         if att is not None and att.epoch <= action.epoch:
             att.abort()

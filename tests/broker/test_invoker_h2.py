@@ -9,7 +9,12 @@ endpoint's concurrent-stream cap.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
+
+from broker.config import BrokerSettings
 from broker.server import Broker
 
 from .conftest import Client, ServiceProcess
@@ -40,3 +45,40 @@ async def test_many_calls_no_retries(
     assert not retried, retried[:3]
     streams = sum(len(c.streams) for h2 in broker.invoker._h2.values() for c in h2._conns)
     assert streams == 0, f"{streams} h2 streams left open after every call completed"
+
+
+@pytest.fixture
+async def narrow(tmp_path: Path) -> AsyncIterator[Broker]:
+    b = Broker(
+        BrokerSettings(
+            data_dir=tmp_path / "d", ingress_port=0, admin_port=0, max_concurrent_invocations=2,
+            inactivity_timeout_s=0.5, abort_timeout_s=5,
+        )
+    )
+    await b.start()
+    yield b
+    await b.stop()
+
+
+async def test_concurrency_limit_queues_attempts(narrow: Broker, restate_service: ServiceProcess) -> None:
+    c = Client(narrow)
+    try:
+        await c.register(restate_service.uri)
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(narrow.invoker._active))
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.ensure_future(watch())
+        # Sleeping handlers hold their slot until the inactivity timeout makes them suspend.
+        calls = [c.call("/Greeter/sleepy", 300) for _ in range(4)]
+        calls += [c.call("/Greeter/greet", f"g{i}") for i in range(20)]
+        results = await asyncio.gather(*calls)
+        watcher.cancel()
+        assert all(r.status_code == 200 for r in results), [r.text for r in results]
+        assert peak <= 2, peak
+    finally:
+        await c.close()
