@@ -44,6 +44,8 @@ async def test_journal_mismatch_is_reported(
         # protocol code 570 to its own error code RT0016 ("journal mismatch").
         assert message.startswith("[570 Journal mismatch]"), message
         assert row["last_failure_error_code"] == "RT0016", row
+        # The SDK's ErrorMessage points at the diverging command, and restate-server keeps it.
+        assert row["last_failure_related_command_index"] == 1, row
     # Both SDKs name the entry index and both commands (the journal's run, the code's sleep);
     # the advice text may mention ctx.run, which must not count as naming the command.
     assert re.search(r"index\D{0,3}1\b", message), message
