@@ -3,6 +3,10 @@
 The parameters are sdk x transport x replay x broker. The session-scoped `scenario` fixture
 is parametrized over them, so pytest runs all the tests of one parameter set together and
 starts each broker and handler process once, not once per test.
+
+Parameter ids read like `sluice-sdk-h2-always-replay-on-restate-server`; select with `-k`,
+e.g. `pytest tests/scenarios -k sluice-broker` or `-k "restate-sdk and http1.1"`. The logs of
+each parameter set (broker, handler, side effects) stay under pytest's basetemp, named by id.
 """
 
 from __future__ import annotations
