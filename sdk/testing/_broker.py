@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ._process import HarnessError, ManagedProcess, free_port, tail
+from ._process import HarnessError, ManagedProcess, free_port
 
 RESTATE_VERSION = "1.7.12"
 _RESTATE_ENV = "SLUICE_RESTATE_SERVER"
@@ -39,9 +39,15 @@ def restate_server_binary() -> Path:
     return path
 
 
-def _port_clash(log_path: Path) -> bool:
-    """Whether the last lines of a log say that a port was taken."""
-    text = tail(log_path, 20).lower()
+def _log_size(log_path: Path) -> int:
+    return log_path.stat().st_size if log_path.exists() else 0
+
+
+def _port_clash(log_path: Path, since: int) -> bool:
+    """Whether what the log got after offset `since` says that a port was taken."""
+    with log_path.open("rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace").lower()
     # restate-server: "Address in use (os error 98)"; Python: "[Errno 98] Address already in use".
     return "address in use" in text or "address already in use" in text
 
@@ -121,11 +127,12 @@ class Broker(abc.ABC):
         """
         first = self._process is None
         for attempt in range(3):
+            log_start = _log_size(self.log_path)
             try:
                 self._start_once()
                 return
             except HarnessError as exc:
-                if not (first and attempt < 2 and _port_clash(self.log_path)):
+                if not (first and attempt < 2 and _port_clash(self.log_path, log_start)):
                     raise
                 self.kill()
                 self._process = None

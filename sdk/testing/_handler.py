@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from ._process import HarnessError, ManagedProcess, free_port, port_is_open, tail
+from ._process import HarnessError, ManagedProcess, free_port, port_is_open
 
 ALWAYS_REPLAY_ENV = "SLUICE_ALWAYS_REPLAY"
 
@@ -96,6 +96,7 @@ class HandlerProcess:
                     self._new_port()
                     continue
                 raise HarnessError(f"port {self.port} is taken before {self.target} started")
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
                 self._process.spawn()
                 self._process.wait_until(
@@ -104,7 +105,10 @@ class HandlerProcess:
                     what=f"listening on {self.url}",
                 )
             except HarnessError:
-                if retry and "address already in use" in tail(self.log_path, 20).lower():
+                with self.log_path.open("rb") as log:
+                    log.seek(log_start)
+                    clash = b"address already in use" in log.read().lower()
+                if retry and clash:
                     self._new_port()
                     continue
                 raise
