@@ -49,7 +49,7 @@ class Broker:
         else:
             meta.write_text(json.dumps({"partitions": s.partitions, "format": 1}))
         self.store = RocksDBStore(data / "db")
-        self.log = EmbeddedLog(data / "log", fsync=s.fsync)
+        self.log = EmbeddedLog(data / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
         config = Config(
             partitions=self.partitions,
             retry=RetryPolicy(
