@@ -227,6 +227,14 @@ async def charge(ctx: Context, req: dict[str, Any]) -> str:
     return await ctx.run_typed("charge", do_charge)
 
 
+@payments.handler()
+async def charge_twice(ctx: Context, req: dict[str, Any]) -> list[str]:
+    """Two calls with one idempotency key, from inside a handler: one charge, one result."""
+    first: str = await ctx.service_call(charge, arg=req, idempotency_key=f"inner-{req['key']}")
+    second: str = await ctx.service_call(charge, arg=req, idempotency_key=f"inner-{req['key']}")
+    return [first, second]
+
+
 # --- terminal errors ---------------------------------------------------------------------------
 
 errors = Service("Errors")
@@ -288,6 +296,9 @@ async def book(ctx: Context, req: dict[str, Any]) -> list[str]:
         for item in ("flight", "hotel", "car"):
             booked.append(await ctx.run_typed(f"book {item}", reserve, restate.RunOptions(), item))
             if item == "hotel" and req.get("wait_ms"):
+                # Not journaled (written again on each replay): the hotel's result is durable
+                # by now, since the await above returned, and the sleep comes next.
+                record("paying", trip)
                 await ctx.sleep(timedelta(milliseconds=req["wait_ms"]))
     except TerminalError:
         for item in reversed(booked):

@@ -233,6 +233,14 @@ async def charge(ctx: Context, req: dict[str, Any]) -> str:
     return await ctx.run("charge", do_charge, type_hint=str)
 
 
+@payments.handler()
+async def charge_twice(ctx: Context, req: dict[str, Any]) -> list[str]:
+    """Two calls with one idempotency key, from inside a handler: one charge, one result."""
+    first: str = await ctx.service_call(charge, req, idempotency_key=f"inner-{req['key']}")
+    second: str = await ctx.service_call(charge, req, idempotency_key=f"inner-{req['key']}")
+    return [first, second]
+
+
 # --- terminal errors ---------------------------------------------------------------------------
 
 errors = Service("Errors")
@@ -295,6 +303,9 @@ async def book(ctx: Context, req: dict[str, Any]) -> list[str]:
         for item in ("flight", "hotel", "car"):
             booked.append(await ctx.run(f"book {item}", reserve, item, type_hint=str))
             if item == "hotel" and req.get("wait_ms"):
+                # Not journaled (written again on each replay): the hotel's result is durable
+                # by now, since the await above returned, and the sleep comes next.
+                record("paying", trip)
                 await ctx.sleep(timedelta(milliseconds=req["wait_ms"]))
     except TerminalError:  # a failed booking, or sdk.CancelledError from the pending await
         for item in reversed(booked):

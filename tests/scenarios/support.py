@@ -136,3 +136,19 @@ async def call_json(ingress: httpx.AsyncClient, path: str, body: Any = None) -> 
         response = await ingress.post(path, json=body)
     assert response.status_code == 200, f"{path}: HTTP {response.status_code} {response.text}"
     return response.json() if response.content else None
+
+
+def booking_trail(scenario: Scenario, trip: str) -> list[tuple[str, str]]:
+    """What the Trips saga did for `trip`, in order: (booked|failed|cancelled, item)."""
+    kinds = ("booked", "failed", "cancelled")
+    return [(e["kind"], e["item"]) for e in scenario.effects(key=trip) if e["kind"] in kinds]
+
+
+async def wait_for_payment_window(scenario: Scenario, trip: str) -> None:
+    """Until `Trips/book` for `trip` has its flight and hotel journaled and goes to sleep."""
+
+    async def paying() -> list[dict[str, Any]]:
+        return scenario.effects("paying", trip)
+
+    await eventually(paying, what=f"trip {trip} to reach its payment window")
+    assert booking_trail(scenario, trip) == [("booked", "flight"), ("booked", "hotel")]

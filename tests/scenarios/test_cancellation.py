@@ -7,7 +7,15 @@ import time
 
 import httpx
 
-from .support import Scenario, attach, call_json, eventually, send
+from .support import (
+    Scenario,
+    attach,
+    booking_trail,
+    call_json,
+    eventually,
+    send,
+    wait_for_payment_window,
+)
 
 HOUR_MS = 3_600_000
 
@@ -15,13 +23,9 @@ HOUR_MS = 3_600_000
 async def _book_and_wait_for_hotel(
     scenario: Scenario, ingress: httpx.AsyncClient, trip: str
 ) -> str:
-    """Start a booking that sleeps for an hour after the hotel; return once it is there."""
+    """Start a booking that sleeps for an hour after the hotel; return once it sleeps."""
     invocation = await send(ingress, "/Trips/book", {"trip": trip, "wait_ms": HOUR_MS})
-
-    async def booked() -> list[str]:
-        return [e["item"] for e in scenario.effects("booked", trip)]
-
-    await eventually(booked, until=lambda items: items == ["flight", "hotel"], what="two bookings")
+    await wait_for_payment_window(scenario, trip)
     return invocation
 
 
@@ -36,7 +40,7 @@ async def test_cancel_a_sleeping_invocation_runs_its_compensations(
     result = await attach(ingress, invocation)
     assert result.status_code == 409, result.text
     assert time.monotonic() - started < 30, "the hour-long sleep was not interrupted"
-    trail = [(e["kind"], e["item"]) for e in scenario.effects(key=key)]
+    trail = booking_trail(scenario, key)
     assert trail == [
         ("booked", "flight"),
         ("booked", "hotel"),
@@ -57,7 +61,7 @@ async def test_kill_ends_an_invocation_without_compensations(
     assert result.json()["message"] == "killed"
     # Give a wrongly surviving handler time to compensate: nothing may follow the bookings.
     await asyncio.sleep(0.5)
-    assert [e["kind"] for e in scenario.effects(key=key)] == ["booked", "booked"]
+    assert booking_trail(scenario, key) == [("booked", "flight"), ("booked", "hotel")]
 
 
 async def test_kill_releases_the_object_key(

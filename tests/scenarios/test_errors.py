@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from .support import Scenario, call_json
+from .support import Scenario, booking_trail, call_json
 
 BOOM = {"message": "boom: the teapot is empty", "code": 418}
 
@@ -39,7 +39,7 @@ async def test_saga_books_everything_when_nothing_fails(
     scenario: Scenario, ingress: httpx.AsyncClient, key: str
 ) -> None:
     assert await call_json(ingress, "/Trips/book", {"trip": key}) == ["flight", "hotel", "car"]
-    assert [e["kind"] for e in scenario.effects(key=key)] == ["booked"] * 3
+    assert booking_trail(scenario, key) == [("booked", i) for i in ("flight", "hotel", "car")]
 
 
 async def test_saga_compensates_in_reverse_order_on_failure(
@@ -47,7 +47,7 @@ async def test_saga_compensates_in_reverse_order_on_failure(
 ) -> None:
     response = await ingress.post("/Trips/book", json={"trip": key, "fail_at": "car"})
     assert_terminal(response, 409, "car unavailable")
-    trail = [(e["kind"], e["item"]) for e in scenario.effects(key=key)]
+    trail = booking_trail(scenario, key)
     assert trail == [
         ("booked", "flight"),
         ("booked", "hotel"),

@@ -52,3 +52,11 @@ async def test_repeated_sends_share_one_invocation(
     assert result.status_code == 200, result.text
     assert result.json() == "charged 7"
     assert len(scenario.effects("charge", key)) == 1
+
+
+async def test_calls_with_one_idempotency_key_execute_once(
+    scenario: Scenario, ingress: httpx.AsyncClient, key: str
+) -> None:
+    result = await call_json(ingress, "/Payments/charge_twice", {"key": key, "amount": 3})
+    assert result == ["charged 3", "charged 3"]
+    assert len(scenario.effects("charge", key)) == 1
