@@ -94,11 +94,7 @@ async def test_sigkill_while_ingesting_is_exactly_once(  # noqa: PLR0915  (one s
     admin = f"http://127.0.0.1:{broker.admin}"
     try:
         async with httpx.AsyncClient(timeout=30) as c:
-            # The Sluice SDK endpoint runs in request/response mode (see test_ingest.py).
-            r = await c.post(
-                f"{admin}/deployments",
-                json={"uri": svc.uri, "use_http_11": sdk_name == "sluice"},
-            )
+            r = await c.post(f"{admin}/deployments", json={"uri": svc.uri})
             assert r.status_code == 201, r.text
             r = await c.post(
                 f"{admin}/kafka-clusters",

@@ -32,9 +32,7 @@ async def test_counter_ingest_exactly_once(
     keys = [f"k{i}" for i in range(40)]
     records = [(keys[i % len(keys)], {"v": i}, None) for i in range(2000)]
     produce(kafka, topic, records)
-    # The Sluice SDK endpoint stalls with tens of concurrent HTTP/2 streams (an SDK issue seen
-    # through the HTTP ingress too); its request/response mode over HTTP/1.1 is used here.
-    await admin.register(svc.uri, http1=sdk_name == "sluice")
+    await admin.register(svc.uri)  # HTTP/2 bidi streaming, as a deployment registers by default
     await admin.cluster(kafka)
     t0 = time.monotonic()
     sub = await admin.subscribe(topic, "service://KafkaCounter/add", name=f"counter-{sdk_name}")
