@@ -61,6 +61,10 @@ class _Conn(asyncio.Protocol):
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             },
         )
+        # Replacing local_settings skips h2's settings-ACK path, which is where it would raise
+        # its own frame-size check: without this, any DATA frame over 16 KiB (a handler's
+        # output over ~64 KiB, which hypercorn sends as one frame) fails the connection.
+        self.h2.max_inbound_frame_size = self.h2.local_settings.max_frame_size
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(_WINDOW)
         transport.write(self.h2.data_to_send())
