@@ -66,7 +66,7 @@ class _BodyTooLarge(Exception):
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_closing", "_handler", "_limit", "_transport")
+    __slots__ = ("_buf", "_busy", "_closing", "_eof", "_handler", "_limit", "_transport")
 
     def __init__(self, handler: Handler, limit: int) -> None:
         self._handler = handler
@@ -75,12 +75,19 @@ class _Conn(asyncio.Protocol):
         self._busy = False
         self._transport: asyncio.Transport | None = None
         self._closing = False
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+
+    def eof_received(self) -> bool:
+        # A client may half-close after its request (HTTP/1.1 allows it): answer the request
+        # in flight, then close; with nothing in flight, close now.
+        self._eof = True
+        return self._busy
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -115,9 +122,10 @@ class _Conn(asyncio.Protocol):
         self._busy = True
         keep = req.headers.get("connection", "").lower() != "close"
         task = asyncio.ensure_future(self._handler(req))
-        task.add_done_callback(lambda t: self._done(t, keep))
+        head = req.method == "HEAD"
+        task.add_done_callback(lambda t: self._done(t, keep, head))
 
-    def _done(self, task: asyncio.Task[Response], keep: bool) -> None:
+    def _done(self, task: asyncio.Task[Response], keep: bool, head: bool = False) -> None:
         self._busy = False
         if task.cancelled():
             resp = json_response(503, {"code": 503, "message": "shutting down"})
@@ -126,24 +134,26 @@ class _Conn(asyncio.Protocol):
             resp = json_response(500, {"code": 500, "message": f"internal error: {exc!r}"})
         else:
             resp = task.result()
-        self._write(resp, close=not keep)
+        self._write(resp, close=not keep or self._eof, head=head)
         if keep and self._buf:
             self._next()
 
-    def _write(self, resp: Response, *, close: bool) -> None:
+    def _write(self, resp: Response, *, close: bool, head: bool = False) -> None:
         t = self._transport
         if t is None:
             return
         reason = _REASONS.get(resp.status, "Unknown")
-        head = [f"HTTP/1.1 {resp.status} {reason}\r\ncontent-length: {len(resp.body)}\r\n"]
+        lines = [f"HTTP/1.1 {resp.status} {reason}\r\ncontent-length: {len(resp.body)}\r\n"]
         if resp.content_type:
-            head.append(f"content-type: {resp.content_type}\r\n")
+            lines.append(f"content-type: {resp.content_type}\r\n")
         for k, v in resp.headers:
-            head.append(f"{k}: {v}\r\n")
+            lines.append(f"{k}: {v}\r\n")
         if close:
-            head.append("connection: close\r\n")
-        head.append("\r\n")
-        t.write("".join(head).encode("latin-1") + resp.body)
+            lines.append("connection: close\r\n")
+        lines.append("\r\n")
+        # A response to HEAD has the headers of the GET but no body (RFC 9110, 9.3.2): a body
+        # would be read as the next response on a kept-alive connection.
+        t.write("".join(lines).encode("latin-1") + (b"" if head else resp.body))
         if close:
             self._closing = True
             t.close()
@@ -174,6 +184,8 @@ class _Conn(asyncio.Protocol):
                         raise _BodyTooLarge
                     return None
                 size = int(bytes(buf[pos:le]).split(b";", 1)[0].strip() or b"0", 16)
+                if size < 0:
+                    raise ValueError("negative chunk size")
                 if len(body) + size > self._limit:
                     raise _BodyTooLarge
                 if size == 0:
@@ -189,6 +201,8 @@ class _Conn(asyncio.Protocol):
             data = bytes(body)
         else:
             length = int(headers.get("content-length", "0") or 0)
+            if length < 0:
+                raise ValueError("negative content-length")
             if length > self._limit:
                 raise _BodyTooLarge
             if len(buf) - pos < length:

@@ -62,6 +62,8 @@ class AdminApi:
                 return json_response(200, {"sinks": self.broker.egress.to_json()})
         except (ValueError, KeyError) as e:
             return _err(400, f"bad request: {e}")
+        except RecursionError:  # json.loads of a body nested deeper than ~1,000 levels
+            return _err(400, "bad request: the body is JSON nested too deeply")
         return _err(404, "not found")
 
     def _query(self, req: Request) -> Response:

@@ -31,6 +31,8 @@ def validate(handler: HandlerInfo, body: bytes, content_type: str | None) -> str
         return None
     try:
         value = json.loads(body)
+    except RecursionError:  # nesting deeper than the interpreter's limit (~1,000)
+        return "the body is JSON nested too deeply"
     except ValueError as e:
         return f"the body is not valid JSON: {e}"
     schema = spec.get("jsonSchema")
