@@ -1,0 +1,61 @@
+"""Reliability suite: each test fills a ``figures`` dict; the run prints them all at the end.
+
+Figures go to ``tests/reliability/.results/<test>.json`` (git-ignored), one file per test,
+so that a later run or a CI step can pick them up; ``pytest_terminal_summary`` prints the
+ones written in this session.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RESULTS = Path(__file__).parent / ".results"
+_written: list[Path] = []
+
+
+@pytest.fixture
+def seed() -> int:
+    """One seed per test, printed in its figures, so a failing run can be repeated."""
+    return random.SystemRandom().randrange(1 << 32)
+
+
+@pytest.fixture
+def rng(seed: int) -> random.Random:
+    return random.Random(seed)
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest, seed: int) -> Iterator[dict[str, Any]]:
+    out: dict[str, Any] = {"test": request.node.nodeid, "seed": seed}
+    start = time.monotonic()
+    yield out
+    out["seconds"] = round(time.monotonic() - start, 2)
+    rep = getattr(request.node, "rep_call", None)
+    out["outcome"] = rep.outcome if rep is not None else "error"
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{request.node.name.replace('/', '_')}.json"
+    path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    _written.append(path)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+    return rep
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _written:
+        return
+    terminalreporter.section("reliability figures")
+    for path in _written:
+        terminalreporter.write_line(f"{path.name}: {path.read_text().strip()}")

@@ -1,0 +1,291 @@
+"""Test 9: hostile HTTP input to the ingress and the admin API.
+
+Bodies at and over the size limit (chunked too), slow senders, 10,000-deep JSON, malformed
+request lines, paths and keys, then Hypothesis fuzzing of both ports. Every answer must be a
+4xx (or a success), never a 5xx, a hang or a crash; a rejected request appends nothing to
+the log; the broker's resident memory grows by less than 50 MB over the whole test.
+"""
+
+# The tables of hostile inputs read best one per line, and the test is one long story.
+# ruff: noqa: E501, PLR0915, PLR0917
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+
+from tests.broker.conftest import ROOT, ServiceProcess, wait_port
+from tests.broker.test_crash import BrokerProcess
+
+LIMIT = 256 * 1024  # --body-limit: small, so "at the limit" is cheap to send
+
+
+class Limited(BrokerProcess):
+    def start(self) -> None:  # the same process, with a small body limit
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
+             "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
+             "--body-limit", str(LIMIT)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_port(self.ingress, self.proc)
+        wait_port(self.admin, self.proc)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def log_bytes(data: Path) -> int:
+    return sum(p.stat().st_size for p in (data / "log").glob("*.seg"))
+
+
+def raw(port: int, payload: bytes, *, timeout: float = 10.0) -> int:
+    """Send bytes as they are; return the status of the answer (0: closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    if not head:
+        return 0
+    return int(head.split(b" ", 2)[1])
+
+
+class Checker:
+    """Sends requests, records the status classes, and checks the log for rejected ones."""
+
+    def __init__(self, broker: BrokerProcess, data: Path) -> None:
+        self.broker = broker
+        self.data = data
+        self.statuses: dict[str, int] = {}
+        self.rejected_appends = 0
+        self.server_errors: list[str] = []
+
+    def note(self, what: str, status: int, before: int) -> None:
+        cls = f"{status // 100}xx" if status else "closed"
+        self.statuses[cls] = self.statuses.get(cls, 0) + 1
+        if status >= 500 or status == 0:
+            self.server_errors.append(f"{status} for {what[:200]}")
+        if 400 <= status < 500 and log_bytes(self.data) != before:
+            self.rejected_appends += 1
+            self.server_errors.append(f"appended to the log for a {status}: {what[:200]}")
+        assert self.broker.proc is not None and self.broker.proc.poll() is None, "broker died"
+
+    def raw(self, port: int, payload: bytes, what: str) -> int:
+        before = log_bytes(self.data)
+        status = raw(port, payload)
+        self.note(what, status, before)
+        return status
+
+    def http(self, c: httpx.Client, method: str, url: str, **kw: Any) -> int:
+        before = log_bytes(self.data)
+        status = c.request(method, url, **kw).status_code
+        self.note(f"{method} {url}", status, before)
+        return status
+
+
+def test_hostile_http(
+    tmp_path: Path, rng: random.Random, seed: int, figures: dict[str, Any]
+) -> None:
+    svc = ServiceProcess("tests.broker.restate_services")
+    svc.start()
+    data = tmp_path / "data"
+    broker = Limited(data)
+    broker.start()
+    assert broker.proc is not None
+    ck = Checker(broker, data)
+    ing, adm = broker.ingress, broker.admin
+    try:
+        with httpx.Client(timeout=30) as c:
+            r = c.post(f"http://127.0.0.1:{adm}/deployments", json={"uri": svc.uri})
+            assert r.status_code == 201, r.text
+            ib = f"http://127.0.0.1:{ing}"
+            assert c.post(f"{ib}/Greeter/greet", json="warm").status_code == 200
+            rss0 = rss_mb(broker.proc.pid)
+
+            # Sizes: a JSON string body of exactly LIMIT bytes, then one byte over.
+            at = b'"' + b"a" * (LIMIT - 2) + b'"'
+            assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=at,
+                           headers={"content-type": "application/json"}) == 200  # fmt: skip
+            over = b'"' + b"b" * (LIMIT - 1) + b'"'
+            assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=over) == 413
+
+            # Chunked: httpx sends a generator body with transfer-encoding: chunked.
+            def chunks(body: bytes, n: int) -> Any:
+                for i in range(0, len(body), n):
+                    yield body[i : i + n]
+
+            assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=chunks(at, 7001),
+                           headers={"content-type": "application/json"}) == 200  # fmt: skip
+            assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=chunks(over, 7001)) == 413
+            big = b"x" * (4 * LIMIT)
+            assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=chunks(big, 65536)) == 413
+            # A declared length far over the limit is refused before any body arrives.
+            head = f"POST /Greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-length: {10**12}\r\n\r\n"
+            assert ck.raw(ing, head.encode(), "content-length 10**12") == 413
+
+            # 10,000-deep JSON, as the input of a handler and as an admin body.
+            deep = b"[" * 10_000 + b"]" * 10_000
+            deep_obj = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+            for url in (f"{ib}/Greeter/greet", f"{ib}/Counter/deep/add"):
+                for body in (deep, deep_obj):
+                    st_ = ck.http(c, "POST", url, content=body,
+                                  headers={"content-type": "application/json"})  # fmt: skip
+                    assert 400 <= st_ < 500, (url, st_)
+            for path in ("/deployments", "/subscriptions", "/kafka-clusters", "/query"):
+                st_ = ck.http(c, "POST", f"http://127.0.0.1:{adm}{path}", content=deep,
+                              headers={"content-type": "application/json"})  # fmt: skip
+                assert 400 <= st_ < 500, (path, st_)
+
+            # Malformed request lines, headers, lengths and chunk sizes.
+            bad = [
+                b"GARBAGE\r\n\r\n",
+                b"GET / HTTP/9.9\r\n\r\n",
+                b"GET /Greeter/greet HTTP/1.1\r\nno-colon-here\r\n\r\n",
+                b"POST /Greeter/greet HTTP/1.1\r\ncontent-length: abc\r\n\r\n",
+                b"POST /Greeter/greet HTTP/1.1\r\ncontent-length: -5\r\n\r\n\"hello\"",
+                b"POST /Greeter/greet HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                b"POST /Greeter/greet HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n-1\r\nab\r\n0\r\n\r\n",
+                b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
+                b"GET / HTTP/1.1\r\n" + b"x-h: " + b"v" * 70_000 + b"\r\n\r\n",
+            ]  # fmt: skip
+            for port in (ing, adm):
+                for payload in bad:
+                    st_ = ck.raw(port, payload, repr(payload[:80]))
+                    assert 400 <= st_ < 500, (payload[:80], st_)
+
+            # Malformed paths and keys.
+            paths = [
+                "/", "//", "/%00", "/Greeter", "/Greeter/", "/Greeter/nope", "/Nope/x",
+                "/Counter//add", "/Counter/%ff%fe/add", "/Counter/a/b/c/d/e", "/Counter/k/add/send?delay=x",
+                "/Counter/k/add/send?delay=-1s", "/Counter/k/add/send?delay=99999999999999d",
+                "/restate/invocation/garbage/output", "/restate/invocation/inv_1/attach",
+                "/restate/awakeables/zzz/resolve", "/restate/workflow/Nope/x/attach",
+                "/restate/invocation/" + "9" * 5000 + "/output", "/Greeter/greet/extra/bits",
+            ]  # fmt: skip
+            for path in paths:
+                for method in ("GET", "POST", "DELETE"):
+                    st_ = ck.http(c, method, ib + path, content=b'"x"')
+                    assert st_ < 500, (method, path, st_)
+            for header in ({"idempotency-key": "k" * 20_000}, {"idempotency-key": ""},
+                           {"content-type": "text/\x7f"}):  # fmt: skip
+                st_ = ck.http(c, "POST", f"{ib}/Counter/h/add", content=b"1", headers=header)
+                assert st_ < 500, (header, st_)
+            admin_paths = ["/invocations/garbage/cancel", "/invocations/inv_zz/kill",
+                           "/invocations//purge", "/deployments/nope", "/services/Nope",
+                           "/subscriptions/nope", "/kafka-clusters/nope", "/openapi/x"]  # fmt: skip
+            for path in admin_paths:
+                for method in ("GET", "POST", "PATCH", "DELETE"):
+                    st_ = ck.http(c, method, f"http://127.0.0.1:{adm}{path}", content=b"{")
+                    assert st_ < 500, (method, path, st_)
+
+            # Slow senders: one byte every 20 ms while other requests go on.
+            t0 = time.monotonic()
+            with socket.create_connection(("127.0.0.1", ing), timeout=10) as slow:
+                req = b'POST /Greeter/greet HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n"slow!"'
+                for i, b in enumerate(req):
+                    slow.sendall(bytes([b]))
+                    if i % 20 == 0:
+                        assert c.post(f"{ib}/Greeter/greet", json="other").status_code == 200
+                    time.sleep(0.02)
+                answer = slow.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+            # Half-open connections that never finish their headers do not stop the others.
+            idle = [
+                socket.create_connection(("127.0.0.1", p)) for p in (ing, adm) for _ in range(50)
+            ]
+            for s in idle:
+                s.sendall(b"POST /Greeter/greet HTTP/1.1\r\ncontent-len")
+            assert c.post(f"{ib}/Greeter/greet", json="meanwhile").status_code == 200
+            assert c.get(f"http://127.0.0.1:{adm}/health").status_code == 200
+            for s in idle:
+                s.close()
+            figures["slow_sender_s"] = round(time.monotonic() - t0, 2)
+            figures["half_open_connections"] = len(idle)
+
+            # Property-based: random methods, paths built from the routes, bodies and headers.
+            segment = st.one_of(
+                st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+                .map(lambda s: quote(s, safe="")),
+                st.sampled_from(["", "..", ".", "%", "%zz", "%00", "%ff", "inv_1", "a" * 300, "x;y", "%2F"]),
+            )  # fmt: skip
+            routes = st.sampled_from(
+                ["{s}", "{s}/{s}", "Greeter/{s}", "Counter/{s}/{s}", "Counter/{s}/add",
+                 "Counter/{s}/add/send", "Signup/{s}/run", "restate/invocation/{s}/output",
+                 "restate/invocation/{s}/attach", "restate/awakeables/{s}/resolve",
+                 "restate/awakeables/{s}/reject", "restate/workflow/{s}/{s}/output",
+                 "deployments/{s}", "services/{s}", "services/{s}/handlers/{s}",
+                 "invocations/{s}/cancel", "invocations/{s}/purge", "subscriptions/{s}",
+                 "kafka-clusters/{s}", "query"]
+            )  # fmt: skip
+            json_values = st.recursive(
+                st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                max_leaves=20,
+            )  # fmt: skip
+            bodies = st.one_of(
+                st.binary(max_size=300),
+                json_values.map(lambda v: __import__("json").dumps(v).encode()),
+            )
+            fuzzed = {"n": 0}
+
+            @hypothesis_seed(seed)
+            @settings(max_examples=400, deadline=None, database=None, derandomize=False,
+                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            @given(
+                port=st.sampled_from([ing, adm]),
+                method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]),
+                route=routes,
+                segs=st.lists(segment, min_size=4, max_size=4),
+                query=st.sampled_from(["", "?delay=1ms", "?delay=zz", "?force=maybe", "?x=%ff"]),
+                body=bodies,
+                ikey=st.none() | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
+                ctype=st.sampled_from(["application/json", "text/plain", "", "application/octet-stream"]),
+            )  # fmt: skip
+            def fuzz(port: int, method: str, route: str, segs: list[str], query: str,
+                     body: bytes, ikey: str | None, ctype: str) -> None:  # fmt: skip
+                path = "/" + route.replace("{s}", "{}").format(*segs[: route.count("{s}")])
+                headers = {"content-type": ctype} if ctype else {}
+                if ikey is not None:
+                    headers["idempotency-key"] = ikey
+                fuzzed["n"] += 1
+                st_ = ck.http(c, method, f"http://127.0.0.1:{port}{path}{query}",
+                              content=body if method not in ("GET", "HEAD") else None,
+                              headers=headers)  # fmt: skip
+                assert st_ < 500, (method, port, path, query, body[:100], st_)
+
+            fuzz()
+            figures["fuzzed_requests"] = fuzzed["n"]
+            assert c.post(f"{ib}/Greeter/greet", json="after").status_code == 200
+            rss1 = rss_mb(broker.proc.pid)
+            figures["rss_start_mb"] = round(rss0, 1)
+            figures["rss_end_mb"] = round(rss1, 1)
+            figures["rss_growth_mb"] = round(rss1 - rss0, 1)
+    finally:
+        err = broker.stop()
+        svc.stop()
+        figures["statuses"] = ck.statuses
+        figures["rejected_but_appended"] = ck.rejected_appends
+        figures["server_errors"] = ck.server_errors[:20]
+    assert not ck.server_errors, ck.server_errors[:20]
+    assert figures["rss_growth_mb"] < 50
+    assert "Traceback" not in err, err[-3000:]
