@@ -299,7 +299,9 @@ class Invocation:
     def awakeable_id(self, signal_idx: int) -> str:
         assert self.start is not None
         raw = self.start.id + struct.pack(">I", signal_idx)
-        return "prom_1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        # "sign_1": a signal-based awakeable (protocol v5+); "prom_1" named the old,
+        # completion-based kind, which restate-server would look up in the journal.
+        return "sign_1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def has_completion(self, cid: int) -> bool:
         return ("c", cid) in self._results or cid in self._queued_completions
