@@ -1,11 +1,8 @@
 """Awakeables: a handler waits on an id that someone else completes through the ingress.
 
-PENDING, not collected (the file name does not start with `test_`), not committed: with the
-Sluice SDK on restate-server these tests fail, because sdk/_vm.py builds awakeable ids as
-`prom_1...` (restate's legacy awakeable id: invocation id + *completion index*) where restate
-expects `sign_1...` (a signal id: invocation id + signal index). restate-server then looks for
-completion 17 in the journal, finds none, and its partition processor exits in a loop. With
-`"sign_1"` in sdk/_vm.py all 24 cases pass; then rename this file to test_awakeables.py.
+The ids are `sign_1...` (invocation id + signal index). An SDK that says `prom_1...` (the
+legacy, completion-indexed form) makes restate-server look for a journal completion that
+does not exist: these tests caught exactly that in the Sluice SDK.
 """
 
 from __future__ import annotations
