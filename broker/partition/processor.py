@@ -57,6 +57,15 @@ class Processor:
         self.applied = _U64.unpack(raw)[0] if raw else 0
         batch: list[Record] = []
         for rec in self.log.read_from(self.applied + 1):  # type: ignore[arg-type]
+            if not batch and rec.lsn != self.applied + 1:
+                # The tables are older than the log's trim point (deleted, or restored from an
+                # old copy): replaying what is left would silently drop the trimmed entries.
+                raise RuntimeError(
+                    f"the tables have applied the log up to LSN {self.applied}, but the log "
+                    f"starts at LSN {rec.lsn}: its older part was trimmed by a checkpoint, so "
+                    "the tables cannot be rebuilt from it; restore the data directory's db/ "
+                    "from the same copy as its log/"
+                )
             batch.append(rec)
             if len(batch) >= 1000:
                 self._apply(batch)

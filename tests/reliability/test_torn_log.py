@@ -26,8 +26,9 @@ from broker.partition._context import Config, RetryPolicy
 from broker.partition.processor import Processor
 from broker.partition.state_machine import StateMachine
 from broker.schema import Registry
+from broker.server import Broker
 from broker.storage import COLUMN_FAMILIES, RocksDBStore
-from tests.broker.conftest import ServiceProcess
+from tests.broker.conftest import Client, ServiceProcess
 from tests.broker.test_crash import BrokerProcess
 
 REQUESTS = 600
@@ -218,3 +219,44 @@ async def test_torn_tail_and_deleted_tables(  # noqa: PLR0915
         err = broker.stop()
         svc.stop()
     assert "Traceback" not in err, err[-3000:]
+
+
+async def test_deleted_tables_after_a_trim_refuse_to_start(
+    tmp_path: Path, figures: dict[str, Any]
+) -> None:
+    """Tables rebuild from the log only while the log still holds every entry: once a
+    checkpoint trimmed it, deleting the tables must stop the broker with a clear error
+    instead of starting from a partial log (silently losing what the trimmed part held)."""
+    svc = ServiceProcess("tests.broker.restate_services")
+    svc.start()
+    settings = BrokerSettings(
+        data_dir=tmp_path / "d", ingress_port=0, admin_port=0, log_segment_bytes=4096
+    )
+    try:
+        b = Broker(settings)
+        await b.start()
+        c = Client(b)
+        await c.register(svc.uri)
+        for _ in range(40):
+            await c.call("/Counter/trimmed/add", 1)
+        figures["segments_trimmed"] = await b.checkpoint()
+        assert figures["segments_trimmed"] > 0
+        await c.close()
+        await b.stop()
+        shutil.rmtree(tmp_path / "d" / "db")
+        figures["faults_injected"] = 1
+        b2 = Broker(settings)
+        try:
+            await b2.start()
+        except RuntimeError as e:
+            figures["refused_with"] = str(e)
+            assert "trim" in str(e)
+        else:
+            c2 = Client(b2)
+            value = (await c2.call("/Counter/trimmed/get")).json()
+            await c2.close()
+            await b2.stop()
+            figures["counter_after_restart"] = value
+            raise AssertionError(f"started on a trimmed log without tables: counter {value}")
+    finally:
+        svc.stop()
