@@ -68,7 +68,10 @@ class AdminApi:
 
     def _query(self, req: Request) -> Response:
         try:
-            sql = json.loads(req.body or b"{}").get("query", "")
+            body = json.loads(req.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            sql = body.get("query", "")
             rows = run_query(self.broker.store, sql, partitions=self.broker.partitions)
         except QueryError as e:
             return _err(400, str(e))
@@ -103,6 +106,8 @@ class AdminApi:
             body = json.loads(req.body or b"{}")
         except ValueError as e:
             return _err(400, f"the body is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            return _err(400, 'POST /deployments takes a JSON object: {"uri": "http://host:port"}')
         uri = body.get("uri")
         if not isinstance(uri, str) or not uri:
             return _err(400, 'missing \'uri\': POST /deployments takes {"uri": "http://host:port"}')

@@ -222,6 +222,17 @@ def test_hostile_http(
             figures["slow_sender_s"] = round(time.monotonic() - t0, 2)
             figures["half_open_connections"] = len(idle)
 
+            # Volume: bodies at and over the limit, again and again; memory must not keep them.
+            peak = rss0
+            for i in range(40):
+                unique = f'"{i:04d}{rng.getrandbits(64):016x}'.encode()
+                at_i = unique + b"v" * (LIMIT - len(unique) - 1) + b'"'
+                assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=at_i,
+                               headers={"content-type": "application/json"}) == 200  # fmt: skip
+                assert ck.http(c, "POST", f"{ib}/Greeter/greet", content=chunks(big, 65536)) == 413
+                peak = max(peak, rss_mb(broker.proc.pid))
+            figures["limit_bodies_sent"] = 80
+
             # Property-based: random methods, paths built from the routes, bodies and headers.
             segment = st.one_of(
                 st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
@@ -280,6 +291,7 @@ def test_hostile_http(
             figures["rss_start_mb"] = round(rss0, 1)
             figures["rss_end_mb"] = round(rss1, 1)
             figures["rss_growth_mb"] = round(rss1 - rss0, 1)
+            figures["rss_peak_mb"] = round(max(peak, rss1), 1)
     finally:
         err = broker.stop()
         svc.stop()
