@@ -144,6 +144,7 @@ def test_hostile_http(
             assert ck.raw(ing, head.encode(), "content-length 10**12") == 413
 
             # 10,000-deep JSON, as the input of a handler and as an admin body.
+            quiet_from = log_bytes(data)  # from here to the paths, every request is refused
             deep = b"[" * 10_000 + b"]" * 10_000
             deep_obj = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
             for url in (f"{ib}/Greeter/greet", f"{ib}/Counter/deep/add"):
@@ -172,6 +173,10 @@ def test_hostile_http(
                 for payload in bad:
                     st_ = ck.raw(port, payload, repr(payload[:80]))
                     assert 400 <= st_ < 500, (payload[:80], st_)
+
+            # Checked per request above, and once more after group commit had time to run.
+            time.sleep(0.3)
+            assert log_bytes(data) == quiet_from, "a refused request was appended to the log"
 
             # Malformed paths and keys.
             paths = [
