@@ -16,11 +16,13 @@ deletes the rows (so trimming is a log command, replayed alike on every node).
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sdk.protocol import Header, Message
-from sdk.protocol._proto import BOOL, BYTES, OPT_BYTES, REP_MSG, REP_UINT, STRING, UINT
+from sdk.protocol._proto import BOOL, BYTES, OPT_BYTES, REP_MSG, STRING, UINT
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -94,10 +96,37 @@ class KafkaBatch(Message):
     consumer: ``items`` is the records' JSON objects joined by commas, ``ends[j]`` the end
     of the j-th, so a batch that partly overlaps what was ingested can be cut."""
 
-    offsets: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
+    packed_offsets: bytes = b""  # u64 little-endian each (an array, not a varint per record)
+    packed_ends: bytes = b""
     items: bytes = b""
-    _schema: ClassVar = ((1, "offsets", REP_UINT), (2, "ends", REP_UINT), (3, "items", BYTES))
+    _schema: ClassVar = (
+        (1, "packed_offsets", BYTES),
+        (2, "packed_ends", BYTES),
+        (3, "items", BYTES),
+    )
+
+    @property
+    def offsets(self) -> list[int]:
+        return unpack_u64(self.packed_offsets)
+
+    @property
+    def ends(self) -> list[int]:
+        return unpack_u64(self.packed_ends)
+
+
+def pack_u64(values: list[int]) -> bytes:
+    a = array("Q", values)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_u64(data: bytes) -> list[int]:
+    a = array("Q")
+    a.frombytes(data)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tolist()
 
 
 @dataclass(slots=True)

@@ -40,13 +40,16 @@ class Out:
         return h["sluice-producer"], int(h["sluice-seq"]), int(h["sluice-part"])
 
 
-def read_output(kafka: Tansu, topic: str, want: int, within: float = 60.0) -> list[Out]:
-    """Committed records of ``topic`` (read_committed), once ``want`` arrived or time is up."""
+def read_output(
+    kafka: Tansu, topic: str, want: int, within: float = 60.0, *, committed: bool = True
+) -> list[Out]:
+    """Committed records of ``topic`` (read_committed), once ``want`` arrived or time is up
+    (``committed=False``: every record, for diagnostics)."""
     c = Consumer(
         {
             "bootstrap.servers": kafka.bootstrap,
             "group.id": "egress-test-reader",
-            "isolation.level": "read_committed",
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
         }
     )
     try:

@@ -136,6 +136,20 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
             got_obj = await asyncio.to_thread(read_output, kafka, out_obj, RECORDS, 60)
             got_stream = await asyncio.to_thread(read_output, kafka, out_stream, RECORDS, 60)
             print(f"{RECORDS} records x 3 pipelines in {time.monotonic() - started:.0f}s")
+            for name, got, out in (("map", got_map, out_map), ("obj", got_obj, out_obj)):
+                if len(got) < RECORDS:  # diagnostics: per partition, committed vs all
+                    raw = await asyncio.to_thread(
+                        read_output, kafka, out, RECORDS, 20, committed=False
+                    )
+                    per = {
+                        n: (
+                            sum(1 for o in got if o.partition == n),
+                            sum(1 for o in raw if o.partition == n),
+                        )
+                        for n in range(4)
+                    }
+                    r = await c.get(f"{admin}/egress")
+                    print(f"{name}: (read_committed, all) per partition {per}; {r.text}")
             check_exactly_once(got_map, want)
             check_exactly_once(got_obj, want)
             check_exactly_once(got_stream, want)

@@ -32,6 +32,7 @@ from .._outbox import (
     OutboxState,
     outbox_key,
     outbox_prefix,
+    pack_u64,
     parse_outbox_key,
 )
 from .._records import Invoke, KafkaIngest, KafkaRecord, Kind, Sink, SinkKind, Status
@@ -250,13 +251,14 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
     pk = partition_key_of(cmd.producer)
     keyed = cmd.kind != Kind.SERVICE
     for b in cmd.batches:
-        if not b.offsets or b.offsets[-1] <= last:
+        offsets = b.offsets
+        if not offsets or offsets[-1] <= last:
             continue
         first = 0
-        while b.offsets[first] <= last:
+        while offsets[first] <= last:
             first += 1
         items = b.items if first == 0 else b.items[b.ends[first - 1] + 1 :]
-        end = b.offsets[-1]
+        end = offsets[-1]
         top = max(top, end)
         iid = InvocationId.derive(
             pk, "kafka-batch", cmd.producer, _U64.pack(cmd.generation), _U64.pack(end)
@@ -279,7 +281,7 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
                 headers=[
                     p.Header(key="kafka.topic", value=cmd.topic),
                     p.Header(key="kafka.partition", value=str(cmd.partition)),
-                    p.Header(key="kafka.offset", value=str(b.offsets[first])),
+                    p.Header(key="kafka.offset", value=str(offsets[first])),
                     p.Header(key="kafka.last-offset", value=str(end)),
                     p.Header(key="content-type", value="application/json"),
                 ],
@@ -302,26 +304,44 @@ def pack_batches(cmd: KafkaIngest) -> None:
     to ``cmd.batch_max`` JSON items (``{"offset", "key", "value" (JSON) or "value_b64",
     "headers"}``); the others stay in ``cmd.records``, to be dead-lettered."""
     dead: list[KafkaRecord] = []
-    batch = KafkaBatch()
-    size = 0
-    items: list[bytes] = []
+    packer = _Packer(cmd)
     for rec in cmd.records:
         if rec.reason:
             dead.append(rec)
-            continue
-        item = _item(rec)
-        size += len(item) + (1 if items else 0)
-        items.append(item)
-        batch.offsets.append(rec.offset)
-        batch.ends.append(size)
-        if len(items) >= cmd.batch_max:
-            batch.items = b",".join(items)
-            cmd.batches.append(batch)
-            batch, size, items = KafkaBatch(), 0, []
-    if items:
-        batch.items = b",".join(items)
-        cmd.batches.append(batch)
+        else:
+            packer.add(rec.offset, _item(rec))
+    packer.finish()
     cmd.records = dead
+
+
+class _Packer:
+    """Cuts items into KafkaBatch messages of up to ``cmd.batch_max``."""
+
+    def __init__(self, cmd: KafkaIngest) -> None:
+        self.cmd = cmd
+        self.items: list[bytes] = []
+        self.offsets: list[int] = []
+        self.ends: list[int] = []
+        self.size = 0
+
+    def add(self, offset: int, item: bytes) -> None:
+        self.size += len(item) + (1 if self.items else 0)
+        self.items.append(item)
+        self.offsets.append(offset)
+        self.ends.append(self.size)
+        if len(self.items) >= self.cmd.batch_max:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.items:
+            self.cmd.batches.append(
+                KafkaBatch(
+                    packed_offsets=pack_u64(self.offsets),
+                    packed_ends=pack_u64(self.ends),
+                    items=b",".join(self.items),
+                )
+            )
+        self.items, self.offsets, self.ends, self.size = [], [], [], 0
 
 
 _SCAN = json.JSONDecoder().scan_once  # one JSON value, without json.loads' per-call costs
@@ -341,9 +361,7 @@ def pack_messages(
     """Consumer side, JSON values: Kafka messages straight into packed batches, each value
     checked to be one JSON value; a message that fails a check goes through ``record`` (the
     consumer's own checks), which dead-letters it or gives the record to pack."""
-    batch = KafkaBatch()
-    size = 0
-    items: list[bytes] = []
+    packer = _Packer(cmd)
     dead: list[KafkaRecord] = []
     for m in msgs:
         v, k = m.value, m.key
@@ -368,17 +386,8 @@ def pack_messages(
                 dead.append(rec)
                 continue
             item = _item(rec)
-        size += len(item) + (1 if items else 0)
-        items.append(item)
-        batch.offsets.append(m.offset)
-        batch.ends.append(size)
-        if len(items) >= cmd.batch_max:
-            batch.items = b",".join(items)
-            cmd.batches.append(batch)
-            batch, size, items = KafkaBatch(), 0, []
-    if items:
-        batch.items = b",".join(items)
-        cmd.batches.append(batch)
+        packer.add(m.offset, item)
+    packer.finish()
     cmd.records = dead
 
 
