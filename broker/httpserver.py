@@ -168,12 +168,7 @@ class _Conn(asyncio.Protocol):
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise ValueError(f"bad request line {lines[0][:100]!r}")
         method, target, _ = parts
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            k, sep, v = line.partition(":")
-            if not sep:
-                raise ValueError("bad header line")
-            headers[k.strip().lower()] = v.strip()
+        headers = _headers(lines[1:])
         pos = end + 4
         if "chunked" in headers.get("transfer-encoding", "").lower():
             body = bytearray()
@@ -212,6 +207,22 @@ class _Conn(asyncio.Protocol):
         del buf[:pos]
         path, _, qs = target.partition("?")
         return Request(method, target, headers, data, path, dict(parse_qsl(qs)) if qs else {})
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        k, sep, v = line.partition(":")
+        if not sep:
+            raise ValueError("bad header line")
+        k, v = k.strip().lower(), v.strip()
+        if k == "content-length" and headers.get(k, v) != v:
+            raise ValueError("conflicting content-length headers")  # RFC 9112, 6.3
+        headers[k] = v
+    if "transfer-encoding" in headers and "content-length" in headers:
+        # Two framings: a proxy in front may read the other one (request smuggling).
+        raise ValueError("both transfer-encoding and content-length")
+    return headers
 
 
 async def serve(handler: Handler, host: str, port: int, *, body_limit: int) -> asyncio.Server:

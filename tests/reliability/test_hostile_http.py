@@ -168,6 +168,9 @@ def test_hostile_http(
                 b"POST /Greeter/greet HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n-1\r\nab\r\n0\r\n\r\n",
                 b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
                 b"GET / HTTP/1.1\r\n" + b"x-h: " + b"v" * 70_000 + b"\r\n\r\n",
+                # Smuggling shapes: both framings at once, and two different lengths.
+                b"POST /Greeter/greet HTTP/1.1\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                b'POST /Greeter/greet HTTP/1.1\r\ncontent-length: 7\r\ncontent-length: 2\r\n\r\n"hello"',
             ]  # fmt: skip
             for port in (ing, adm):
                 for payload in bad:
