@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.kafka import TopicAdmin
+from connectors.kafka import Consumer, TopicAdmin, TopicPartitionOffset
 from examples.orders import sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +38,11 @@ console = Console()
 
 class DemoError(Exception):
     """Something the demo needs did not come up; the message says what."""
+
+
+# Each subscription's results leave, exactly once, to its own output topic.
+OUTPUTS = {"enrich-orders": "orders-enriched", "customer-totals": "customer-totals"}
+SINKS = {"enrich-orders": "OrderEnricher/enrich", "customer-totals": "Customer/add_order"}
 
 
 def _free_port(preferred: int) -> int:
@@ -62,6 +67,20 @@ def _wait_http(url: str, what: str, proc: subprocess.Popen[bytes], timeout: floa
         except (urllib.error.URLError, OSError):
             time.sleep(0.2)
     raise DemoError(f"{what} did not answer on {url} within {timeout:.0f}s")
+
+
+def _wait_tcp(address: str, timeout: float) -> None:
+    """Wait until host:port (the first of a bootstrap list) accepts connections."""
+    host, _, port = address.split(",", maxsplit=1)[0].rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise DemoError(f"Kafka at {address} is not listening: {exc}") from None
+            time.sleep(0.1)
 
 
 def _call(method: str, url: str, body: Any = None) -> Any:
@@ -101,6 +120,7 @@ class Processes:
         return proc
 
     def stop(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
         for _name, proc in reversed(self.children):
             if proc.poll() is None:
                 proc.terminate()
@@ -141,18 +161,24 @@ def _run(args: argparse.Namespace, work: Path, procs: Processes) -> int:
     started = time.monotonic()
     sample.produce(bootstrap, "orders", orders)
     console.print(f"Produced [bold]{len(orders)}[/bold] orders for {args.customers} customers")
-    _watch_ingest(admin_url, 2 * len(orders), started, args.timeout)  # two subscriptions
+    results = _watch(admin_url, bootstrap, len(orders), started, args.timeout)
     elapsed = time.monotonic() - started
     exact = _summary(ingress_url, orders, args.timeout)
+    enriched = results["orders-enriched"]
+    once = len({r["id"] for r in enriched}) == len(enriched) == len(orders)
+    tiers: dict[str, int] = {}
+    for r in enriched:
+        tiers[r["tier"]] = tiers.get(r["tier"], 0) + 1
     console.print(
-        f"[green]{len(orders)} orders[/green] in {elapsed:.1f}s "
-        f"({2 * len(orders) / elapsed:,.0f} invocations/s); "
+        f"[green]{len(orders)} orders[/green] in and out in {elapsed:.1f}s "
+        f"({2 * len(orders) / elapsed:,.0f} invocations/s)\n"
+        f"orders-enriched: every order exactly once: [bold]{once}[/bold]; tiers: {tiers}\n"
         f"customers exact: [bold]{exact[0]}/{exact[1]}[/bold]; dead letters: 0"
     )
     if args.keep_running:
         console.print("Running; Ctrl-C to stop.")
         signal.pause()
-    return 0 if exact[0] == exact[1] else 1
+    return 0 if exact[0] == exact[1] and once else 1
 
 
 def _kafka(procs: Processes) -> str:
@@ -180,6 +206,7 @@ def _kafka(procs: Processes) -> str:
         )
         console.print(f"Kafka: local Tansu on [bold]{bootstrap}[/bold] (memory storage)")
 
+    _wait_tcp(bootstrap, 30)
     admin = TopicAdmin({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + 30
     while True:
@@ -190,7 +217,7 @@ def _kafka(procs: Processes) -> str:
             if time.monotonic() > deadline:
                 raise DemoError(f"Kafka at {bootstrap} is not answering: {exc}") from None
             time.sleep(0.3)
-    for topic in ("orders", "orders-dlq"):
+    for topic in ("orders", *OUTPUTS.values(), "orders-dlq"):
         admin.create_topic(topic, partitions=4)
     return bootstrap
 
@@ -231,44 +258,62 @@ def _sluice(procs: Processes, work: Path, bootstrap: str) -> tuple[str, str]:
         f"{admin_url}/kafka-clusters",
         {"name": "local", "properties": {"bootstrap.servers": bootstrap}},
     )
-    for name, sink in (
-        ("enrich-orders", "OrderEnricher/enrich"),
-        ("customer-totals", "Customer/add_order"),
-    ):
+    for name, sink in SINKS.items():
+        options = {
+            "name": name,
+            "dead_letter_topic": "orders-dlq",
+            "output_topic": OUTPUTS[name],
+            "auto.offset.reset": "earliest",
+        }
         _call(
             "POST",
             f"{admin_url}/subscriptions",
-            {
-                "source": "kafka://local/orders",
-                "sink": f"service://{sink}",
-                "options": {
-                    "name": name,
-                    "dead_letter_topic": "orders-dlq",
-                    "auto.offset.reset": "earliest",
-                },
-            },
+            {"source": "kafka://local/orders", "sink": f"service://{sink}", "options": options},
         )
-    console.print("Subscriptions: [bold]orders[/bold] → OrderEnricher/enrich, Customer/add_order")
+    console.print(
+        "Subscriptions: [bold]orders[/bold] → OrderEnricher/enrich → [bold]orders-enriched[/bold], "
+        "Customer/add_order → [bold]customer-totals[/bold]"
+    )
     return ingress_url, admin_url
 
 
-def _watch_ingest(admin_url: str, expected: int, started: float, timeout: float) -> None:
+def _watch(
+    admin_url: str, bootstrap: str, count: int, started: float, timeout: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Progress: records ingested, then results committed on each output topic."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "sluice-demo",
+            "isolation.level": "read_committed",
+        }
+    )
+    reader.assign([TopicPartitionOffset(t, p, 0) for t in OUTPUTS.values() for p in range(4)])
+    results: dict[str, list[dict[str, Any]]] = {topic: [] for topic in OUTPUTS.values()}
     with Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("[bold]{task.description:<34}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("ingested exactly once", total=expected)
+        ingested = progress.add_task("orders ingested (2 subscriptions)", total=2 * count)
+        outputs = {t: progress.add_task(f"results on {t}", total=count) for t in results}
         done = 0
-        while done < expected:
+        while not all(len(r) >= count for r in results.values()):
+            for m in reader.consume(500, 0.2):
+                if m.value is not None:
+                    results[m.topic].append(json.loads(m.value))
             subs = _call("GET", f"{admin_url}/subscriptions")["subscriptions"]
             done = sum(p["ingested"] for s in subs for p in s["status"]["partitions"])
-            progress.update(task, completed=min(done, expected))
+            progress.update(ingested, completed=min(done, 2 * count))
+            for topic, task in outputs.items():
+                progress.update(task, completed=min(len(results[topic]), count))
             if time.monotonic() - started > timeout:
-                raise DemoError(f"only {done} of {expected} records ingested after {timeout}s")
-            time.sleep(0.25)
+                got = {t: len(r) for t, r in results.items()}
+                raise DemoError(f"after {timeout:.0f}s: {done} ingested, results {got}")
+    reader.close()
+    return results
 
 
 def _summary(
