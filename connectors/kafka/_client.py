@@ -160,7 +160,7 @@ class Producer:
         self._p = ck.Producer(conf)
         self._errors: list[str] = []
 
-    def _on_delivery(self, err: ck.KafkaError | None, _msg: object) -> None:
+    def _on_delivery(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
         if err is not None:
             self._errors.append(err.str())
 
@@ -188,9 +188,13 @@ class Producer:
                 raise _wrap(e) from None
 
     def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every record produced so far is acknowledged (or raise)."""
         left = self._p.flush(timeout)
         if left:
             raise KafkaError(f"{left} records not delivered after {timeout}s", retriable=True)
+        self._raise_delivery_errors()
+
+    def _raise_delivery_errors(self) -> None:
         if self._errors:
             errors, self._errors = self._errors, []
             raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
@@ -226,15 +230,15 @@ class TopicAdmin:
         return sorted(self._a.list_topics(timeout=timeout).topics)
 
 
-class TransactionalProducer:
+class TransactionalProducer(Producer):
     """A transactional producer with a stable ``transactional.id`` (Kafka egress).
 
     ``init`` fences an earlier producer of the same id and resolves its open transaction
     (Kafka aborts it; Tansu, the test broker, makes it visible). Every error is raised as
     ``KafkaError``; after one, the caller drops the producer and builds a new one (never
     ``abort``: on Tansu an aborted transaction's records stay visible).
-    ``produce`` records the offset of each delivered record in ``delivered``, by
-    (topic, partition): the highest offset plus one, known after ``flush``.
+    ``produce`` (inherited) records the offset of each delivered record in ``delivered``,
+    by (topic, partition): the highest offset plus one, known after ``flush``.
     """
 
     def __init__(self, properties: Mapping[str, str], transactional_id: str) -> None:
@@ -273,46 +277,12 @@ class TransactionalProducer:
         except ck.KafkaException as e:
             raise _wrap(e) from None
 
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes | str | None]] = (),
-        partition: int | None = None,
-    ) -> None:
-        kw: dict[str, object] = {"key": key, "value": value, "on_delivery": self._on_delivery}
-        if headers:
-            kw["headers"] = list(headers)
-        if partition is not None:
-            kw["partition"] = partition
-        while True:
-            try:
-                self._p.produce(topic, **kw)
-                return
-            except BufferError:
-                self._p.poll(0.05)
-            except ck.KafkaException as e:
-                raise _wrap(e) from None
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every record produced so far is acknowledged (or raise)."""
-        left = self._p.flush(timeout)
-        if left:
-            raise KafkaError(f"{left} records not delivered after {timeout}s", retriable=True)
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
-
     def commit(self, timeout: float = 30.0) -> None:
         try:
             self._p.commit_transaction(timeout)
         except ck.KafkaException as e:
             raise _wrap(e) from None
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
+        self._raise_delivery_errors()
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int] | None:
         try:
