@@ -10,12 +10,10 @@ import abc
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-from ._process import HarnessError, ManagedProcess, free_port
+from ._process import HarnessError, ManagedProcess, Supervised, free_port
 
 RESTATE_VERSION = "1.7.12"
 _RESTATE_ENV = "SLUICE_RESTATE_SERVER"
@@ -57,7 +55,7 @@ def _http_ok(url: str) -> bool:
         return bool(200 <= response.status < 300)
 
 
-class Broker(abc.ABC):
+class Broker(Supervised, abc.ABC):
     """A broker process speaking Restate's ingress and admin HTTP APIs.
 
     `start` returns once both APIs answer their health checks; `stop` shuts down gracefully,
@@ -69,9 +67,7 @@ class Broker(abc.ABC):
 
     def __init__(self, *, work_dir: Path | None = None, startup_timeout: float = 30.0) -> None:
         # work_dir holds the broker's log, its config and its data directory.
-        self._owns_dir = work_dir is None
-        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._init_work_dir(work_dir, f"{self.name}-")
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
         self.ingress_port = 0
@@ -166,31 +162,6 @@ class Broker(abc.ABC):
     def kill(self) -> None:
         if self._process is not None:
             self._process.kill()
-
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop (or SIGKILL) and start again, keeping ports and data."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def __enter__(self) -> Broker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} ingress={self.ingress_url} admin={self.admin_url}>"

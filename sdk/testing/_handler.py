@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
-from types import TracebackType
 
-from ._process import HarnessError, ManagedProcess, free_port, port_is_open
+from ._process import HarnessError, ManagedProcess, Supervised, free_port, port_is_open
 
 ALWAYS_REPLAY_ENV = "SLUICE_ALWAYS_REPLAY"
 
 
-class HandlerProcess:
+class HandlerProcess(Supervised):
     """An ASGI app (`module:attr`) served by hypercorn on a free loopback port.
 
     `env` is added to the inherited environment (for example a side-effect log path);
@@ -39,9 +36,7 @@ class HandlerProcess:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.startup_timeout = startup_timeout
-        self._owns_dir = work_dir is None
-        self.work_dir = Path(tempfile.mkdtemp(prefix="handler-")) if work_dir is None else work_dir
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._init_work_dir(work_dir, "handler-")
         source = cwd if cwd is not None else Path.cwd()
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -127,27 +122,3 @@ class HandlerProcess:
     def kill(self) -> None:
         """SIGKILL the handler process, mid-whatever it is doing."""
         self._process.kill()
-
-    def restart(self, *, kill: bool = False) -> None:
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def __enter__(self) -> HandlerProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class HarnessError(RuntimeError):
@@ -52,6 +56,53 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Supervised:
+    """What the broker and the handler process share: a work directory (temporary unless
+    given, then removed on close), `restart`, `close`, and use as a context manager.
+    Subclasses provide `start`, `stop` and `kill`."""
+
+    work_dir: Path
+
+    def _init_work_dir(self, work_dir: Path | None, prefix: str) -> None:
+        self._owns_dir = work_dir is None
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix=prefix))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (or SIGKILL) and start again, keeping ports and data."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class ManagedProcess:
