@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.config import BrokerSettings
 from broker.server import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,22 +87,6 @@ def restate_service(markers: Path) -> Iterator[ServiceProcess]:
     svc.start()
     yield svc
     svc.stop()
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(
-        BrokerSettings(
-            data_dir=tmp_path / "data",
-            ingress_port=0,
-            admin_port=0,
-            inactivity_timeout_s=5,
-            abort_timeout_s=5,
-        )
-    )
-    await b.start()
-    yield b
-    await b.stop()
 
 
 class Client:

@@ -14,7 +14,7 @@ import pytest
 from connectors.kafka import Consumer, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING
 from tests.broker.conftest import ServiceProcess
-from tests.ingress_kafka.conftest import Admin, admin, broker, new_topic, produce  # noqa: F401
+from tests.ingress_kafka.conftest import Admin, admin, new_topic, produce  # noqa: F401
 from tests.kafka import Tansu
 
 

@@ -1,1 +1,1 @@
-from tests.broker.conftest import broker, client, markers, restate_service  # noqa: F401
+from tests.broker.conftest import client, markers, restate_service  # noqa: F401

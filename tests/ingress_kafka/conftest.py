@@ -8,14 +8,12 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from broker.config import BrokerSettings
 from broker.server import Broker
 from connectors.kafka import Producer
 from tests.broker.conftest import ServiceProcess
@@ -57,22 +55,6 @@ def produce(
         v = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
         p.produce(topic, v, key=k, partition=part)
     p.flush()
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(
-        BrokerSettings(
-            data_dir=tmp_path / "data",
-            ingress_port=0,
-            admin_port=0,
-            inactivity_timeout_s=5,
-            abort_timeout_s=5,
-        )
-    )
-    await b.start()
-    yield b
-    await b.stop()
 
 
 class Admin:

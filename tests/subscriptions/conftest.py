@@ -1,3 +1,3 @@
-from tests.ingress_kafka.conftest import admin, broker, restate_counter
+from tests.ingress_kafka.conftest import admin, restate_counter
 
-__all__ = ["admin", "broker", "restate_counter"]
+__all__ = ["admin", "restate_counter"]
