@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sdk import protocol as p
-
 from broker.schema import Deployment, Registry
+from sdk import protocol as p
 
 from . import actions as a
 from ._context import Config, Ctx
+from ._outbox import EgressCommitted
 from ._records import (
     Attach,
     DeadLettered,
@@ -33,9 +33,8 @@ from ._records import (
     TimerKind,
 )
 from .entries import attach, calls, promises, signals, sleep, state
-from ._outbox import EgressCommitted
-from .lifecycle import attempt, complete, egress, invoke, kafka, manage
 from .lifecycle import attach as attach_lc
+from .lifecycle import attempt, complete, egress, invoke, kafka, manage
 
 _Handler = Callable[[Ctx, Status, Any], None]
 
@@ -118,8 +117,16 @@ class StateMachine:
 
     def _effects(self, ctx: Ctx, cmd: Effects) -> None:
         st = ctx.status(cmd.id)
-        if st is None or st.phase != Phase.INVOKED or st.epoch != cmd.epoch:
-            return  # a stream from an earlier attempt: it may not append anything
+        if st is None:
+            return
+
+        def current() -> bool:
+            # A stream from an earlier attempt, or one whose attempt just ended, may not
+            # append anything; a frame can end the attempt, so this is asked per frame.
+            return st.phase == Phase.INVOKED and st.epoch == cmd.epoch
+
+        if not current():
+            return
         if cmd.frames:
             try:
                 frames = p.decode_all(cmd.frames)
@@ -128,10 +135,10 @@ class StateMachine:
                 attempt.attempt_failed(ctx, st, 571, f"protocol violation: {e}", None)
                 return
             for frame in frames:
-                if st.phase != Phase.INVOKED or st.epoch != cmd.epoch:
+                if not current():
                     return
                 self._frame(ctx, st, frame)
-        if cmd.transport_failure is not None and st.phase == Phase.INVOKED and st.epoch == cmd.epoch:
+        if cmd.transport_failure is not None and current():
             f = cmd.transport_failure
             attempt.attempt_failed(ctx, st, f.code, f.message, None)
 
