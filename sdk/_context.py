@@ -10,7 +10,7 @@ import random as _random
 import time
 import uuid as _uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -48,7 +48,6 @@ class Request:
     id: str
     headers: Mapping[str, str]
     body: bytes
-    attempt_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def _value(serde: Serde[Any]) -> Callable[[p.Notification], Any]:
