@@ -33,6 +33,11 @@ peers: venv $(RESTATE_SERVER)
 test: peers
 	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m pytest -q
 
+# The reliability suite's long variant (about an hour): more records, kills and programs.
+soak: peers
+	SLUICE_SOAK=1 SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m pytest -q \
+		--timeout 3600 tests/reliability
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -3,27 +3,43 @@
 Figures go to ``tests/reliability/.results/<test>.json`` (git-ignored), one file per test,
 so that a later run or a CI step can pick them up; ``pytest_terminal_summary`` prints the
 ones written in this session.
+
+Two variants: the fast one runs in ``make test``; ``make soak`` sets ``SLUICE_SOAK=1`` and each
+test scales itself up with ``sized(fast, soak)`` (about an hour in all). A test's figures say
+which variant produced them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 RESULTS = Path(__file__).parent / ".results"
+SOAK = os.environ.get("SLUICE_SOAK") == "1"
+VARIANT = "soak" if SOAK else "fast"
 _written: list[Path] = []
+
+
+T = TypeVar("T")
+
+
+def sized(fast: T, soak: T) -> T:
+    """The fast variant's size in ``make test``, the soak variant's under ``make soak``."""
+    return soak if SOAK else fast
 
 
 @pytest.fixture
 def seed() -> int:
-    """One seed per test, printed in its figures, so a failing run can be repeated."""
-    return random.SystemRandom().randrange(1 << 32)
+    """One seed per test, printed in its figures; ``SLUICE_TEST_SEED=N`` repeats a run."""
+    fixed = os.environ.get("SLUICE_TEST_SEED")
+    return int(fixed) if fixed else random.SystemRandom().randrange(1 << 32)
 
 
 @pytest.fixture
@@ -33,14 +49,15 @@ def rng(seed: int) -> random.Random:
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest, seed: int) -> Iterator[dict[str, Any]]:
-    out: dict[str, Any] = {"test": request.node.nodeid, "seed": seed}
+    out: dict[str, Any] = {"test": request.node.nodeid, "seed": seed, "variant": VARIANT}
     start = time.monotonic()
     yield out
     out["seconds"] = round(time.monotonic() - start, 2)
     rep = getattr(request.node, "rep_call", None)
     out["outcome"] = rep.outcome if rep is not None else "error"
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{request.node.name.replace('/', '_')}.json"
+    name = request.node.name.replace("/", "_")
+    path = RESULTS / (f"{name}.json" if not SOAK else f"{name}.soak.json")
     path.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
     _written.append(path)
 
