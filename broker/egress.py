@@ -34,6 +34,7 @@ from broker.partition.lifecycle.egress import (
     records_of,
 )
 from connectors.kafka._egress import EgressSink, OutRecord
+from connectors.serde import is_json
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -260,13 +261,19 @@ class SinkWorker:
             if isinstance(r, dict):
                 k = r.get("key")
                 plain = len(r) == 1 or (len(r) == 2 and "key" in r)
-                if plain and "value" in r and (k is None or isinstance(k, str)):
-                    v = r["value"]
-                    value = None if v is None else compact_json(v).encode()
-                    out.append(
-                        OutRecord(e.topic, None if k is None else k.encode(), value, static, seq, i)
-                    )
-                    continue
+                if plain and (k is None or isinstance(k, str)):
+                    if "value" in r:
+                        v = r["value"]
+                        value = None if v is None else compact_json(v).encode()
+                    else:
+                        text = r.get("value_json")
+                        value = text.encode() if isinstance(text, str) else None
+                        if value is None or not is_json(value):
+                            value = None  # not the common shape after all
+                    if "value" in r or value is not None:
+                        key = None if k is None else k.encode()
+                        out.append(OutRecord(e.topic, key, value, static, seq, i))
+                        continue
             rec = batch_item(e, r) if items is not None else r
             headers = [(h.key, h.value.encode()) for h in rec.headers]
             out.append(OutRecord(rec.topic, rec.key, rec.value, headers, seq, i))

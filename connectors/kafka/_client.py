@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import confluent_kafka as ck
@@ -186,6 +186,22 @@ class Producer:
                 self._p.poll(0.05)  # the local queue is full: let deliveries drain
             except ck.KafkaException as e:
                 raise _wrap(e) from None
+
+    def produce_many(
+        self, records: Iterable[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None:
+        """``produce`` for many (topic, key, value, headers) records, without its per-call
+        costs: egress sends thousands per transaction."""
+        produce, on_delivery = self._p.produce, self._on_delivery
+        for topic, key, value, headers in records:
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+                    break
+                except BufferError:
+                    self._p.poll(0.05)  # the local queue is full: let deliveries drain
+                except ck.KafkaException as e:
+                    raise _wrap(e) from None
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every record produced so far is acknowledged (or raise)."""

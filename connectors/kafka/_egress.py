@@ -213,18 +213,21 @@ class EgressSink:
             if new:
                 self._announce(prod, new)
             prod.begin()
-            for r in records:
-                prod.produce(
+            seq_text: dict[int, bytes] = {}
+            prod.produce_many(
+                (
                     r.topic,
+                    r.key,
                     r.value,
-                    key=r.key,
-                    headers=[
+                    [
                         *r.headers,
                         (H_PRODUCER, pid),
-                        (H_SEQ, str(r.seq).encode()),
-                        (H_PART, str(r.part).encode()),
+                        (H_SEQ, seq_text.get(r.seq) or seq_text.setdefault(r.seq, b"%d" % r.seq)),
+                        (H_PART, b"%d" % r.part),
                     ],
                 )
+                for r in records
+            )
             # Flushed before the marker: a visible marker implies visible records (Tansu).
             prod.flush()
             for tp, end in prod.delivered.items():

@@ -8,7 +8,7 @@ JSON, raw bytes, and (with the egress issue) Avro in the Schema Registry wire fo
 
 from ._avro import AvroSerde, avro_schema
 from ._base import DecodeError, Serde
-from ._json import JsonSerde
+from ._json import JsonSerde, is_json
 from ._keys import KEY_PREFIX, decode_key, encode_key
 from ._raw import RawSerde
 from ._registry import serde_for
@@ -28,5 +28,6 @@ __all__ = [
     "avro_schema",
     "decode_key",
     "encode_key",
+    "is_json",
     "serde_for",
 ]

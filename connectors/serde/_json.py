@@ -2,7 +2,19 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from ._base import DecodeError, Serde
+
+
+def is_json(data: bytes) -> bool:
+    """True if ``data`` is one strict JSON value (RFC 8259) in UTF-8. False may still be
+    JSON to Python's json (NaN, Infinity): callers fall back to ``JsonSerde.decode``."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class JsonSerde(Serde):

@@ -5,7 +5,10 @@ input order and filled at completion, ``sluice.Kafka/send``, packed stream-handl
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+from typing import cast
 
+from broker.egress import SinkWorker
 from broker.ids import InvocationId
 from broker.partition import actions as a
 from broker.partition._outbox import (
@@ -19,6 +22,7 @@ from broker.partition._outbox import (
 from broker.partition._records import KafkaIngest, KafkaRecord, Kind, Status
 from broker.partition.lifecycle.egress import pack_batches, pack_messages, records_of
 from connectors.kafka import KafkaMessage
+from connectors.kafka._egress import OutRecord
 from sdk import protocol as p
 from tests.broker.test_state_machine import Harness, of
 
@@ -185,4 +189,44 @@ def test_pack_messages_checks_each_value_and_hands_the_rest_to_the_consumer() ->
         ("k", {"i": 0}, {}),
         ('q"uote', 3, {}),
         (None, [4], {"h": "v"}),
+    ]
+
+
+def test_stream_handler_rows_split_the_same_on_the_fast_path() -> None:
+    """A stream handler's result row: ``records_of`` (the reference) and the sink's fast
+    path give the same records, for values as JSON, as JSON text (``value_json``, what the
+    Sluice SDK sends), as base64, and for items that are not records."""
+    items = [
+        {"key": "a", "value": {"i": 1, "s": "é"}},
+        {"key": "b", "value_json": '{"i": 2}'},
+        {"value_json": "[3, 4]"},
+        {"key": "c", "value_json": "{not json"},  # not a record: sent as the item it is
+        {"key": "d", "value": None},
+        {"key": "e", "value_b64": "AAE="},
+        {"key": "f", "value": 7, "headers": {"h": "v"}},
+        42,
+    ]
+    row = OutboxEntry(
+        state=OutboxState.READY,
+        topic="out",
+        batch=True,
+        raw=json.dumps(items).encode(),
+        headers=[p.Header(key="static", value="1")],
+    )
+    want = [(r.topic, r.key, r.value, [(h.key, h.value.encode()) for h in r.headers])
+            for r in records_of(row)]  # fmt: skip
+    fast: list[OutRecord] = []
+    worker = SimpleNamespace(_visible=set())  # nothing of the row is in Kafka yet
+    SinkWorker._batch_rows(cast(SinkWorker, worker), 9, row, fast)
+    assert [(r.topic, r.key, r.value, r.headers) for r in fast] == want
+    assert [(r.seq, r.part) for r in fast] == [(9, i) for i in range(len(items))]
+    assert [v for _, _, v, _ in want] == [
+        b'{"i":1,"s":"\\u00e9"}',
+        b'{"i": 2}',
+        b"[3, 4]",
+        b'{"key":"c","value_json":"{not json"}',
+        None,
+        b"\x00\x01",
+        b"7",
+        b"42",
     ]

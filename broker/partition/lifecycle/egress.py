@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.ids import InvocationId, partition_key_of
-from connectors.serde import KEY_PREFIX, decode_key, encode_key
+from connectors.serde import KEY_PREFIX, decode_key, encode_key, is_json
 from sdk import protocol as p
 
 from .._context import Ctx, failure
@@ -137,7 +137,7 @@ compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 def batch_item(entry: OutboxEntry, item: Any) -> OutboxRecord:
     """One element of a stream handler's result list as a record."""
-    if isinstance(item, dict) and ("value" in item or "value_b64" in item):
+    if isinstance(item, dict) and ("value" in item or "value_json" in item or "value_b64" in item):
         try:
             return _record(item, entry.topic, list(entry.headers))
         except (ValueError, TypeError):
@@ -148,11 +148,17 @@ def batch_item(entry: OutboxEntry, item: Any) -> OutboxRecord:
 
 
 def _record(item: dict[str, Any], topic: str, headers: list[p.Header]) -> OutboxRecord:
-    """A record described in JSON: value (any JSON) or value_b64, key or key_b64, headers."""
+    """A record described in JSON: value (any JSON), value_json (JSON text, as the Sluice
+    SDK writes it: the broker need not encode it again) or value_b64, key or key_b64,
+    headers."""
     if item.get("value_b64") is not None:
         value: bytes | None = base64.b64decode(item["value_b64"])
     elif "value" in item and item["value"] is not None:
         value = compact_json(item["value"]).encode()
+    elif item.get("value_json") is not None:
+        value = str(item["value_json"]).encode()
+        if not is_json(value):
+            raise ValueError("value_json is not JSON text")
     else:
         value = None
     if item.get("key_b64") is not None:
@@ -348,8 +354,6 @@ class _Packer:
         self.items, self.offsets, self.ends, self.size = [], [], [], 0
 
 
-_SCAN = json.JSONDecoder().scan_once  # one JSON value, without json.loads' per-call costs
-_JSON_WS = " \t\n\r"
 _KEY_PREFIX = KEY_PREFIX.encode()
 _PLAIN_KEY = re.compile(rb"[ !#-\[\]-~]*")  # printable ASCII but '"' and '\\': no escaping
 
@@ -370,12 +374,7 @@ def pack_messages(
     for m in msgs:
         v, k = m.value, m.key
         ok = v is not None and len(v) + len(k or b"") <= max_bytes and (k is not None or not keyed)
-        if ok:
-            try:
-                text = v.decode().strip(_JSON_WS)
-                ok = _SCAN(text, 0)[1] == len(text)
-            except (UnicodeDecodeError, StopIteration, ValueError):
-                ok = False
+        ok = ok and is_json(v)
         if ok and k is not None and (not _PLAIN_KEY.fullmatch(k) or k.startswith(_KEY_PREFIX)):
             ok = False  # escaping, not UTF-8, or b64:-like: the consumer encodes (or refuses) it
         if ok:
