@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import urllib.error
@@ -29,6 +30,11 @@ def _server(args: argparse.Namespace) -> None:
     from broker.server import Broker
     from subscriptions import DeclarationError
 
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         settings = BrokerSettings(
             data_dir=Path(args.data_dir),
@@ -203,6 +209,12 @@ def parser() -> argparse.ArgumentParser:
         "--max-concurrent-invocations", type=int, default=0, help="attempts streaming at once; 0: no limit"
     )
     s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
+    s.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="to stderr (default: info)",
+    )
     s.set_defaults(fn=_server)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
