@@ -118,7 +118,9 @@ class _Conn(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(f"connection lost: {exc}" if exc else "connection closed")
+        # Mid-stream, this is what a handler process that died (or was killed) looks like.
+        why = f": {exc}" if exc else ""
+        self._fail(f"connection to the deployment lost mid-stream (did the handler die?){why}")
 
     def _fail(self, reason: str) -> None:
         if self.closed:

@@ -22,6 +22,8 @@ from ._http1 import Http1Pool
 
 _HEAD = struct.Struct(">HHI")
 _TERMINAL = (0x0001, 0x0002, 0x0003)  # Suspension, Error, End
+_CUSTOM_ENTRY = 0xFC00  # type codes with these bits set are custom entries, kept as bytes
+_MAX_FRAME = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -31,13 +33,30 @@ class InvokerOptions:
     max_concurrent: int = 0  # attempts streaming at once; more wait in FIFO order (0: no limit)
 
 
+class MalformedFrame(ValueError):
+    """The handler sent bytes that are not service-protocol frames."""
+
+
 def split_frames(buf: bytearray) -> tuple[bytes, bool]:
-    """Cut the complete frames off the front of buf; return them and whether one is terminal."""
+    """Cut the complete frames off the front of buf; return them and whether one is terminal.
+
+    Raises MalformedFrame at a header no handler can send (an unknown type, an absurd
+    length): waiting for the rest of such a "frame" would hang the attempt until it times out.
+    """
     pos = 0
     terminal = False
     n = len(buf)
     while n - pos >= 8:
         ty, _, length = _HEAD.unpack_from(buf, pos)
+        if ty not in p.MESSAGE_TYPES and ty & _CUSTOM_ENTRY != _CUSTOM_ENTRY:
+            raise MalformedFrame(
+                f"malformed frame: unknown message type 0x{ty:04x} at byte {pos} "
+                f"(starts {bytes(buf[pos : pos + 16])!r})"
+            )
+        if length > _MAX_FRAME:
+            raise MalformedFrame(
+                f"malformed frame: a {length} byte message exceeds the {_MAX_FRAME} byte limit"
+            )
         end = pos + 8 + length
         if end > n:
             break
@@ -49,6 +68,17 @@ def split_frames(buf: bytearray) -> tuple[bytes, bool]:
     out = bytes(buf[:pos])
     del buf[:pos]
     return out, terminal
+
+
+def version_mismatch(version: int, content_type: str) -> str:
+    """Why a 200 answer's content-type is not the protocol version the deployment advertised
+    (the frames of another version would be misread), or "" if it is."""
+    if p.parse_content_type(content_type) == version:
+        return ""
+    return (
+        f"unsupported protocol version: the deployment advertised service protocol v{version} "
+        f"but answered with content-type {content_type!r}"
+    )
 
 
 class _Attempt(StreamHandler):
@@ -66,10 +96,11 @@ class _Attempt(StreamHandler):
         "reopen",
         "sent",
         "service",
-        "slot",
         "sid",
+        "slot",
         "status",
         "task",
+        "version",
     )
 
     def __init__(self, invoker: Invoker, id: bytes, epoch: int) -> None:
@@ -90,6 +121,7 @@ class _Attempt(StreamHandler):
         self.sent: list[bytes] = []  # notifications sent before the endpoint answered
         self.service = ""
         self.slot = False  # holds one of the invoker's concurrency slots
+        self.version = 0  # the protocol version the deployment advertised
 
     # --- h2 stream events ---
     def on_headers(self, status: int, headers: dict[str, str]) -> None:
@@ -97,6 +129,10 @@ class _Attempt(StreamHandler):
         self.reopen = None  # the endpoint has seen it: never resend
         self.sent = []
         self.last_activity = time.monotonic()
+        if status == 200:
+            wrong = version_mismatch(self.version, headers.get("content-type", ""))
+            if wrong:
+                self.give_up(wrong)
 
     def on_data(self, data: bytes) -> None:
         if self.finished:
@@ -106,7 +142,11 @@ class _Attempt(StreamHandler):
             self.error_body += data
             return
         self.buf += data
-        frames, terminal = split_frames(self.buf)
+        try:
+            frames, terminal = split_frames(self.buf)
+        except MalformedFrame as e:
+            self.give_up(str(e))
+            return
         if frames:
             self.invoker._submit(Effects(id=self.id, epoch=self.epoch, frames=frames))
         if terminal:
@@ -124,7 +164,12 @@ class _Attempt(StreamHandler):
             self.on_reset("the endpoint refused the stream")
 
     def on_end(self) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        if self.buf and self.status == 200:
+            why = f"malformed frame: the stream ended inside a frame ({len(self.buf)} bytes)"
+            self.fail(why, 571)
+        else:
             self.fail(self._why("the handler closed the stream without End, Suspension or Error"))
 
     def on_reset(self, reason: str) -> None:
@@ -148,6 +193,13 @@ class _Attempt(StreamHandler):
                 transport_failure=p.Failure(code=code, message=message),
             )
         )
+
+    def give_up(self, message: str) -> None:
+        """A protocol violation: fail the attempt and reset its stream, which the endpoint
+        would otherwise keep open (the state machine's abort finds no attempt to stop)."""
+        self.fail(message, code=571)
+        if self.conn is not None:
+            self.conn.reset(self.sid)
 
     def _done(self) -> None:
         self.finished = True
@@ -207,7 +259,10 @@ class Invoker:
                     att.conn.end(att.sid)
                 elif att.half_closed_at and now - att.half_closed_at > abort:
                     att.conn.reset(att.sid)
-                    att.fail("inactivity: the handler did not suspend within the abort timeout")
+                    att.fail(
+                        f"inactivity timeout: the handler sent nothing for {inactivity:g}s, "
+                        f"then did not suspend within the {abort:g}s abort timeout"
+                    )
 
     # --- actions -------------------------------------------------------------------------
 
@@ -245,6 +300,7 @@ class Invoker:
         host = url.hostname or "127.0.0.1"
         port = url.port or 80
         path = f"{url.path.rstrip('/')}/invoke/{action.service}/{action.handler}"
+        att.version = dep.protocol_version
         ctype = p.content_type(dep.protocol_version)
         headers = [("content-type", ctype), ("accept", ctype), *dep.headers.items()]
         if dep.use_http_11:
@@ -302,11 +358,14 @@ class Invoker:
         # Request/response has no stream to half-close: the whole exchange gets both timeouts.
         limit = self._options.inactivity_timeout + self._options.abort_timeout
         try:
-            status, _, data = await asyncio.wait_for(
+            status, rheaders, data = await asyncio.wait_for(
                 pool.request("POST", path, headers, body), limit
             )
         except TimeoutError:
-            att.fail(f"the handler did not answer within {limit:.0f}s")
+            att.fail(
+                f"inactivity timeout: the handler did not answer within {limit:g}s "
+                "(inactivity plus abort timeout)"
+            )
             return
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
             att.fail(f"cannot reach the deployment: {e}")
@@ -316,11 +375,24 @@ class Invoker:
         if status != 200:
             att.fail(f"the handler answered HTTP {status}: {data[:500].decode('utf-8', 'replace')}")
             return
+        wrong = version_mismatch(att.version, rheaders.get("content-type", ""))
+        if wrong:
+            att.fail(wrong, code=571)
+            return
         buf = bytearray(data)
-        frames, terminal = split_frames(buf)
+        try:
+            frames, terminal = split_frames(buf)
+        except MalformedFrame as e:
+            att.fail(str(e), code=571)
+            return
         att._done()
         failure = None
-        if not terminal:
+        if not terminal and buf:
+            failure = p.Failure(
+                code=571,
+                message=f"malformed frame: the response ended inside a frame ({len(buf)} bytes)",
+            )
+        elif not terminal:
             failure = p.Failure(
                 code=503, message="the response ended without End, Suspension or Error"
             )

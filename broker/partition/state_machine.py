@@ -130,9 +130,10 @@ class StateMachine:
         if cmd.frames:
             try:
                 frames = p.decode_all(cmd.frames)
-            except p.DecodeError as e:
+            except ValueError as e:  # DecodeError, or bytes that are no UTF-8 where text is due
                 # A handler that speaks garbage fails its attempt; it never stalls the log.
-                attempt.attempt_failed(ctx, st, 571, f"protocol violation: {e}", None)
+                msg = f"malformed frame (protocol violation): {e}"
+                attempt.attempt_failed(ctx, st, 571, msg, None)
                 return
             for frame in frames:
                 if not current():

@@ -194,7 +194,10 @@ def _set_len(values: dict[str, Any], row: tuple[Any, ...], chunk: bytes, cls: ty
             item, pos = _get_varint(chunk, pos)
             items.append(item)
     elif kind == REP_STRING:
-        values.setdefault(attr, []).append(chunk.decode())
+        try:
+            values.setdefault(attr, []).append(chunk.decode())
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"{cls.__name__}.{attr}: invalid UTF-8") from exc
     elif kind == REP_BYTES:
         values.setdefault(attr, []).append(chunk)
     elif kind == REP_MSG:

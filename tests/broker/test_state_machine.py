@@ -391,3 +391,18 @@ def test_lazy_state_services_get_no_state_map() -> None:
     (start,) = of(h.apply(second), a.StartAttempt)
     msg = p.decode_all(start.frames)[0].message
     assert isinstance(msg, p.StartMessage) and msg.partial_state and msg.state_map == []
+
+
+def test_invalid_utf8_in_a_frame_fails_the_attempt() -> None:
+    # SuspensionMessage field 3 (waiting_named_signals) is text: b"\xff" is no UTF-8. It once
+    # escaped as UnicodeDecodeError, the processor skipped the entry and the invocation stayed
+    # "invoked" for good.
+    h = Harness()
+    cmd, iid = invoke("Svc", "h")
+    h.apply(cmd)
+    frame = p.encode_raw(p.TYPE_CODES[p.SuspensionMessage], b"\x1a\x01\xff")
+    acts = h.apply(Effects(id=iid.raw, epoch=1, frames=frame))
+    st = h.status(iid)
+    assert st is not None and st.phase == Phase.BACKING_OFF, st
+    assert "malformed frame" in st.last_failure and "UTF-8" in st.last_failure
+    assert of(acts, a.AbortAttempt)
