@@ -43,6 +43,7 @@ def _server(args: argparse.Namespace) -> None:
             admin_port=args.admin_port,
             partitions=args.partitions,
             body_limit=args.body_limit,
+            read_timeout_s=args.read_timeout,
             fsync=not args.no_fsync,
             declarations=Path(args.config) if args.config else None,
             retry={
@@ -196,6 +197,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-port", type=int, default=9070)
     s.add_argument("--partitions", type=int, default=8)
     s.add_argument("--body-limit", type=int, default=32 * 1024 * 1024, help="bytes")
+    s.add_argument(
+        "--read-timeout", type=float, default=30.0,
+        help="seconds a client has to send a whole request (then 408); idle connections close after it",
+    )  # fmt: skip
     s.add_argument("--no-fsync", action="store_true", help="unsafe: skip fdatasync (benchmarks only)")
     s.add_argument("--retry-initial-interval-ms", type=int, default=50)
     s.add_argument("--retry-factor", type=float, default=2.0)

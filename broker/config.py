@@ -21,6 +21,12 @@ class BrokerSettings(BaseModel):
     admin_port: int = Field(9070, ge=0, le=65535)
     partitions: int = Field(8, ge=1, le=4096, description="fixed when the data dir is created")
     body_limit: int = Field(32 * 1024 * 1024, ge=1024, description="ingress request body bytes")
+    read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds an HTTP client has to send a whole request (then 408), "
+        "and that an idle connection stays open",
+    )
     fsync: bool = Field(True, description="fdatasync the log before acknowledging anything")
     retry: RetrySettings = Field(default_factory=RetrySettings)
     inactivity_timeout_s: float = Field(60.0, gt=0)

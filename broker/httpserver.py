@@ -1,5 +1,8 @@
 """A small HTTP/1.1 server on asyncio.Protocol: keep-alive, Content-Length and chunked request
-bodies with a size limit enforced while reading, one request at a time per connection.
+bodies with a size limit enforced while reading, one request at a time per connection, and a
+read timeout: a request must arrive whole within it from its first byte (a slow sender whose
+headers are in gets 408, one stalled mid-headers is closed), and an idle connection closes
+after it, so that slow or silent clients cannot hold connections forever (slowloris).
 
 Lean on purpose: the ingress hot path is parse, append to the log, wait, answer.
 """
@@ -66,9 +69,21 @@ class _BodyTooLarge(Exception):
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_closing", "_eof", "_handler", "_limit", "_transport")
+    __slots__ = (
+        "_buf",
+        "_busy",
+        "_closing",
+        "_deadline",
+        "_eof",
+        "_handler",
+        "_limit",
+        "_loop",
+        "_timeout",
+        "_timer",
+        "_transport",
+    )
 
-    def __init__(self, handler: Handler, limit: int) -> None:
+    def __init__(self, handler: Handler, limit: int, read_timeout: float) -> None:
         self._handler = handler
         self._limit = limit
         self._buf = bytearray()
@@ -76,12 +91,54 @@ class _Conn(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._closing = False
         self._eof = False
+        self._loop = asyncio.get_running_loop()
+        self._timeout = read_timeout
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        self._deadline = self._loop.time() + self._timeout
+        self._timer = self._loop.call_later(self._timeout, self._check_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        # One timer per connection, re-armed only when it fires: moving the deadline on each
+        # request costs a float store, not a timer.
+        self._timer = None
+        t = self._transport
+        if t is None or self._closing:
+            return
+        now = self._loop.time()
+        if self._busy:  # the handler has the request: reading is over until it answers
+            self._timer = self._loop.call_later(self._timeout, self._check_deadline)
+            return
+        if now < self._deadline:
+            self._timer = self._loop.call_later(self._deadline - now, self._check_deadline)
+            return
+        head_end = self._buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            # Nothing, or part of the headers: no request to answer (RFC 9112 9.5).
+            self._closing = True
+            t.close()
+            return
+        got = len(self._buf) - head_end - 4
+        self._write(
+            json_response(
+                408,
+                {
+                    "code": 408,
+                    "message": f"the request did not arrive within the {self._timeout:g}s "
+                    f"read timeout (headers complete, {got} body bytes received)",
+                },
+            ),
+            close=True,
+        )
 
     def eof_received(self) -> bool:
         # A client may half-close after its request (HTTP/1.1 allows it): answer the request
@@ -90,6 +147,8 @@ class _Conn(asyncio.Protocol):
         return self._busy
 
     def data_received(self, data: bytes) -> None:
+        if not self._buf and not self._busy:
+            self._deadline = self._loop.time() + self._timeout  # a new request begins
         self._buf += data
         if not self._busy:
             self._next()
@@ -135,6 +194,8 @@ class _Conn(asyncio.Protocol):
         else:
             resp = task.result()
         self._write(resp, close=not keep or self._eof, head=head)
+        # The next request (or the idle wait for it) gets a full read timeout.
+        self._deadline = self._loop.time() + self._timeout
         if keep and self._buf:
             self._next()
 
@@ -225,8 +286,14 @@ def _headers(lines: list[str]) -> dict[str, str]:
     return headers
 
 
-async def serve(handler: Handler, host: str, port: int, *, body_limit: int) -> asyncio.Server:
+async def serve(
+    handler: Handler, host: str, port: int, *, body_limit: int, read_timeout: float
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Conn(handler, body_limit), host, port, reuse_address=True, backlog=1024
+        lambda: _Conn(handler, body_limit, read_timeout),
+        host,
+        port,
+        reuse_address=True,
+        backlog=1024,
     )

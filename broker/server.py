@@ -84,10 +84,22 @@ class Broker:
 
         ingress = Ingress(self)
         admin = AdminApi(self)
-        srv = await serve(ingress.handle, s.host, s.ingress_port, body_limit=s.body_limit)
+        srv = await serve(
+            ingress.handle,
+            s.host,
+            s.ingress_port,
+            body_limit=s.body_limit,
+            read_timeout=s.read_timeout_s,
+        )
         self._servers.append(srv)
         self.ingress_port = srv.sockets[0].getsockname()[1]
-        srv = await serve(admin.handle, s.host, s.admin_port, body_limit=s.body_limit)
+        srv = await serve(
+            admin.handle,
+            s.host,
+            s.admin_port,
+            body_limit=s.body_limit,
+            read_timeout=s.read_timeout_s,
+        )
         self._servers.append(srv)
         self.admin_port = srv.sockets[0].getsockname()[1]
 

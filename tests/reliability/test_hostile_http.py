@@ -4,6 +4,11 @@ Bodies at and over the size limit (chunked too), slow senders, 10,000-deep JSON,
 request lines, paths and keys, then Hypothesis fuzzing of both ports. Every answer must be a
 4xx (or a success), never a 5xx, a hang or a crash; a rejected request appends nothing to
 the log; the broker's resident memory grows by less than 50 MB over the whole test.
+
+Slow senders meet the read timeout (``--read-timeout``): a request whose body trickles in
+past it gets 408 with a JSON body, one stalled mid-headers is closed, a slow but steady one
+that finishes in time succeeds, and a slowloris of many such connections does not slow the
+other requests down.
 """
 
 # The tables of hostile inputs read best one per line, and the test is one long story.
@@ -11,11 +16,15 @@ the log; the broker's resident memory grows by less than 50 MB over the whole te
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +38,8 @@ from tests.broker.conftest import ROOT, ServiceProcess, wait_port
 from tests.broker.test_crash import BrokerProcess
 
 LIMIT = 256 * 1024  # --body-limit: small, so "at the limit" is cheap to send
+READ_TIMEOUT = 4.0  # --read-timeout, seconds: short, so slow senders hit it soon
+SLOWLORIS = 300  # connections trickling headers at once
 
 
 class Limited(BrokerProcess):
@@ -36,7 +47,7 @@ class Limited(BrokerProcess):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
              "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
-             "--body-limit", str(LIMIT)],
+             "--body-limit", str(LIMIT), "--read-timeout", str(READ_TIMEOUT)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         wait_port(self.ingress, self.proc)
@@ -68,6 +79,60 @@ def raw(port: int, payload: bytes, *, timeout: float = 10.0) -> int:
     if not head:
         return 0
     return int(head.split(b" ", 2)[1])
+
+
+def read_to_eof(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+def trickle(port: int, head: bytes, body: bytes, pace: float) -> tuple[bytes, float]:
+    """Send the headers, then the body one byte every ``pace`` seconds until the server
+    answers or closes; return the answer (b"" if closed without one) and the seconds from the
+    first byte to it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT + 10) as s:
+        t0 = time.monotonic()
+        s.sendall(head)
+        for b in body:
+            s.settimeout(pace)
+            try:
+                answer = s.recv(65536)
+            except TimeoutError:
+                pass
+            else:
+                s.settimeout(READ_TIMEOUT + 10)
+                return answer + read_to_eof(s), time.monotonic() - t0
+            try:
+                s.sendall(bytes([b]))
+            except OSError:  # the server closed the connection while we were sending
+                break
+        s.settimeout(READ_TIMEOUT + 10)
+        try:
+            answer = read_to_eof(s)
+        except ConnectionResetError:
+            answer = b""
+        return answer, time.monotonic() - t0
+
+
+def steady(port: int, body: bytes, seconds: float) -> tuple[bytes, float]:
+    """A slow but steady sender: the whole request spread evenly over ``seconds``."""
+    req = (
+        b"POST /Greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    pieces = [req[i : i + 8] for i in range(0, len(req), 8)]
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT + 10) as s:
+        t0 = time.monotonic()
+        for piece in pieces:
+            s.sendall(piece)
+            time.sleep(seconds / len(pieces))
+        return read_to_eof(s), time.monotonic() - t0
 
 
 class Checker:
@@ -217,18 +282,104 @@ def test_hostile_http(
                     time.sleep(0.02)
                 answer = slow.recv(4096)
             assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
-            # Half-open connections that never finish their headers do not stop the others.
+            figures["slow_sender_s"] = round(time.monotonic() - t0, 2)
+            # Half-open connections that never finish their headers do not stop the others,
+            # and the server closes them once the read timeout has passed.
             idle = [
                 socket.create_connection(("127.0.0.1", p)) for p in (ing, adm) for _ in range(50)
             ]
+            t_idle = time.monotonic()
             for s in idle:
                 s.sendall(b"POST /Greeter/greet HTTP/1.1\r\ncontent-len")
             assert c.post(f"{ib}/Greeter/greet", json="meanwhile").status_code == 200
             assert c.get(f"http://127.0.0.1:{adm}/health").status_code == 200
             for s in idle:
+                s.settimeout(READ_TIMEOUT + 10)
+                assert read_to_eof(s) == b"", "a stalled connection got an answer"
                 s.close()
-            figures["slow_sender_s"] = round(time.monotonic() - t0, 2)
             figures["half_open_connections"] = len(idle)
+            figures["half_open_closed_after_s"] = round(time.monotonic() - t_idle, 2)
+            assert time.monotonic() - t_idle < READ_TIMEOUT + 3
+
+            # Read timeout: trickling bodies get 408 (JSON), stalled headers a closed
+            # connection, both within the timeout plus a little; a slow but steady sender
+            # that finishes in time succeeds. All at once, on both ports.
+            before = log_bytes(data)
+            slow_head = b"POST /Greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
+            admin_head = b"POST /deployments HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
+            chunked = b"POST /Greeter/greet HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n40\r\n"
+            partial = b"POST /Greeter/greet HTTP/1.1\r\nhost: x\r\ncontent-le"
+            body64 = b'"' + b"t" * 62 + b'"'
+            with ThreadPoolExecutor(8) as pool:
+                late = [
+                    pool.submit(trickle, ing, slow_head, body64, 0.25),
+                    pool.submit(trickle, ing, chunked, body64, 0.25),
+                    pool.submit(trickle, adm, admin_head, body64, 0.25),
+                ]
+                stalled = [pool.submit(trickle, p, partial, b"", 1.0) for p in (ing, adm)]
+                for fut in late:
+                    answer, took = fut.result()
+                    assert status_of(answer) == 408, answer[:300]
+                    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+                    assert body["code"] == 408 and "read timeout" in body["message"], body
+                    assert READ_TIMEOUT - 0.2 <= took <= READ_TIMEOUT + 2, took
+                for fut in stalled:
+                    answer, took = fut.result()
+                    assert answer == b"", answer[:300]
+                    assert READ_TIMEOUT - 0.2 <= took <= READ_TIMEOUT + 2, took
+            time.sleep(0.3)  # group commit
+            assert log_bytes(data) == before, "a timed-out request was appended to the log"
+            answer, took = steady(ing, b'"steady-' + b"s" * 40 + b'"', READ_TIMEOUT * 0.6)
+            assert status_of(answer) == 200, answer[:300]
+            figures["read_timeout_s"] = READ_TIMEOUT
+            figures["slow_bodies_408"] = len(late)
+            figures["stalled_headers_closed"] = len(stalled)
+            figures["steady_sender_s"] = round(took, 2)
+
+            # Slowloris: many connections each send a header byte now and then, never
+            # finishing; normal requests go on at their usual latency meanwhile, and every
+            # slowloris connection is closed once the read timeout has passed.
+            loris = [socket.create_connection(("127.0.0.1", ing)) for _ in range(SLOWLORIS)]
+            stop_loris = threading.Event()
+
+            def drip() -> None:
+                for s in loris:
+                    s.sendall(b"GET /restate/health HTTP/1.1\r\n")
+                n = 0
+                while not stop_loris.wait(0.2):
+                    n += 1
+                    for s in loris:
+                        with contextlib.suppress(OSError):  # closed by the server: expected
+                            s.sendall(b"x-drip-%d: 1\r\n" % n)
+
+            t_loris = time.monotonic()
+            dripper = threading.Thread(target=drip)
+            dripper.start()
+            lat: list[float] = []
+            try:
+                while time.monotonic() - t_loris < READ_TIMEOUT + 1:
+                    t1 = time.monotonic()
+                    r = c.post(f"{ib}/Greeter/greet", json=f"loris-{len(lat)}")
+                    assert r.status_code == 200, r.text
+                    lat.append(time.monotonic() - t1)
+                for s in loris:
+                    s.settimeout(READ_TIMEOUT + 10)
+                    assert read_to_eof(s) == b"", "a slowloris connection got an answer"
+            finally:
+                stop_loris.set()
+                dripper.join()
+                for s in loris:
+                    s.close()
+            lat.sort()
+            figures["slowloris_connections"] = SLOWLORIS
+            figures["slowloris_all_closed_after_s"] = round(time.monotonic() - t_loris, 2)
+            figures["requests_during_slowloris"] = len(lat)
+            figures["latency_during_slowloris_ms"] = {
+                "p50": round(lat[len(lat) // 2] * 1000, 1),
+                "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1),
+            }
+            assert time.monotonic() - t_loris < READ_TIMEOUT + 4
+            assert lat[len(lat) // 2] < 0.5, figures["latency_during_slowloris_ms"]
 
             # Volume: bodies at and over the limit, again and again; memory must not keep them.
             peak = rss0
