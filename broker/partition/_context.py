@@ -120,6 +120,13 @@ class Ctx:
         st = self.status(id)
         if st is None or st.phase == Phase.COMPLETED:
             return
+        idx = getattr(notification, "signal_idx", None)
+        if idx is not None and idx != p.CANCEL_SIGNAL:
+            # A second resolve (a client resending one whose answer it lost, or a race
+            # between resolvers) must not reach the journal: a replay would see both.
+            if idx in st.signals:
+                return
+            st.signals.append(idx)
         frame = p.encode(notification)
         self.append_journal(st, frame)
         if st.phase == Phase.INVOKED:

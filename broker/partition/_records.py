@@ -353,6 +353,8 @@ class Status(Message):
     children: list[bytes] = field(default_factory=list)
     last_failure: str = ""
     inbox_seq: int = 0
+    # Signal indexes already in the journal: the first resolve of an awakeable wins.
+    signals: list[int] = field(default_factory=list)
     _schema: ClassVar = (
         (1, "id", BYTES),
         (2, "phase", UINT),
@@ -379,6 +381,7 @@ class Status(Message):
         (23, "children", REP_BYTES),
         (24, "last_failure", STRING),
         (25, "inbox_seq", UINT),
+        (26, "signals", REP_UINT),
     )
 
 

@@ -245,6 +245,38 @@ def test_awakeable_signal_from_ingress() -> None:
     assert [r.kind for r in of(acts, a.Reply)] == ["ok"]
 
 
+def test_awakeable_resolved_twice_keeps_the_first() -> None:
+    """A client that resends a resolve (its answer was lost in a broker crash), or a second
+    resolver: both get 202, and only the first value reaches the journal, so a replay sees
+    what the first attempt saw."""
+    h = Harness()
+    cmd, iid = invoke("Svc", "h")
+    h.apply(cmd)
+    h.effects(iid, 1, p.SuspensionMessage(waiting_signals=[17]))
+    h.apply(Signal(target=iid.raw, idx=17, value=b'"first"', waiter=9))
+    before = h.status(iid)
+    assert before is not None
+    acts = h.apply(Signal(target=iid.raw, idx=17, value=b'"second"', waiter=10))
+    assert [r.kind for r in of(acts, a.Reply)] == ["ok"]
+    assert not of(acts, a.SendToAttempt) and not of(acts, a.StartAttempt)
+    after = h.status(iid)
+    assert after is not None and after.journal_len == before.journal_len
+
+
+def test_awakeable_of_a_finished_invocation_is_accepted() -> None:
+    """restate-server answers 202 here too: a resent resolve must not look like a failure."""
+    h = Harness()
+    cmd, iid = invoke("Svc", "h")
+    h.apply(cmd)
+    h.effects(iid, 1, p.OutputCommand(value=b"1"), p.EndMessage())
+    acts = h.apply(Signal(target=iid.raw, idx=17, value=b'"late"', waiter=9))
+    assert [r.kind for r in of(acts, a.Reply)] == ["ok"]
+    unknown = InvocationId.generate(None)
+    acts = h.apply(Signal(target=unknown.raw, idx=17, value=b'"never"', waiter=10))
+    assert [r.kind for r in of(acts, a.Reply)] == ["ok"]
+    assert h.status(unknown) is None
+
+
 def test_workflow_promise_and_run_once() -> None:
     h = Harness()
     wf_id = InvocationId.derive(partition_key_of("w"), "wf", "Wf", "w")

@@ -44,15 +44,16 @@ def complete_awakeable(ctx: Ctx, st: Status, cmd: p.CompleteAwakeableCommand) ->
 
 
 def external(ctx: Ctx, cmd: Signal) -> None:
-    """An awakeable resolved or rejected through the ingress."""
-    st = ctx.status(cmd.target)
-    if st is None or st.phase == Phase.COMPLETED:
-        ctx.reply(cmd.waiter, "error", code=404, message="awakeable not found")
-        return
+    """An awakeable resolved or rejected through the ingress.
+
+    Accepted even when the invocation is gone or finished, as restate-server does: a client
+    that resends a resolve whose answer it lost (the broker died) must not get an error for
+    the resolve that took effect.
+    """
+    ctx.reply(cmd.waiter, "ok")
     n = p.SignalNotification(signal_idx=cmd.idx, signal_name=cmd.name)
     if cmd.failure is not None:
         n.failure = cmd.failure
     else:
         n.value = cmd.value or b""
     ctx.notify(cmd.target, n)
-    ctx.reply(cmd.waiter, "ok")
