@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from broker import faults
 from broker.partition._outbox import (
     EgressCommitted,
     OutboxEntry,
@@ -168,6 +170,7 @@ class SinkWorker:
             producer_id=self.producer_id,
             marker_partition=self.sink,
             progress_partitions=EGRESS_PARTITIONS,
+            before_commit=functools.partial(faults.reached, "before-egress-commit"),
         )
         topics = set()
         for _, raw in self.broker.store.scan("outbox", outbox_prefix(self.cluster, self.sink)):
@@ -285,6 +288,7 @@ class SinkWorker:
         if any(e.state == OutboxState.READY for _, e in rows):
             sent = await loop.run_in_executor(self._ex, self._send_rows, rows, upto)
             if sent:
+                faults.reached("after-egress-commit")
                 self.sent += sent
                 self.transactions += 1
         self.cursor = upto + 1

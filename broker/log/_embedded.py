@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from broker import faults
 from broker.ids import Lsn
 
 from ._base import Log, Record
@@ -168,6 +169,7 @@ class EmbeddedLog(Log):
             self._failed = exc
             self._idle.set()
             raise exc
+        faults.reached("after-log-append")
         assert self._on_durable is not None
         try:
             self._on_durable(batch)

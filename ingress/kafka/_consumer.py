@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from broker import faults
 from broker.partition._records import KafkaIngest, KafkaRecord, Kind
 from broker.partition.lifecycle.egress import pack_batches, pack_messages
 from broker.partition.lifecycle.kafka import producer_id
@@ -205,6 +206,7 @@ class SubscriptionConsumer:
                 if n in self.partitions and hi is not None:
                     self.partitions[n].high = hi
             if msgs:
+                faults.reached("after-kafka-poll")
                 self._submit(msgs)
 
     def _limit(self) -> int:

@@ -119,7 +119,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
                     continue
                 broker.kill()
                 await asyncio.to_thread(
-                    broker.start, {"SLUICE_TEST_KILL_IN_EGRESS_TXN": str(rng.randrange(2, 6))}
+                    broker.start, {"SLUICE_FAULTS": f"before-egress-commit={rng.randrange(2, 6)}"}
                 )
                 assert broker.proc is not None
                 try:
