@@ -111,6 +111,15 @@ class Consumer:
     def resume(self, tps: Sequence[TopicPartitionOffset]) -> None:
         self._c.resume([ck.TopicPartition(t.topic, t.partition) for t in tps])
 
+    def positions(self, tps: Sequence[TopicPartitionOffset]) -> dict[tuple[str, int], int]:
+        """Per partition, the offset the application reads next; it moves past transaction
+        markers (control records) too. Negative: not known yet."""
+        try:
+            out = self._c.position([ck.TopicPartition(t.topic, t.partition) for t in tps])
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+        return {(tp.topic, tp.partition): tp.offset for tp in out}
+
     def seek(self, tp: TopicPartitionOffset) -> None:
         self._c.seek(ck.TopicPartition(tp.topic, tp.partition, tp.offset))
 
