@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka import Consumer, TopicPartitionOffset
+from connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING
 from tests.broker.conftest import ServiceProcess
 from tests.ingress_kafka.conftest import Admin, admin, new_topic, produce  # noqa: F401
@@ -33,6 +33,17 @@ class Out:
     key: bytes | None
     value: Any
     headers: dict[str, str]
+
+    @classmethod
+    def of(cls, m: KafkaMessage) -> Out:
+        """An output record as the tests read it: a JSON value, text headers."""
+        return cls(
+            m.partition,
+            m.offset,
+            m.key,
+            json.loads(m.value) if m.value else None,
+            {k: (v or b"").decode() for k, v in m.headers},
+        )
 
     @property
     def seq(self) -> tuple[str, int, int]:
@@ -60,16 +71,7 @@ def read_output(
         quiet = 0.0
         while time.monotonic() < deadline:
             msgs = c.consume(1000, 0.2)
-            for m in msgs:
-                out.append(
-                    Out(
-                        m.partition,
-                        m.offset,
-                        m.key,
-                        json.loads(m.value) if m.value else None,
-                        {k: (v or b"").decode() for k, v in m.headers},
-                    )
-                )
+            out += map(Out.of, msgs)
             if len(out) >= want:
                 # a little longer: duplicates would arrive now
                 quiet = quiet + 0.2 if not msgs else 0.0

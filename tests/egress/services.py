@@ -21,9 +21,12 @@ tally = VirtualObject("Tally")
 
 @tally.handler()
 async def add(ctx: ObjectContext, rec: dict[str, Any]) -> dict[str, Any]:
+    """Count the key's records and keep a running sum of their ``v``; emit both."""
     n = (await ctx.get("n", type_hint=int) or 0) + 1
+    total = (await ctx.get("sum", type_hint=int) or 0) + int(rec.get("v", 0))
     ctx.set("n", n)
-    return {"i": rec["i"], "n": n, "key": ctx.key()}
+    ctx.set("sum", total)
+    return {"i": rec["i"], "n": n, "sum": total, "key": ctx.key()}
 
 
 sender = Service("Sender")
