@@ -232,6 +232,16 @@ def handler_processes(markers: Path, seed: int) -> dict[str, HandlerProcess]:
     }
 
 
+async def end_states(admin: httpx.AsyncClient, figures: dict[str, Any]) -> None:
+    """Every invocation the broker knows must end completed or paused: nothing stuck."""
+    t0 = time.monotonic()
+    r = await admin.get("/invocations", params={"limit": "1000000"})
+    figures["admin_list_all_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    states = Counter(inv["status"] for inv in r.json()["invocations"])
+    figures["invocation_states_at_end"] = dict(states)
+    figures["stuck"] = sum(n for s, n in states.items() if s not in ("completed", "paused"))
+
+
 async def test_handler_faults(
     tmp_path: Path, rng: random.Random, seed: int, figures: dict[str, Any]
 ) -> None:
@@ -273,12 +283,7 @@ async def test_handler_faults(
                 load.running = False
                 await asyncio.gather(*workers)
 
-            # Every invocation the broker knows ends completed or paused: nothing stuck.
-            r = await admin.get("/invocations", params={"limit": "1000000"})
-            states = Counter(inv["status"] for inv in r.json()["invocations"])
-            stuck = sum(n for s, n in states.items() if s not in ("completed", "paused"))
-            figures["invocation_states_at_end"] = dict(states)
-            figures["stuck"] = stuck
+            await end_states(admin, figures)
     finally:
         load.running = False
         for proc in procs.values():
