@@ -42,7 +42,7 @@ ROUNDS = sized(1, 5)
 PER_KIND = sized(3, 20)  # faulty invocations per fault kind and round
 BASELINE_S = sized(3.0, 8.0)
 
-pytestmark = pytest.mark.timeout(sized(180, 600))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(sized(180, 600))]
 
 
 @dataclass(frozen=True)
