@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -169,7 +170,7 @@ class AdminApi:
 
     async def _invocations(self, req: Request, m: str, rest: list[str]) -> Response:
         if not rest and m == "GET":
-            return self._list(req)
+            return await self._list(req)
         if not rest:
             return _err(405, "method not allowed")
         try:
@@ -195,12 +196,19 @@ class AdminApi:
             return _err(reply.code, reply.message)
         return Response(202) if op != "purge" else Response(200)
 
-    def _list(self, req: Request) -> Response:
+    async def _list(self, req: Request) -> Response:
         want_status = req.query.get("status")
         want_service = req.query.get("service")
-        limit = int(req.query.get("limit", "1000"))
+        try:
+            limit = int(req.query.get("limit", "1000"))
+        except ValueError:
+            return _err(400, f"bad limit '{req.query['limit']}': expected an integer")
         out = []
-        for _, raw in self.broker.store.scan("status", b""):
+        for n, (_, raw) in enumerate(self.broker.store.scan("status", b"")):
+            if n % 256 == 255:
+                # The scan reads every invocation (10,000 take most of a second): let the
+                # event loop serve ingress and invocations in between.
+                await asyncio.sleep(0)
             st = Status.decode(raw)
             j = _status_json(st, self.broker.partitions)
             if want_status and j["status"] != want_status:
