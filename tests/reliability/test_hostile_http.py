@@ -269,7 +269,7 @@ def test_hostile_http(
                            {"content-type": "text/\x7f"}):  # fmt: skip
                 st_ = ck.http(c, "POST", f"{ib}/Counter/h/add", content=b"1", headers=header)
                 assert st_ < 500, (header, st_)
-            admin_paths = ["/invocations/garbage/cancel", "/invocations/inv_zz/kill",
+            admin_paths = ["/invocations/garbage/cancel", "/invocations/inv_zz/kill", "/invocations?limit=zz",
                            "/invocations//purge", "/deployments/nope", "/services/Nope",
                            "/subscriptions/nope", "/kafka-clusters/nope", "/openapi/x"]  # fmt: skip
             for path in admin_paths:
