@@ -46,22 +46,23 @@ log = logging.getLogger("sluice.egress")
 MAX_TRANSACTION_RECORDS = 5000  # a row's records never split across transactions
 
 
-def node_id(data_dir: Any) -> str:
-    """This data directory's egress identity, created on first use."""
+def node_id(data_dir: Any) -> tuple[str, bool]:
+    """This data directory's egress identity, created on first use; and whether it was
+    created now (then no earlier process used it)."""
     path = data_dir / "egress-id"
     if path.exists():
-        return path.read_text().strip()
+        return path.read_text().strip(), False
     ident = os.urandom(6).hex()
     tmp = data_dir / "egress-id.tmp"
     tmp.write_text(ident)
     tmp.replace(path)
-    return ident
+    return ident, True
 
 
 class Egress:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.node = node_id(broker.settings.data_dir)
+        self.node, self.new_node = node_id(broker.settings.data_dir)
         self.workers: dict[tuple[str, int], SinkWorker] = {}
 
     async def start(self) -> None:
@@ -103,6 +104,7 @@ class SinkWorker:
         self.transactions = 0
         self._kafka: EgressSink | None = None
         self._visible: set[tuple[int, int]] = set()
+        self._recovered = False  # once in this process
         self._event = asyncio.Event()
         self._ex = ThreadPoolExecutor(1, thread_name_prefix=f"egress-{cluster}-{sink}")
         self._task: asyncio.Task[None] | None = None
@@ -178,7 +180,12 @@ class SinkWorker:
             topics.update(r.topic for r in records_of(e))
             if e.topic:
                 topics.add(e.topic)
-        rec = await loop.run_in_executor(self._ex, kafka.recover, topics)
+        # A new node's producer has nothing in Kafka yet: its first recovery reads nothing.
+        fresh = self.egress.new_node and not self._recovered
+        rec = await loop.run_in_executor(
+            self._ex, functools.partial(kafka.recover, topics, fresh=fresh)
+        )
+        self._recovered = True
         self._kafka = kafka
         self._visible = rec.visible
         self.cursor = rec.seq + 1

@@ -37,6 +37,7 @@ H_SEQ = "sluice-seq"
 H_PART = "sluice-part"
 
 PROGRESS_TOPIC = "sluice-egress-progress"
+STALLED_READ_S = 2.0  # a recovery read that makes no progress this long gives up (retriable)
 
 
 @dataclass(slots=True)
@@ -79,7 +80,7 @@ class EgressSink:
         self.committed = 0  # the sequence number of the last committed marker
         self.transactions = 0
         self._p: TransactionalProducer | None = None
-        self._wm: Consumer | None = None
+        self._wm: Consumer | None = None  # for watermarks, read_uncommitted
         # Called with records and marker in Kafka, before the commit (a crash test's fault
         # point; this package does not import the broker's).
         self._before_commit = before_commit or (lambda: None)
@@ -90,9 +91,13 @@ class EgressSink:
 
     # --- recovery ------------------------------------------------------------------------
 
-    def recover(self, pending_topics: Iterable[str]) -> Recovered:
+    def recover(self, pending_topics: Iterable[str], *, fresh: bool = False) -> Recovered:
         """Fence the previous producer, read the committed marker, and find records past it
-        that are visible anyway (Tansu)."""
+        that are visible anyway (Tansu).
+
+        ``fresh``: this producer id is new (never used by any process), so Kafka holds
+        nothing of it and nothing is read; a read would wait for other producers'
+        undecided transactions on the progress partition."""
         if self._p is not None:
             self._p.close()
             self._p = None
@@ -101,7 +106,7 @@ class EgressSink:
         )
         prod = TransactionalProducer(self.properties, self.producer_id)
         prod.init()
-        marker = self._read_marker()
+        marker = None if fresh else self._read_marker()
         seq = int(marker.get("seq", 0)) if marker else 0
         self.committed = seq
         self.ends = {(t, int(n)): int(o) for t, n, o in (marker or {}).get("ends", [])}
@@ -126,19 +131,28 @@ class EgressSink:
         self._p = prod
         return Recovered(seq, visible)
 
-    def _consumer(self) -> Consumer:
+    def _consumer(self, isolation: str = "read_committed") -> Consumer:
         return Consumer(
             {
                 **self.properties,
                 "group.id": f"{self.producer_id}-recovery",
-                "isolation.level": "read_committed",
+                "isolation.level": isolation,
             }
         )
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """The partition's low and high watermarks. Asked through a read_uncommitted
+        consumer: a read_committed one gets the last stable offset as its high watermark,
+        which stops below another producer's undecided transaction (and is 0 on Tansu), so
+        a read to it would miss what lies beyond."""
+        if self._wm is None:
+            self._wm = self._consumer("read_uncommitted")
+        return self._wm.watermarks(topic, partition)
 
     def _read_marker(self) -> dict[str, object] | None:
         c = self._consumer()
         try:
-            lo, hi = c.watermarks(self.progress_topic, self.marker_partition)
+            lo, hi = self._watermarks(self.progress_topic, self.marker_partition)
             window = 256
             while True:
                 start = max(lo, hi - window)
@@ -162,12 +176,20 @@ class EgressSink:
         c: Consumer | None = None,
         highs: dict[tuple[str, int], int] | None = None,
     ) -> list[object]:
-        """Every committed record from the given offsets to the end of each partition."""
+        """Every committed record from the given offsets to the end of each partition.
+
+        Raises a retriable KafkaError if a partition cannot be read to its end: another
+        producer's undecided transaction holds read_committed below it (Kafka aborts it after
+        that producer's transaction timeout; Tansu resolves it only when that producer
+        initializes again). A partial read could miss our own marker or records and send
+        them twice: recovery waits instead."""
         own = c is None
         c = c or self._consumer()
         try:
             if highs is None:
-                highs = {(t.topic, t.partition): c.watermarks(t.topic, t.partition)[1] for t in tps}
+                highs = {
+                    (t.topic, t.partition): self._watermarks(t.topic, t.partition)[1] for t in tps
+                }
             todo = {
                 (t.topic, t.partition)
                 for t in tps
@@ -175,19 +197,25 @@ class EgressSink:
             }
             c.assign(tps)
             out: list[object] = []
-            idle_since = time.monotonic()
+            moved, last = time.monotonic(), None
             while todo:
                 msgs = c.consume(1000, 0.05)
-                if msgs:
-                    idle_since = time.monotonic()
                 out += msgs
                 # The position moves past transaction markers (control records), which take
                 # offsets but are never delivered: a partition is read when it reaches the end.
                 at = c.positions([TopicPartitionOffset(t, n) for t, n in todo])
                 todo = {tp for tp in todo if at.get(tp, -1) < highs[tp]}
-                # An undecided transaction holds read_committed below the end: stop waiting.
-                if not msgs and time.monotonic() - idle_since > 0.5:
-                    break
+                if msgs or at != last:
+                    moved, last = time.monotonic(), at
+                elif time.monotonic() - moved > STALLED_READ_S:
+                    where = ", ".join(
+                        f"{t}[{n}] at {at.get((t, n))} of {highs[(t, n)]}" for t, n in sorted(todo)
+                    )
+                    raise KafkaError(
+                        f"cannot read {where}: an undecided transaction of another producer "
+                        "holds read_committed back; retrying",
+                        retriable=True,
+                    )
             return out
         finally:
             if own:
@@ -246,12 +274,10 @@ class EgressSink:
         """Before the first records to a topic: commit a marker that lists the topic's
         current end offsets, so that a recovery scans only from there (and never scans a
         topic that is not listed)."""
-        if self._wm is None:
-            self._wm = self._consumer()
         for topic in sorted(topics):
             self.ends[(topic, -1)] = 0
             for n in prod.partitions(topic) or []:
-                self.ends[(topic, n)] = self._wm.watermarks(topic, n)[1]
+                self.ends[(topic, n)] = self._watermarks(topic, n)[1]
         marker = {
             "seq": self.committed,
             "ends": [[t, n, o] for (t, n), o in sorted(self.ends.items())],
