@@ -57,6 +57,7 @@ def _server(args: argparse.Namespace) -> None:
             idempotency_retention_s=args.idempotency_retention,
             completion_retention_s=args.completion_retention,
             max_concurrent_invocations=args.max_concurrent_invocations,
+            admission_limit=args.admission_limit,
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -212,6 +213,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--completion-retention", type=float, default=86_400.0, help="seconds")
     s.add_argument(
         "--max-concurrent-invocations", type=int, default=0, help="attempts streaming at once; 0: no limit"
+    )
+    s.add_argument(
+        "--admission-limit",
+        type=int,
+        default=2_000,
+        help="invocations in flight at which the ingress answers 503 (Retry-After) and "
+        "subscriptions pause; 0: no limit",
     )
     s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
     s.add_argument(

@@ -33,6 +33,13 @@ class BrokerSettings(BaseModel):
     abort_timeout_s: float = Field(60.0, gt=0)
     log_segment_bytes: int = Field(64 << 20, ge=4096, description="log segments roll over at this size")
     max_concurrent_invocations: int = Field(0, ge=0, description="streaming at once; 0: no limit")
+    admission_limit: int = Field(
+        2_000,
+        ge=0,
+        description="invocations running or waiting to run, or ingress requests unanswered, "
+        "at which the ingress answers 503 with Retry-After and Kafka subscriptions stop "
+        "reading; 0: no limit",
+    )
     idempotency_retention_s: float = Field(86_400.0, ge=0)
     workflow_retention_s: float = Field(86_400.0, ge=0)
     completion_retention_s: float = Field(

@@ -36,6 +36,8 @@ class Broker:
         self.partitions = settings.partitions
         # Actions of extensions (Kafka subscriptions): type -> callback, set by their owner.
         self.action_hooks: dict[type, Callable[[Any], None]] = {}
+        # Admitted work not finished yet, per source (ingress, subscriptions): admission.
+        self.admitted: list[Callable[[], int]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -145,6 +147,33 @@ class Broker:
         await self.invoker.close()
         await self.log.close()
         self.store.close()
+
+    # --- admission -----------------------------------------------------------------------
+
+    def _loads(self) -> tuple[int, int]:
+        """(invocations running or waiting for the invoker, requests and records admitted
+        and unfinished): two views of the same work, so the limit applies to each."""
+        return self.invoker.load, sum(source() for source in self.admitted)
+
+    def overload(self) -> str | None:
+        """Why new work must wait (the ingress answers 503, subscriptions stop reading), or
+        None. The invoker's count sees work from every source (sends, timers, calls between
+        handlers); the admitted count sees what it does not yet run: appends waiting for
+        the log, and invocations queued behind their object key."""
+        limit = self.settings.admission_limit
+        if not limit:
+            return None
+        running, admitted = self._loads()
+        if running >= limit:
+            return f"{running} invocations running or queued"
+        if admitted >= limit:
+            return f"{admitted} requests and Kafka records in flight"
+        return None
+
+    def admission_room(self) -> int:
+        """How much more work fits under the admission limit (a large number: no limit)."""
+        limit = self.settings.admission_limit
+        return limit - max(self._loads()) if limit else 1 << 30
 
     # --- requests ------------------------------------------------------------------------
 

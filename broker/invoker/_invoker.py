@@ -264,6 +264,11 @@ class Invoker:
                         f"then did not suspend within the {abort:g}s abort timeout"
                     )
 
+    @property
+    def load(self) -> int:
+        """Attempts streaming or waiting for a concurrency slot."""
+        return len(self._active) + len(self._queued)
+
     # --- actions -------------------------------------------------------------------------
 
     def start(self, action: StartAttempt) -> None:

@@ -52,11 +52,14 @@ def parse_delay(text: str) -> int:
     return int(total)
 
 
-def _err(status: int, message: str) -> Response:
+RETRY_AFTER_S = 1  # what an overloaded ingress asks clients to wait
+
+
+def _err(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
     return json_response(
         status,
         {"code": status, "message": message, "source": "ingress"},
-        [("x-restate-error-source", "ingress")],
+        [("x-restate-error-source", "ingress"), *(headers or [])],
     )
 
 
@@ -64,6 +67,8 @@ class Ingress:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.registry = broker.registry
+        self.in_flight = 0  # invocation requests admitted and not yet answered
+        broker.admitted.append(lambda: self.in_flight)
 
     async def handle(self, req: Request) -> Response:
         seg = req.segments()
@@ -111,6 +116,8 @@ class Ingress:
                 "check that the handler exists in the latest registered service version.",
             )
         kind = handler.kind(svc.ty)
+        if (refused := self._refuse()) is not None:
+            return refused
         problem = validate(handler, req.body, req.headers.get("content-type"))
         if problem is not None:
             return _err(400, f"input validation error: {problem}")
@@ -170,10 +177,12 @@ class Ingress:
                 retention_ms=retention,
             )
         )
+        self.in_flight += 1
         try:
             reply = await fut
         finally:
             self.broker.forget(wid)
+            self.in_flight -= 1
         if send:
             body: dict[str, Any] = {
                 "invocationId": str(InvocationId(reply.id)),
@@ -181,6 +190,20 @@ class Ingress:
             }
             return json_response(202, body)
         return self._result(reply, handler.output_content_type)
+
+    def _refuse(self) -> Response | None:
+        """A 503 with Retry-After when the broker is over its admission limit. It comes
+        before anything is appended (and before the costlier checks, so that refusing stays
+        cheap): retrying the same request later is safe."""
+        busy = self.broker.overload()
+        if busy is None:
+            return None
+        return _err(
+            503,
+            f"overloaded: {busy} (admission limit {self.broker.settings.admission_limit}); "
+            f"nothing was accepted, retry after {RETRY_AFTER_S}s",
+            [("retry-after", str(RETRY_AFTER_S))],
+        )
 
     def _result(self, reply: Reply, content_type: str | None = "application/json") -> Response:
         hdrs = [("x-restate-id", str(InvocationId(reply.id)))] if reply.id else []

@@ -89,6 +89,7 @@ class SubscriptionConsumer:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._throttled = False
+        self.throttles = 0  # how often it stopped reading for lack of room
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class SubscriptionConsumer:
     def done(self) -> None:
         """One of this subscription's invocations finished."""
         self.in_flight = max(self.in_flight - 1, 0)
-        if self._throttled and self._load() <= self.sub.max_in_flight // 2:
+        if self._throttled and self.load() <= self.sub.max_in_flight // 2:
             self._wake.set()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -180,7 +181,8 @@ class SubscriptionConsumer:
         self._throttled = False
         self.status = "paused" if self._paused else "running"
 
-    def _load(self) -> int:
+    def load(self) -> int:
+        """Records taken and not finished: appends pending, invocations unfinished."""
         return self.in_flight + sum(s.pending for s in self.partitions.values())
 
     async def _consume(self) -> None:
@@ -188,19 +190,24 @@ class SubscriptionConsumer:
         assert consumer is not None
         sub = self.sub
         while True:
-            if self._paused or self._load() >= sub.max_in_flight:
-                # Stop consuming until there is room. librdkafka keeps its prefetch queue,
-                # bounded by queued.max.messages.kbytes / queued.min.messages, in offset order.
+            if self._paused or self.load() >= sub.max_in_flight or self.broker.overload():
+                # Stop consuming until there is room, here and in the broker (its admission
+                # limit). librdkafka keeps its prefetch queue, bounded by
+                # queued.max.messages.kbytes / queued.min.messages, in offset order.
                 self._throttled = not self._paused
+                self.throttles += self._throttled
                 for s in self.partitions.values():
                     s.paused = True
-                while self._paused or self._load() > sub.max_in_flight // 2:
+                while self._paused or self.load() > sub.max_in_flight // 2:
                     self._wake.clear()
                     await self._wake.wait()
+                while self.broker.overload() and not self._paused:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # (nothing signals the end of an overload: poll)
                 self._throttled = False
                 for s in self.partitions.values():
                     s.paused = False
-            room = sub.max_in_flight - self._load()
+                continue  # (paused again meanwhile, or over the limit again)
+            room = min(sub.max_in_flight - self.load(), self.broker.admission_room())
             msgs, highs = await self._call(self._poll, consumer, min(self._limit(), max(room, 1)))
             for n, hi in highs.items():
                 if n in self.partitions and hi is not None:
@@ -333,8 +340,9 @@ class SubscriptionConsumer:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "state": self.status,
+            "state": "throttled" if self._throttled else self.status,
             "in_flight": self.in_flight,
+            "throttles": self.throttles,
             "partitions": [
                 s.to_json() for s in sorted(self.partitions.values(), key=lambda s: s.partition)
             ],

@@ -115,3 +115,31 @@ def test_parse_delay() -> None:
     assert parse_delay("P1DT1H") == 90_000_000
     with pytest.raises(ValueError):
         parse_delay("later")
+
+
+async def test_503_with_retry_after_over_the_admission_limit(
+    tmp_path: Path, restate_service: ServiceProcess
+) -> None:
+    b = Broker(
+        BrokerSettings(data_dir=tmp_path / "d", ingress_port=0, admin_port=0, admission_limit=1)
+    )
+    await b.start()
+    c = Client(b)
+    try:
+        await c.register(restate_service.uri)
+        first = asyncio.ensure_future(c.call("/Greeter/sleepy", 1000))
+        async with asyncio.timeout(10):
+            while b.overload() is None:  # noqa: ASYNC110 (the broker has no event for it)
+                await asyncio.sleep(0.01)
+        tail = b.log.tail
+        r = await c.call("/Greeter/greet", "Ada")
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert "overloaded" in r.json()["message"]
+        assert b.log.tail == tail, "a refused request reached the log"
+        assert (await first).status_code == 200
+        r = await c.call("/Greeter/greet", "Ada")
+        assert r.status_code == 200, r.text
+    finally:
+        await c.close()
+        await b.stop()
