@@ -32,8 +32,9 @@ KILLS = 5
 
 
 class BrokerProcess:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *args: str) -> None:
         self.data = data
+        self.args = args  # more `sluice server` flags
         self.ingress = free_port()
         self.admin = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,7 +45,8 @@ class BrokerProcess:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
-                 "--ingress-port", str(self.ingress), "--admin-port", str(self.admin)],
+                 "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
+                 *self.args],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
         wait_port(self.admin, self.proc)
