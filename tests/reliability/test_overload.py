@@ -38,13 +38,14 @@ from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(sized(420, 1500))]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(sized(420, 1800))]
 
 ADMISSION_LIMIT = 256
 CLIENTS = 32  # closed-loop connections
 MEASURE_S = sized(10.0, 30.0)
 OVERLOAD_S = sized(30.0, 300.0)
 RECOVERY_S = 30.0
+DRAIN_S = sized(120.0, 900.0)  # for the backlog of refused clients to get through
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +198,15 @@ class Clients:
         }
 
 
+async def loop_lag(samples: list[tuple[float, float]]) -> None:
+    """How late this event loop wakes up (time, seconds): when the test's own client is
+    starved of CPU, its latencies include that."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(0.05)
+        samples.append((t, time.monotonic() - t - 0.05))
+
+
 async def ledger_counts(c: httpx.AsyncClient, admin: str) -> dict[str, int]:
     """Every job recorded by Ledger, with how many times it was applied."""
     r = await c.post(
@@ -227,13 +237,16 @@ async def test_http_overload(
             rejected_closed = sum(1 for a in load.attempts if a.status in (429, 503))
             offered = 2 * sustainable
 
+            lags: list[tuple[float, float]] = []
+            lag = asyncio.ensure_future(loop_lag(lags))
             over = time.monotonic()
             pending = await load.open_loop(offered, OVERLOAD_S)
             over_end = time.monotonic()
+            lag.cancel()
             await load.closed_loop(CLIENTS, RECOVERY_S)
             after_end = time.monotonic()
-            _, late = await asyncio.wait(pending, timeout=120)
-            assert not late, f"{len(late)} clients still retrying 120 s after the recovery phase"
+            _, late = await asyncio.wait(pending, timeout=DRAIN_S)
+            assert not late, f"{len(late)} clients still refused {DRAIN_S} s after the recovery"
             recovery = load.accepted_between(over_end, after_end) / (after_end - over_end)
             rss = peak_rss_mb(broker.proc.pid)  # type: ignore[union-attr]
 
@@ -266,6 +279,9 @@ async def test_http_overload(
                 "recovery_rps": round(recovery, 1),
                 "recovery_ratio": round(recovery / sustainable, 2),
                 "connections_opened": pool.opened,
+                "client_loop_lag_ms_p99_during_overload": round(
+                    sorted(x for _, x in lags)[int(len(lags) * 0.99)] * 1000, 1
+                ),
                 "peak_rss_mb": rss,
             }
         )
