@@ -37,6 +37,14 @@ def sized(fast: T, soak: T) -> T:
     return soak if SOAK else fast
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
 @pytest.fixture
 def seed() -> int:
     """One seed per test, printed in its figures; ``SLUICE_TEST_SEED=N`` repeats a run."""

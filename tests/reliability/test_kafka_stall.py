@@ -40,7 +40,7 @@ from tests.egress.conftest import Out, check_exactly_once
 from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
-from .conftest import sized
+from .conftest import peak_rss_mb, sized
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(400, 1800))]
 
@@ -175,13 +175,6 @@ class Progress:
 def first_arrival_after(arrivals: list[float], t: float) -> float | None:
     later = [a for a in arrivals if a > t]
     return round(min(later) - t, 2) if later else None
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise AssertionError("no VmHWM")
 
 
 async def test_kafka_stalls_and_resets(  # noqa: PLR0915 - one scenario, in order
