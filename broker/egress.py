@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from broker import faults
 from broker.partition._outbox import (
     EgressCommitted,
+    FailedRecord,
     OutboxEntry,
     OutboxReady,
     OutboxState,
@@ -36,7 +37,9 @@ from broker.partition.lifecycle.egress import (
     records_of,
 )
 from connectors.kafka._egress import EgressSink, OutRecord
-from connectors.serde import is_json
+from connectors.serde import DecodeError, is_json
+
+from .egress_encoding import OutputEncoder
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -101,7 +104,9 @@ class SinkWorker:
         self.status = "starting"
         self.cursor = 1  # the next sequence number to send
         self.sent = 0
+        self.failed = 0
         self.transactions = 0
+        self._encoder = OutputEncoder(cluster)
         self._kafka: EgressSink | None = None
         self._visible: set[tuple[int, int]] = set()
         self._recovered = False  # once in this process
@@ -134,6 +139,7 @@ class SinkWorker:
             "state": self.status,
             "next_seq": self.cursor,
             "records_sent": self.sent,
+            "records_failed": self.failed,
             "transactions": self.transactions,
         }
 
@@ -158,12 +164,19 @@ class SinkWorker:
                         await loop.run_in_executor(self._ex, kafka.close)
                 await asyncio.sleep(1.0)
 
-    def _properties(self) -> dict[str, str]:
+    def _cluster_row(self) -> dict[str, Any]:
         raw = self.broker.store.get("kafka_clusters", self.cluster.encode())
         if raw is None:
             raise LookupError(f"kafka cluster '{self.cluster}' is not defined")
-        props: dict[str, str] = json.loads(raw)["properties"]
+        row: dict[str, Any] = json.loads(raw)
+        return row
+
+    def _properties(self) -> dict[str, str]:
+        props: dict[str, str] = self._cluster_row()["properties"]
         return props
+
+    def _registry(self) -> str:
+        return str(self._cluster_row().get("schema_registry") or "")
 
     async def _recover(self, loop: asyncio.AbstractEventLoop) -> None:
         self.status = "recovering"
@@ -175,11 +188,15 @@ class SinkWorker:
             before_commit=functools.partial(faults.reached, "before-egress-commit"),
         )
         topics = set()
-        for _, raw in self.broker.store.scan("outbox", outbox_prefix(self.cluster, self.sink)):
+        done: list[tuple[int, OutboxEntry]] = []  # committed before, with a format: see below
+        prefix = outbox_prefix(self.cluster, self.sink)
+        for k, raw in self.broker.store.scan("outbox", prefix):
             e = OutboxEntry.decode(raw)
             topics.update(r.topic for r in records_of(e))
             if e.topic:
                 topics.add(e.topic)
+            if e.format is not None and e.state == OutboxState.READY:
+                done.append((int.from_bytes(k[len(prefix) :], "big"), e))
         # A new node's producer has nothing in Kafka yet: its first recovery reads nothing.
         fresh = self.egress.new_node and not self._recovered
         rec = await loop.run_in_executor(
@@ -190,7 +207,18 @@ class SinkWorker:
         self._visible = rec.visible
         self.cursor = rec.seq + 1
         if rec.seq > 0:
-            self._trim(rec.seq)
+            # Rows committed to Kafka but not trimmed: the records that could not be encoded
+            # were dead-lettered by the trim that did not happen; they are found again.
+            rows = [(seq, e) for seq, e in done if seq <= rec.seq]
+            _, failed = await loop.run_in_executor(self._ex, self._records, rows)
+            if failed:
+                log.warning(
+                    "egress %s: %d records of rows committed before a restart did not fit"
+                    " their format: dead-lettered now",
+                    self.producer_id,
+                    len(failed),
+                )
+            self._trim(rec.seq, failed)
         self.status = "running"
         log.info(
             "egress %s resumes after seq %d (%d records already visible)",
@@ -199,8 +227,10 @@ class SinkWorker:
             len(rec.visible),
         )
 
-    def _trim(self, upto: int) -> None:
-        self.broker.submit(EgressCommitted(cluster=self.cluster, sink=self.sink, upto=upto))
+    def _trim(self, upto: int, failed: list[FailedRecord] | None = None) -> None:
+        self.broker.submit(
+            EgressCommitted(cluster=self.cluster, sink=self.sink, upto=upto, failed=failed or [])
+        )
 
     def _collect(self) -> tuple[list[tuple[int, OutboxEntry]], int, int]:
         """The sendable prefix from the cursor: its rows, their record count (an estimate
@@ -229,30 +259,64 @@ class SinkWorker:
             expected = seq + 1
         return rows, count, upto
 
-    def _send_rows(self, rows: list[tuple[int, OutboxEntry]], upto: int) -> int:
-        """In the sink's thread: rows to records (batch rows are split here), one transaction."""
-        out: list[OutRecord] = []
-        for seq, e in rows:
-            if e.batch and e.raw is not None:
-                self._batch_rows(seq, e, out)
-                continue
-            for i, r in enumerate(records_of(e)):
-                if (seq, i) in self._visible:
-                    continue
-                out.append(
-                    OutRecord(
-                        topic=r.topic,
-                        key=r.key,
-                        value=r.value,
-                        headers=[(h.key, h.value.encode()) for h in r.headers],
-                        seq=seq,
-                        part=i,
-                    )
-                )
+    def _send_rows(
+        self, rows: list[tuple[int, OutboxEntry]], upto: int
+    ) -> tuple[int, list[FailedRecord]]:
+        """In the sink's thread: rows to records, one transaction; the records sent and
+        those that could not be encoded."""
+        out, failed = self._records(rows)
         if out:
             assert self._kafka is not None
             self._kafka.send(out, upto)
-        return len(out)
+        return len(out), failed
+
+    def _records(
+        self, rows: list[tuple[int, OutboxEntry]]
+    ) -> tuple[list[OutRecord], list[FailedRecord]]:
+        """Rows to records (batch rows are split here, values encoded in the row's format),
+        without those already visible in Kafka."""
+        out: list[OutRecord] = []
+        failed: list[FailedRecord] = []
+        if any(e.format is not None for _, e in rows):
+            self._encoder.cluster_registry = self._registry()
+        for seq, e in rows:
+            start = len(out)
+            if e.batch and e.raw is not None:
+                self._batch_rows(seq, e, out)
+            else:
+                self._plain_rows(seq, e, out)
+            if e.format is not None:
+                out[start:] = self._encode(e, out[start:], failed)
+        return out, failed
+
+    def _encode(
+        self, e: OutboxEntry, records: list[OutRecord], failed: list[FailedRecord]
+    ) -> list[OutRecord]:
+        assert e.format is not None
+        kept = []
+        for r in records:
+            try:
+                r.value = self._encoder.encode(e.format, r.value)
+            except DecodeError as exc:
+                failed.append(FailedRecord(r.seq, r.part, r.key, r.value, exc.reason))
+                continue
+            kept.append(r)
+        return kept
+
+    def _plain_rows(self, seq: int, e: OutboxEntry, out: list[OutRecord]) -> None:
+        for i, r in enumerate(records_of(e)):
+            if (seq, i) in self._visible:
+                continue
+            out.append(
+                OutRecord(
+                    topic=r.topic,
+                    key=r.key,
+                    value=r.value,
+                    headers=[(h.key, h.value.encode()) for h in r.headers],
+                    seq=seq,
+                    part=i,
+                )
+            )
 
     def _batch_rows(self, seq: int, e: OutboxEntry, out: list[OutRecord]) -> None:
         """``records_of`` for a stream handler's row, with the common item shape
@@ -292,14 +356,16 @@ class SinkWorker:
         rows, _, upto = self._collect()
         if not upto:
             return False
+        failed: list[FailedRecord] = []
         if any(e.state == OutboxState.READY for _, e in rows):
-            sent = await loop.run_in_executor(self._ex, self._send_rows, rows, upto)
+            sent, failed = await loop.run_in_executor(self._ex, self._send_rows, rows, upto)
             if sent:
                 faults.reached("after-egress-commit")
                 self.sent += sent
                 self.transactions += 1
+            self.failed += len(failed)
         self.cursor = upto + 1
         if self._visible:
             self._visible = {v for v in self._visible if v[0] > upto}
-        self._trim(upto)
+        self._trim(upto, failed)
         return True

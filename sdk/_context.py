@@ -257,6 +257,7 @@ class Context:
         headers: Mapping[str, str] | None = None,
         cluster: str | None = None,
         serde: Serde[Any] | None = None,
+        avro_schema: str | Mapping[str, Any] | None = None,
     ) -> SendHandle:
         """Send one record to a Kafka topic, exactly once, as a durable step.
 
@@ -267,6 +268,10 @@ class Context:
         `value`: bytes as they are, anything else through `serde` (JSON by default).
         `cluster`: a Kafka cluster declared on the broker (default: the only one declared,
         or the one named "default").
+        `avro_schema`: send the value (then JSON) as Avro in the Schema Registry wire format,
+        written with this schema (a dict, registered under subject TOPIC-value) or with the
+        latest schema of this subject, in the cluster's schema registry. A value that does
+        not fit is not sent; the broker records it as a failed ``sluice.Kafka/egress``.
         """
         data = value if isinstance(value, bytes) else (serde or _ANY).serialize(value)
         body: dict[str, Any] = {"topic": topic, "value_b64": base64.b64encode(data).decode()}
@@ -278,6 +283,8 @@ class Context:
             body["headers"] = dict(headers)
         if cluster:
             body["cluster"] = cluster
+        if avro_schema is not None:
+            body["avro_schema"] = avro_schema if isinstance(avro_schema, str) else dict(avro_schema)
         return self._send(KAFKA_SERVICE, KAFKA_SEND, json.dumps(body).encode(), "")
 
     def cancel_invocation(self, invocation_id: str) -> None:

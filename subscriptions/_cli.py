@@ -29,7 +29,10 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 def _clusters(args: argparse.Namespace) -> None:
     if args.action == "create":
         props = {"bootstrap.servers": args.bootstrap, **_pairs(args.property, "--property")}
-        _admin(args, "POST", "/kafka-clusters", {"name": args.name, "properties": props})
+        body = {"name": args.name, "properties": props}
+        if args.schema_registry:
+            body["schema_registry"] = args.schema_registry
+        _admin(args, "POST", "/kafka-clusters", body)
         print(f"created kafka cluster {args.name} ({args.bootstrap})")
     elif args.action == "list":
         rows = _admin(args, "GET", "/kafka-clusters")["clusters"]
@@ -95,6 +98,9 @@ def add_commands(client: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("name")
     c.add_argument("--bootstrap", required=True, help="bootstrap.servers, host:port[,host:port]")
     c.add_argument("--property", action="append", metavar="KEY=VALUE", help="librdkafka property")
+    c.add_argument(
+        "--schema-registry", help="http(s)://HOST:PORT of a Schema Registry, or a registry file"
+    )
     ksub.add_parser("list")
     d = ksub.add_parser("delete")
     d.add_argument("name")

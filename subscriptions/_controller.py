@@ -241,9 +241,8 @@ class Controller:
             return json_response(200, {**c.public(), "subscriptions": subs})
         if m == "PATCH":
             body = self._body(req)
-            c = KafkaCluster.model_validate(
-                {**c.model_dump(), "properties": body.get("properties")}
-            )
+            fields = {k: body[k] for k in ("properties", "schema_registry") if k in body}
+            c = KafkaCluster.model_validate({**c.model_dump(), **fields})
             await self._put("kafka_clusters", c.name, c.model_dump_json().encode())
             return json_response(200, c.public())
         if m == "DELETE":
@@ -290,6 +289,17 @@ class Controller:
         kind, why = self._kind(sub)
         if kind is None:
             return _err(400, f"cannot subscribe to {sub.sink}: {why}")
+        out_cluster = self.clusters().get(sub.output_cluster or sub.cluster)
+        if sub.output_cluster and out_cluster is None:
+            return _err(400, f"output_cluster: kafka cluster '{sub.output_cluster}' not found")
+        if sub.output_serde == "avro" and not (
+            sub.schema_registry or (out_cluster and out_cluster.schema_registry)
+        ):
+            return _err(
+                400,
+                "output_serde 'avro' needs a schema registry: set schema_registry on the "
+                f"subscription or on kafka cluster '{sub.output_cluster or sub.cluster}'",
+            )
         old = self.subscriptions().get(sub.name)
         if old is not None:
             if old.definition() == sub.definition() and not reset:

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from broker.partition._outbox import EgressTarget
+from broker.partition._outbox import EgressTarget, OutputFormat
+from connectors.serde import load_schema, redacted, registry_at
 from sdk.protocol import Header
 
 _HOSTNAME = re.compile(
@@ -36,6 +37,11 @@ class KafkaCluster(BaseModel):
 
     name: str = Field(description="a hostname-like name, used in kafka://NAME/TOPIC sources")
     properties: dict[str, str] = Field(description="librdkafka properties, with bootstrap.servers")
+    schema_registry: str | None = Field(
+        None,
+        description="where Avro schemas live: http(s)://[USER:PASSWORD@]HOST[:PORT] for a "
+        "Schema Registry, or the path of a registry file",
+    )
     created_at: int = 0
 
     @field_validator("name")
@@ -44,6 +50,11 @@ class KafkaCluster(BaseModel):
         if not _HOSTNAME.match(v):
             raise ValueError(f"{v!r} is not a valid cluster name (letters, digits, '-' and '.')")
         return v
+
+    @field_validator("schema_registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        return _registry_address(v)
 
     @field_validator("properties", mode="before")
     @classmethod
@@ -56,7 +67,19 @@ class KafkaCluster(BaseModel):
 
     def public(self) -> dict[str, Any]:
         props = {k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.properties.items()}
-        return {"name": self.name, "properties": props, "created_at": str(self.created_at)}
+        out: dict[str, Any] = {"name": self.name, "properties": props}
+        if self.schema_registry:
+            out["schema_registry"] = redacted(self.schema_registry)
+        return {**out, "created_at": str(self.created_at)}
+
+
+def _registry_address(v: str | None) -> str | None:
+    if v is not None:
+        v = v.strip()
+        if not v:
+            return None
+        registry_at(v)  # ValueError: not an address it understands
+    return v
 
 
 # Subscription settings that Sluice reads from Restate-shaped ``options`` (the rest of the
@@ -73,6 +96,9 @@ SLUICE_OPTIONS = (
     "output_topic",
     "output_cluster",
     "output_headers",
+    "output_serde",
+    "output_schema",
+    "schema_registry",
     "batch_max_records",
     "batch_max_ms",
 )
@@ -113,6 +139,13 @@ class Subscription(BaseModel):
     output_topic: str | None = None
     output_cluster: str | None = None
     output_headers: dict[str, str] = Field(default_factory=dict)
+    # "avro": results leave as Avro records in the Schema Registry wire format, written with
+    # ``output_schema`` (inline JSON, a .avsc/.json file, or a subject; default: the latest
+    # schema of subject OUTPUT_TOPIC-value) from ``schema_registry`` (default: the output
+    # cluster's). A result that does not fit is dead-lettered, the rest leave exactly once.
+    output_serde: Literal["json", "avro"] = "json"
+    output_schema: str | None = None
+    schema_registry: str | None = None
     # A stream handler: one invocation per up to this many records of one partition; its
     # input is {"topic", "partition", "records": [...]}, its result a list of records.
     batch_max_records: int = Field(0, ge=0, le=100_000)
@@ -146,6 +179,27 @@ class Subscription(BaseModel):
             raise ValueError(f"{v!r}: expected service://SERVICE/HANDLER")
         return v
 
+    @field_validator("schema_registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        return _registry_address(v)
+
+    @field_validator("output_schema")
+    @classmethod
+    def _output_schema(cls, v: str | None) -> str | None:
+        if v is not None and v.strip():
+            load_schema(v)  # ValueError: an invalid inline schema, a missing or bad file
+            return v.strip()
+        return None
+
+    @model_validator(mode="after")
+    def _output_format(self) -> Subscription:
+        if self.output_serde != "json" and not self.output_topic:
+            raise ValueError(f"output_serde {self.output_serde!r} needs an output_topic")
+        if self.output_schema and self.output_serde != "avro":
+            raise ValueError("output_schema is for output_serde 'avro'")
+        return self
+
     @field_validator("output_headers", mode="before")
     @classmethod
     def _output_headers(cls, v: Any) -> Any:
@@ -167,10 +221,21 @@ class Subscription(BaseModel):
         """Where results go (KafkaIngest.output), or None."""
         if not self.output_topic:
             return None
+        fmt = None
+        if self.output_serde == "avro":
+            fmt = OutputFormat(
+                serde="avro",
+                schema=self.output_schema or f"{self.output_topic}-value",
+                subject=f"{self.output_topic}-value",
+                registry=self.schema_registry or "",
+                subscription=self.name,
+                dead_letter_topic=self.dead_letter_topic or "",
+            )
         return EgressTarget(
             cluster=self.output_cluster or self.cluster,
             topic=self.output_topic,
             headers=[Header(key=k, value=v) for k, v in self.output_headers.items()],
+            format=fmt,
         )
 
     @field_validator("options", mode="before")
@@ -240,6 +305,11 @@ class Subscription(BaseModel):
             opts["output_cluster"] = self.output_cluster or self.cluster
             if self.output_headers:
                 opts["output_headers"] = json.dumps(self.output_headers)
+            opts["output_serde"] = self.output_serde
+            if self.output_schema:
+                opts["output_schema"] = self.output_schema
+        if self.schema_registry:
+            opts["schema_registry"] = redacted(self.schema_registry)
         if self.batch_max_records:
             opts["batch_max_records"] = str(self.batch_max_records)
             opts["batch_max_ms"] = str(self.batch_max_ms)

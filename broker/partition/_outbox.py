@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sdk.protocol import Header, Message
-from sdk.protocol._proto import BOOL, BYTES, OPT_BYTES, REP_MSG, STRING, UINT
+from sdk.protocol._proto import BOOL, BYTES, MSG, OPT_BYTES, REP_MSG, STRING, UINT
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -49,6 +49,30 @@ class OutboxRecord(Message):
 
 
 @dataclass(slots=True)
+class OutputFormat(Message):
+    """How the egress connector encodes a row's values (no format: as the handler returned
+    them). ``serde`` "avro": ``schema`` is inline JSON, a schema file, or a registry subject
+    (resolved by ``connectors.serde.load_schema``), registered under ``subject``, in
+    ``registry`` (empty: the output cluster's). A value that does not fit goes to
+    ``dead_letter_topic`` of ``subscription``, or becomes a failed invocation."""
+
+    serde: str = ""
+    schema: str = ""
+    subject: str = ""
+    registry: str = ""
+    subscription: str = ""
+    dead_letter_topic: str = ""
+    _schema: ClassVar = (
+        (1, "serde", STRING),
+        (2, "schema", STRING),
+        (3, "subject", STRING),
+        (4, "registry", STRING),
+        (5, "subscription", STRING),
+        (6, "dead_letter_topic", STRING),
+    )
+
+
+@dataclass(slots=True)
 class OutboxEntry(Message):
     """One sequence number: zero or more records that leave in the same transaction.
 
@@ -65,6 +89,8 @@ class OutboxEntry(Message):
     headers: list[Header] = field(default_factory=list)
     batch: bool = False
     raw: bytes | None = None  # READY batch: the handler's JSON list, split by the connector
+    format: OutputFormat | None = None  # values are encoded on their way out (Avro)
+    origin: str = ""  # with a format: "topic:partition:offset" of the input, for dead letters
     _schema: ClassVar = (
         (1, "state", UINT),
         (2, "records", REP_MSG, OutboxRecord),
@@ -73,6 +99,8 @@ class OutboxEntry(Message):
         (5, "headers", REP_MSG, Header),
         (6, "batch", BOOL),
         (7, "raw", OPT_BYTES),
+        (8, "format", MSG, OutputFormat),
+        (9, "origin", STRING),
     )
 
 
@@ -83,10 +111,12 @@ class EgressTarget(Message):
     cluster: str = ""
     topic: str = ""
     headers: list[Header] = field(default_factory=list)
+    format: OutputFormat | None = None
     _schema: ClassVar = (
         (1, "cluster", STRING),
         (2, "topic", STRING),
         (3, "headers", REP_MSG, Header),
+        (4, "format", MSG, OutputFormat),
     )
 
 
@@ -130,13 +160,39 @@ def unpack_u64(data: bytes) -> list[int]:
 
 
 @dataclass(slots=True)
+class FailedRecord(Message):
+    """A record of row ``seq`` (its ``part``-th) whose value its format could not encode."""
+
+    seq: int = 0
+    part: int = 0
+    key: bytes | None = None
+    value: bytes | None = None
+    reason: str = ""
+    _schema: ClassVar = (
+        (1, "seq", UINT),
+        (2, "part", UINT),
+        (3, "key", OPT_BYTES),
+        (4, "value", OPT_BYTES),
+        (5, "reason", STRING),
+    )
+
+
+@dataclass(slots=True)
 class EgressCommitted(Message):
-    """The sink (cluster, egress partition) committed everything up to ``upto``: trim."""
+    """The sink (cluster, egress partition) committed everything up to ``upto``: trim.
+    ``failed``: records of those rows that were not sent (their value did not fit the
+    row's format); they are dead-lettered in the same write as the trim."""
 
     cluster: str = ""
     sink: int = 0
     upto: int = 0
-    _schema: ClassVar = ((1, "cluster", STRING), (2, "sink", UINT), (3, "upto", UINT))
+    failed: list[FailedRecord] = field(default_factory=list)
+    _schema: ClassVar = (
+        (1, "cluster", STRING),
+        (2, "sink", UINT),
+        (3, "upto", UINT),
+        (4, "failed", REP_MSG, FailedRecord),
+    )
 
 
 def outbox_prefix(cluster: str, sink: int) -> bytes:

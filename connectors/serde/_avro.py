@@ -20,6 +20,7 @@ import json
 import struct
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -73,6 +74,9 @@ class AvroSerde(Serde):
         return json.dumps(record, default=_json_default, separators=(",", ":")).encode()
 
     def encode(self, payload: bytes) -> bytes:
+        """The handler's JSON as an Avro record of the writer schema, in the wire format.
+        ``DecodeError`` if it does not fit (or the registry has no such subject);
+        ``RegistryError`` (retriable) if the registry cannot be reached."""
         try:
             record = json.loads(payload) if payload else None
         except ValueError as exc:
@@ -98,6 +102,8 @@ class AvroSerde(Serde):
                 else:
                     schema_id, raw = self._registry.latest(self._subject)
             except RegistryError as exc:
+                if exc.retriable:
+                    raise  # the registry is down: the value may well be fine, try again later
                 raise DecodeError(f"avro: {exc}") from None
             self._writer = (schema_id, _parse(raw))
         return self._writer
@@ -110,6 +116,32 @@ class AvroSerde(Serde):
             except RegistryError as exc:
                 raise DecodeError(f"avro: unknown schema id {schema_id}: {exc}") from None
         return parsed
+
+
+def load_schema(ref: str) -> Schema | None:
+    """A schema reference as configured: inline JSON (``{...}``, ``[...]`` or a quoted
+    primitive) or a path to a ``.avsc``/``.json`` file gives the schema (checked to be valid
+    Avro); anything else is a registry subject, and gives None. ``ValueError`` says what is
+    wrong with an invalid schema or a missing file."""
+    text = ref.strip()
+    source = "inline schema"
+    if not text.startswith(("{", "[", '"')):
+        if not (text.endswith((".avsc", ".json")) or "/" in text):
+            return None
+        source = text
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise ValueError(f"schema file {ref!r}: {exc.strerror or exc}") from None
+    try:
+        schema: Schema = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{source} is not JSON: {exc}") from None
+    try:
+        fastavro.parse_schema(schema)
+    except Exception as exc:
+        raise ValueError(f"{source} is not a valid Avro schema: {exc}") from None
+    return schema
 
 
 def _parse(schema: Schema) -> ParsedSchema:

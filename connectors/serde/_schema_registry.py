@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,16 @@ Schema = dict[str, Any] | list[Any] | str
 
 
 class RegistryError(RuntimeError):
-    """The registry refused a request or could not be reached; the message says which."""
+    """The registry refused a request or could not be reached; the message says which.
+
+    ``retriable``: the registry could not answer (unreachable, HTTP 5xx or 429), so the same
+    request may work later; otherwise it answered no (an unknown subject or id, a schema it
+    rejects), and asking again will not help.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 def canonical(schema: Schema) -> str:
@@ -139,10 +149,13 @@ class HttpSchemaRegistry(SchemaRegistry):
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
             raise RegistryError(
-                f"schema registry {method} {path}: HTTP {exc.code}: {detail}"
+                f"schema registry {method} {path}: HTTP {exc.code}: {detail}",
+                retriable=exc.code >= 500 or exc.code == 429,
             ) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise RegistryError(f"schema registry at {self._url} unreachable: {exc}") from None
+            raise RegistryError(
+                f"schema registry at {self._url} unreachable: {exc}", retriable=True
+            ) from None
 
     def register(self, subject: str, schema: Schema) -> int:
         text = canonical(schema)
@@ -168,6 +181,34 @@ class HttpSchemaRegistry(SchemaRegistry):
         parsed: Schema = json.loads(answer["schema"])
         self._by_id[schema_id] = parsed
         return schema_id, parsed
+
+
+def registry_at(address: str) -> SchemaRegistry:
+    """The registry an address names: ``http(s)://[user:password@]host[:port]`` is a Schema
+    Registry over HTTP; ``file:///path`` or a plain path is a ``FileSchemaRegistry``."""
+    parts = urllib.parse.urlsplit(address)
+    if parts.scheme in ("http", "https"):
+        netloc = parts.hostname or ""
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        password = SecretStr(urllib.parse.unquote(parts.password)) if parts.password else None
+        username = urllib.parse.unquote(parts.username) if parts.username else None
+        return HttpSchemaRegistry(url, username=username, password=password)
+    if parts.scheme == "file":
+        return FileSchemaRegistry(urllib.parse.unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:  # (one letter: a Windows drive)
+        raise ValueError(f"{address!r}: expected http(s)://HOST[:PORT], file:///PATH or a path")
+    return FileSchemaRegistry(address)
+
+
+def redacted(address: str) -> str:
+    """``address`` without the password of its user information, for display."""
+    parts = urllib.parse.urlsplit(address)
+    if not parts.password:
+        return address
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _quote(subject: str) -> str:

@@ -17,8 +17,12 @@ from connectors.serde import (
     DecodeError,
     FileSchemaRegistry,
     HttpSchemaRegistry,
+    RegistryError,
     SchemaRegistry,
     avro_schema,
+    load_schema,
+    redacted,
+    registry_at,
 )
 
 from .registry_server import RegistryServer
@@ -146,3 +150,44 @@ def test_unreachable_registry_is_a_decode_error_that_names_it() -> None:
     serde = AvroSerde(HttpSchemaRegistry("http://127.0.0.1:9", timeout=1), "x")
     with pytest.raises(DecodeError, match="unreachable"):
         serde.decode(b"\x00\x00\x00\x00\x01\x02")
+
+
+def test_unreachable_registry_on_encode_is_retriable_not_a_misfit() -> None:
+    """Egress must wait for the registry, not dead-letter a value that may well fit."""
+    serde = AvroSerde(HttpSchemaRegistry("http://127.0.0.1:9", timeout=1), "x", avro_schema(Line))
+    with pytest.raises(RegistryError, match="unreachable") as caught:
+        serde.encode(b'{"sku":"x","quantity":1}')
+    assert caught.value.retriable
+
+
+def test_an_unknown_subject_is_a_misfit(registry: SchemaRegistry) -> None:
+    with pytest.raises(DecodeError, match="nothing-here"):
+        AvroSerde(registry, "nothing-here").encode(b'{"sku":"x","quantity":1}')
+
+
+def test_registry_addresses(tmp_path: Path) -> None:
+    with RegistryServer() as server:
+        port = server.url.rsplit(":", 1)[1]
+        http = registry_at(f"http://user:s%3Acret@127.0.0.1:{port}")
+        assert isinstance(http, HttpSchemaRegistry)
+        assert http.register("lines", avro_schema(Line)) == 1  # the credentials are no URL part
+    assert redacted("https://user:secret@sr.example:8081/x") == "https://user:***@sr.example:8081/x"
+    assert isinstance(registry_at(str(tmp_path / "r.json")), FileSchemaRegistry)
+    path = tmp_path / "r.json"
+    registry_at(f"file://{path}").register("lines", avro_schema(Line))
+    assert FileSchemaRegistry(path).latest("lines")[0] == 1
+    with pytest.raises(ValueError, match="expected http"):
+        registry_at("ftp://example.com")
+
+
+def test_schema_references(tmp_path: Path) -> None:
+    schema = avro_schema(Line)
+    assert load_schema(json.dumps(schema)) == schema
+    path = tmp_path / "line.avsc"
+    path.write_text(json.dumps(schema))
+    assert load_schema(str(path)) == schema
+    assert load_schema("orders-value") is None  # a subject
+    with pytest.raises(ValueError, match="not a valid Avro schema"):
+        load_schema('{"type": "no-such-type"}')
+    with pytest.raises(ValueError, match=r"missing\.avsc"):
+        load_schema(str(tmp_path / "missing.avsc"))

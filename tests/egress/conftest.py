@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +35,13 @@ class Out:
     headers: dict[str, str]
 
     @classmethod
-    def of(cls, m: KafkaMessage) -> Out:
-        """An output record as the tests read it: a JSON value, text headers."""
+    def of(cls, m: KafkaMessage, decode: Callable[[bytes], Any] = json.loads) -> Out:
+        """An output record as the tests read it: a decoded (JSON) value, text headers."""
         return cls(
             m.partition,
             m.offset,
             m.key,
-            json.loads(m.value) if m.value else None,
+            decode(m.value) if m.value else None,
             {k: (v or b"").decode() for k, v in m.headers},
         )
 
@@ -52,10 +52,16 @@ class Out:
 
 
 def read_output(
-    kafka: Tansu, topic: str, want: int, within: float = 60.0, *, committed: bool = True
+    kafka: Tansu,
+    topic: str,
+    want: int,
+    within: float = 60.0,
+    *,
+    committed: bool = True,
+    decode: Callable[[bytes], Any] = json.loads,
 ) -> list[Out]:
     """Committed records of ``topic`` (read_committed), once ``want`` arrived or time is up
-    (``committed=False``: every record, for diagnostics)."""
+    (``committed=False``: every record, for diagnostics), values through ``decode``."""
     c = Consumer(
         {
             "bootstrap.servers": kafka.bootstrap,
@@ -71,7 +77,7 @@ def read_output(
         quiet = 0.0
         while time.monotonic() < deadline:
             msgs = c.consume(1000, 0.2)
-            out += map(Out.of, msgs)
+            out += (Out.of(m, decode) for m in msgs)
             if len(out) >= want:
                 # a little longer: duplicates would arrive now
                 quiet = quiet + 0.2 if not msgs else 0.0

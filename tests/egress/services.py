@@ -1,5 +1,6 @@
-"""Handlers for the egress tests, written with the Sluice SDK: a stateless map, a per-key
-virtual object, a handler that sends with ``ctx.kafka_send``, and a stream handler."""
+"""Handlers for the egress tests, written with the Sluice SDK: a stateless map (and an echo),
+a per-key virtual object, handlers that send with ``ctx.kafka_send`` (JSON and Avro), and a
+stream handler."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ enrich = Service("Enrich")
 @enrich.handler()
 async def map(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     return {"i": rec["i"], "by": "enrich"}
+
+
+@enrich.handler()
+async def echo(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    """The input as the result: the test decides which results fit an output schema."""
+    return rec
 
 
 tally = VirtualObject("Tally")
@@ -38,6 +45,11 @@ async def send(ctx: Context, rec: dict[str, Any]) -> None:
         ctx.kafka_send(
             rec["topic"], rec["key"], {"i": rec["i"], "j": j}, headers={"origin": "sender"}
         )
+
+
+@sender.handler()
+async def send_avro(ctx: Context, rec: dict[str, Any]) -> None:
+    ctx.kafka_send(rec["topic"], rec["key"], rec["value"], avro_schema=rec["subject"])
 
 
 stream = Service("Stream")

@@ -68,10 +68,12 @@ class Admin:
         )
         assert r.status_code == 201, r.text
 
-    async def cluster(self, kafka: Tansu, name: str = "local") -> None:
+    async def cluster(self, kafka: Tansu, name: str = "local", **fields: Any) -> None:
+        """Declare ``kafka`` as cluster ``name``; ``fields``: more of the cluster's settings
+        (e.g. ``schema_registry``)."""
         r = await self.http.post(
             "/kafka-clusters",
-            json={"name": name, "properties": {"bootstrap.servers": kafka.bootstrap}},
+            json={"name": name, "properties": {"bootstrap.servers": kafka.bootstrap}, **fields},
         )
         assert r.status_code in (201, 409), r.text
 

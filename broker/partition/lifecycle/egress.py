@@ -25,11 +25,13 @@ from .._context import Ctx, failure
 from .._outbox import (
     EgressCommitted,
     EgressTarget,
+    FailedRecord,
     KafkaBatch,
     OutboxEntry,
     OutboxReady,
     OutboxRecord,
     OutboxState,
+    OutputFormat,
     outbox_key,
     outbox_prefix,
     pack_u64,
@@ -52,6 +54,10 @@ EGRESS_PARTITIONS = 1
 # The built-in service whose one-way calls become Kafka records.
 KAFKA_SERVICE = "sluice.Kafka"
 KAFKA_SEND = "send"
+EGRESS_HANDLER = "egress"  # the handler named by failed records that had no dead-letter topic
+
+# A dead letter of an output record: the output topic it was meant for.
+H_OUTPUT_TOPIC = "sluice-dlq-output-topic"
 
 _NEXT = b"outbox_next\0"
 
@@ -70,9 +76,17 @@ def _next_seq(ctx: Ctx, cluster: str, sink: int) -> int:
 
 
 def reserve(
-    ctx: Ctx, target: EgressTarget, sink: int, key: bytes | None, *, batch: bool = False
+    ctx: Ctx,
+    target: EgressTarget,
+    sink: int,
+    key: bytes | None,
+    *,
+    batch: bool = False,
+    origin: str = "",
 ) -> bytes:
-    """A PENDING row for an invocation's result, in input order; returns its key."""
+    """A PENDING row for an invocation's result, in input order; returns its key.
+    ``origin`` ("topic:partition:offset" of the input) is kept only with a format, for the
+    dead letters of values that do not fit it."""
     seq = _next_seq(ctx, target.cluster, sink)
     k = outbox_key(target.cluster, sink, seq)
     entry = OutboxEntry(
@@ -81,6 +95,8 @@ def reserve(
         key=key,
         headers=list(target.headers),
         batch=batch,
+        format=target.format,
+        origin=origin if target.format is not None else "",
     )
     ctx.tx.put("outbox", k, entry.encode())
     return k
@@ -107,6 +123,8 @@ def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> N
             OutboxRecord(topic=entry.topic, key=entry.key, value=value, headers=list(entry.headers))
         ]
     out = OutboxEntry(state=OutboxState.READY if records else OutboxState.EMPTY, records=records)
+    if records:
+        out.format, out.origin = entry.format, entry.origin
     ctx.tx.put("outbox", key, out.encode())
     cluster, sink, _ = parse_outbox_key(key)
     ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
@@ -178,22 +196,80 @@ def _record(item: dict[str, Any], topic: str, headers: list[p.Header]) -> Outbox
     )
 
 
-def append(ctx: Ctx, cluster: str, sink: int, records: list[OutboxRecord]) -> None:
+def append(
+    ctx: Ctx,
+    cluster: str,
+    sink: int,
+    records: list[OutboxRecord],
+    fmt: OutputFormat | None = None,
+) -> None:
     seq = _next_seq(ctx, cluster, sink)
-    entry = OutboxEntry(state=OutboxState.READY, records=records)
+    entry = OutboxEntry(state=OutboxState.READY, records=records, format=fmt)
     ctx.tx.put("outbox", outbox_key(cluster, sink, seq), entry.encode())
     ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
 
 
 def committed(ctx: Ctx, cmd: EgressCommitted) -> None:
-    """Trim the sink's rows up to ``upto`` (they are in Kafka, with the sink's marker)."""
+    """Trim the sink's rows up to ``upto`` (they are in Kafka, with the sink's marker), and
+    dead-letter the records of those rows that could not be encoded: in the same write, and
+    only while their row is here (a repeated EgressCommitted finds none, adds none)."""
     prefix = outbox_prefix(cmd.cluster, cmd.sink)
+    for f in cmd.failed:
+        raw = ctx.tx.get("outbox", outbox_key(cmd.cluster, cmd.sink, f.seq))
+        if raw is not None and f.seq <= cmd.upto:
+            _unsendable(ctx, outbox_key(cmd.cluster, cmd.sink, f.seq), OutboxEntry.decode(raw), f)
     for k, _ in ctx.tx.scan("outbox", prefix):
         if len(k) != len(prefix) + 8:
             continue
         if _U64.unpack_from(k, len(prefix))[0] > cmd.upto:
             break
         ctx.tx.delete("outbox", k)
+
+
+def _unsendable(ctx: Ctx, row: bytes, entry: OutboxEntry, f: FailedRecord) -> None:
+    """A record whose value does not fit its row's format: to the subscription's dead-letter
+    topic (headers as for ingress, plus the output topic), else a failed invocation."""
+    from .kafka import (  # noqa: PLC0415 - kafka.py imports this module
+        FAILED_RETENTION_MS,
+        DeadLetter,
+        dlq_headers,
+        put_dead_letter,
+    )
+
+    fmt = entry.format or OutputFormat()
+    records = records_of(entry)
+    rec = records[f.part] if f.part < len(records) else None
+    out_topic = rec.topic if rec is not None else entry.topic
+    head, _, offset = entry.origin.rpartition(":")
+    topic, _, partition = head.rpartition(":")
+    reason = f"output serde {fmt.serde} for topic {out_topic}: {f.reason}"
+    part_key = row + struct.pack(">I", f.part)
+    if fmt.dead_letter_topic and fmt.subscription:
+        headers = list(rec.headers) if rec is not None else []
+        put_dead_letter(
+            ctx,
+            part_key,
+            DeadLetter(
+                topic=fmt.dead_letter_topic,
+                key=f.key,
+                value=f.value,
+                headers=headers
+                + dlq_headers(fmt.subscription, topic, partition, offset, reason)
+                + [p.Header(key=H_OUTPUT_TOPIC, value=out_topic)],
+            ),
+        )
+        return
+    iid = InvocationId.derive(partition_key_of(part_key), "kafka-egress", part_key)
+    st = Status(
+        id=iid.raw,
+        service=KAFKA_SERVICE,
+        handler=EGRESS_HANDLER,
+        kind=Kind.SERVICE,
+        created_at=ctx.now,
+        retention_ms=FAILED_RETENTION_MS,
+        last_failure=f"[400] {reason}"[:2000],
+    )
+    complete(ctx, st, None, failure(400, reason))
 
 
 def default_cluster(ctx: Ctx) -> str:
@@ -219,12 +295,25 @@ def kafka_send(ctx: Ctx, st: Status, cmd: p.OneWayCallCommand) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("topic"), str):
             raise ValueError('expected a JSON object with "topic" (and "key", "value", "headers")')
         rec = _record(body, body["topic"], [])
+        fmt = _send_format(body)
     except (ValueError, TypeError) as e:
         complete(ctx, st, None, failure(400, f"{KAFKA_SERVICE}/{KAFKA_SEND}: {e}"))
         return
     cluster = str(body.get("cluster") or default_cluster(ctx))
     sink = sink_of(rec.key if rec.key is not None else st.id)
-    append(ctx, cluster, sink, [rec])
+    append(ctx, cluster, sink, [rec], fmt)
+
+
+def _send_format(body: dict[str, Any]) -> OutputFormat | None:
+    """``avro_schema`` of a send: a registry subject or a schema (JSON), in the cluster's
+    registry; the value (JSON) is encoded on its way out."""
+    schema = body.get("avro_schema")
+    if schema is None:
+        return None
+    if not isinstance(schema, (str, dict, list)) or not schema:
+        raise ValueError("avro_schema: expected a registry subject or an Avro schema")
+    text = schema if isinstance(schema, str) else compact_json(schema)
+    return OutputFormat(serde="avro", schema=text, subject=f"{body['topic']}-value")
 
 
 # --- subscriptions with an output topic ------------------------------------------------------
@@ -239,7 +328,8 @@ def reserve_for(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> bytes:
         return b""
     has_key = any(h.key == "kafka.key" for h in rec.headers)
     key = decode_key(rec.key) if has_key else None
-    return reserve(ctx, cmd.output, sink_of(cmd.producer), key)
+    origin = f"{cmd.topic}:{cmd.partition}:{rec.offset}"
+    return reserve(ctx, cmd.output, sink_of(cmd.producer), key, origin=origin)
 
 
 def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
@@ -277,7 +367,8 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
             continue
         out = b""
         if cmd.output is not None:
-            out = reserve(ctx, cmd.output, sink_of(cmd.producer), None, batch=True)
+            origin = f"{cmd.topic}:{cmd.partition}:{end}"
+            out = reserve(ctx, cmd.output, sink_of(cmd.producer), None, batch=True, origin=origin)
         head = json.dumps({"topic": cmd.topic, "partition": cmd.partition})[:-1].encode()
         invoke(
             ctx,

@@ -139,7 +139,7 @@ def answer(ctx: Ctx, sink: Sink, id: bytes, fail: p.Failure | None) -> None:
     value = inp.value if isinstance(inp, p.InputCommand) else None
     meta = {h.key: h.value for h in headers if h.key.startswith("kafka.")}
     key = decode_key(meta["kafka.key"]) if "kafka.key" in meta else None
-    _put_dead_letter(
+    put_dead_letter(
         ctx,
         id,
         DeadLetter(
@@ -147,7 +147,7 @@ def answer(ctx: Ctx, sink: Sink, id: bytes, fail: p.Failure | None) -> None:
             key=key,
             value=value,
             headers=[h for h in headers if not h.key.startswith("kafka.")]
-            + _dlq_headers(
+            + dlq_headers(
                 sink.subscription,
                 meta.get("kafka.topic", ""),
                 meta.get("kafka.partition", ""),
@@ -161,7 +161,7 @@ def answer(ctx: Ctx, sink: Sink, id: bytes, fail: p.Failure | None) -> None:
 
 def _dead_letter_record(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> None:
     if cmd.dead_letter_topic:
-        _put_dead_letter(
+        put_dead_letter(
             ctx,
             cmd.producer + _U64.pack(rec.offset),
             DeadLetter(
@@ -169,7 +169,7 @@ def _dead_letter_record(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> None:
                 key=rec.raw_key,
                 value=rec.raw_value,
                 headers=rec.headers
-                + _dlq_headers(
+                + dlq_headers(
                     cmd.subscription, cmd.topic, str(cmd.partition), str(rec.offset), rec.reason
                 ),
             ),
@@ -198,7 +198,7 @@ def _dead_letter_record(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> None:
     )
 
 
-def _dlq_headers(sub: str, topic: str, partition: str, offset: str, reason: str) -> list[p.Header]:
+def dlq_headers(sub: str, topic: str, partition: str, offset: str, reason: str) -> list[p.Header]:
     return [
         p.Header(key=H_SUBSCRIPTION, value=sub),
         p.Header(key=H_TOPIC, value=topic),
@@ -208,7 +208,7 @@ def _dlq_headers(sub: str, topic: str, partition: str, offset: str, reason: str)
     ]
 
 
-def _put_dead_letter(ctx: Ctx, key: bytes, row: DeadLetter) -> None:
+def put_dead_letter(ctx: Ctx, key: bytes, row: DeadLetter) -> None:
     ctx.tx.put("kafka_dlq", key, row.encode())
     ctx.actions.append(a.DeadLetterPending(key))
 
