@@ -48,7 +48,17 @@ class Config:
 
 
 class Ctx:
-    __slots__ = ("_dirty", "_statuses", "actions", "config", "lsn", "now", "registry", "tx")
+    __slots__ = (
+        "_dirty",
+        "_running",
+        "_statuses",
+        "actions",
+        "config",
+        "lsn",
+        "now",
+        "registry",
+        "tx",
+    )
 
     def __init__(self, tx, registry: Registry, config: Config) -> None:  # type: ignore[no-untyped-def]
         self.tx = tx
@@ -59,6 +69,9 @@ class Ctx:
         self.actions: list[a.Action] = []
         self._statuses: dict[bytes, Status | None] = {}
         self._dirty: set[bytes] = set()
+        # Ids whose stored status is INVOKED, as far as this batch read them: the "running"
+        # index changes only when that does.
+        self._running: set[bytes] = set()
 
     # --- status --------------------------------------------------------------------------
 
@@ -68,6 +81,8 @@ class Ctx:
         raw = self.tx.get("status", id)
         st = Status.decode(raw) if raw is not None else None
         self._statuses[id] = st
+        if st is not None and st.phase == Phase.INVOKED:
+            self._running.add(id)
         return st
 
     def put_status(self, st: Status) -> None:
@@ -79,13 +94,25 @@ class Ctx:
         self._statuses[id] = None
         self._dirty.discard(id)
         self.tx.delete("status", id)
+        if id in self._running:
+            self._running.discard(id)
+            self.tx.delete("running", id)
 
     def flush(self) -> None:
-        """Encode each changed status once per batch, however often it changed."""
+        """Encode each changed status once per batch, however often it changed, and keep
+        the index of running invocations (what a restart resumes) in step with it."""
         for id in self._dirty:
             st = self._statuses[id]
-            if st is not None:
-                self.tx.put("status", id, st.encode())
+            if st is None:
+                continue
+            self.tx.put("status", id, st.encode())
+            running = st.phase == Phase.INVOKED
+            if running and id not in self._running:
+                self.tx.put("running", id, b"")
+                self._running.add(id)
+            elif not running and id in self._running:
+                self.tx.delete("running", id)
+                self._running.discard(id)
         self._dirty.clear()
 
     # --- journal -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ COLUMN_FAMILIES = (
     "meta",  # applied log position, partition count
     "schema",  # deployments and services
     "status",  # invocation id -> InvocationStatus
+    "running",  # invocation id -> b"" for each status in phase INVOKED (restarted on recovery)
     "journal",  # invocation id + u32 index -> journal entry
     "state",  # service \0 key \0 state key -> value
     "inbox",  # service \0 key \0 u64 seq -> invocation id (exclusive handlers, FIFO)

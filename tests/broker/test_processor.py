@@ -10,11 +10,19 @@ import pytest
 from broker.log import EmbeddedLog
 from broker.partition import actions as a
 from broker.partition._context import Config
-from broker.partition._records import SchemaUpdate, encode_command
-from broker.partition.processor import APPLIED, Processor
+from broker.partition._records import (
+    Manage,
+    Phase,
+    SchemaUpdate,
+    Status,
+    Terminate,
+    encode_command,
+)
+from broker.partition.processor import APPLIED, RUNNING_INDEXED, Processor
 from broker.partition.state_machine import StateMachine
 from broker.schema import Registry
 from broker.storage import MemoryStore
+from sdk import protocol as p
 
 
 async def test_a_poison_entry_is_skipped_not_fatal(
@@ -37,3 +45,30 @@ async def test_a_poison_entry_is_skipped_not_fatal(
     assert store.get("meta", APPLIED) == (2).to_bytes(8, "big")
     assert "skipping log entry 1" in caplog.text
     await proc.log.close()
+
+
+async def test_recovery_restarts_running_invocations_from_the_index(tmp_path: Path) -> None:
+    """Tables written before the "running" index get it built once; later restarts read only
+    the index, never the (many) completed statuses, which used to cost seconds each."""
+    store = MemoryStore()
+    running = Status(id=b"r" * 16, phase=Phase.INVOKED)
+    done = [Status(id=bytes([i]) * 16, phase=Phase.COMPLETED) for i in range(100)]
+    store.write({("status", st.id): st.encode() for st in [running, *done]})
+    restarted: list[p.Message] = []
+
+    async def recover() -> None:
+        proc = Processor(EmbeddedLog(tmp_path), store, StateMachine(Registry(), Config()), print)
+        proc.submit = restarted.append  # type: ignore[method-assign]
+        proc.recover()
+        await proc.log.close()
+
+    await recover()
+    assert restarted == [Manage(id=running.id, action=Terminate.RESTART)]
+    assert store.get("meta", RUNNING_INDEXED) is not None
+    assert [k for k, _ in store.scan("running", b"")] == [running.id]
+
+    # Completed statuses that cannot even be decoded: a restart must not read them.
+    store.write({("status", st.id): b"\xff" for st in done})
+    restarted.clear()
+    await recover()
+    assert restarted == [Manage(id=running.id, action=Terminate.RESTART)]

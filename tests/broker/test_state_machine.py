@@ -245,6 +245,25 @@ def test_awakeable_signal_from_ingress() -> None:
     assert [r.kind for r in of(acts, a.Reply)] == ["ok"]
 
 
+def test_running_index_follows_the_phase() -> None:
+    """The "running" table lists exactly the INVOKED invocations: a restart resumes those
+    without decoding every retained status."""
+    h = Harness()
+
+    def running() -> set[bytes]:
+        return {k for k, _ in h.store.scan("running", b"")}
+
+    cmd, iid = invoke("Svc", "h")
+    h.apply(cmd)
+    assert running() == {iid.raw}
+    h.effects(iid, 1, p.SuspensionMessage(waiting_signals=[17]))
+    assert running() == set()
+    h.apply(Signal(target=iid.raw, idx=17, value=b'"v"', waiter=9))
+    assert running() == {iid.raw}
+    h.effects(iid, 2, p.OutputCommand(value=b"1"), p.EndMessage())
+    assert running() == set()
+
+
 def test_awakeable_resolved_twice_keeps_the_first() -> None:
     """A client that resends a resolve (its answer was lost in a broker crash), or a second
     resolver: both get 202, and only the first value reaches the journal, so a replay sees
