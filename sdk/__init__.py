@@ -6,6 +6,7 @@ Write handlers with `Service`, `VirtualObject` and `Workflow`, serve them with `
 or mount `app(...)` in any ASGI server, and register the endpoint with a broker.
 """
 
+from ._batch import Batch, OutputRecord, Record, RecordBatch
 from ._context import (
     Context,
     DurablePromise,
@@ -23,6 +24,7 @@ from ._serde import BytesSerde, JsonSerde, Serde, SerdeError, TypedSerde
 from ._service import Service, VirtualObject, Workflow
 
 __all__ = [
+    "Batch",
     "BytesSerde",
     "CallFuture",
     "CancelledError",
@@ -33,6 +35,9 @@ __all__ = [
     "JsonSerde",
     "ObjectContext",
     "ObjectSharedContext",
+    "OutputRecord",
+    "Record",
+    "RecordBatch",
     "Request",
     "RunOptions",
     "SendHandle",

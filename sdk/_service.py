@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from ._batch import Batch, OutputRecordsSerde, RecordBatch, RecordBatchSerde
 from ._serde import Serde, serde_for
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -51,6 +52,7 @@ class _ServiceBase:
         input_serde: Serde[Any] | None,
         output_serde: Serde[Any] | None,
         metadata: dict[str, str] | None,
+        batch: Batch | None = None,
     ) -> F:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"handler {fn.__qualname__} must be an `async def` function")
@@ -67,6 +69,14 @@ class _ServiceBase:
         takes_input = len(params) == 2
         in_type = hints.get(params[1].name, Any) if takes_input else type(None)
         out_type = hints.get("return", Any)
+        if batch is not None:
+            if not takes_input:
+                raise TypeError(f"stream handler {fn.__qualname__} must take (ctx, batch)")
+            # Typed helpers, no pydantic needed: the batch and the output records.
+            if in_type is RecordBatch:
+                input_serde = input_serde or RecordBatchSerde()
+            output_serde = output_serde or OutputRecordsSerde()
+            metadata = {**batch.metadata(), **(metadata or {})}
         handler = HandlerDef(
             service=self.name,
             service_kind=self.kind,
@@ -97,8 +107,14 @@ class Service(_ServiceBase):
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
         metadata: dict[str, str] | None = None,
+        batch: Batch | None = None,
     ) -> Callable[[F], F]:
-        """Declare an `async def handler(ctx: Context[, input])`."""
+        """Declare an `async def handler(ctx: Context[, input])`.
+
+        `batch`: a stream handler, `async def h(ctx: Context, batch: RecordBatch) ->
+        list[OutputRecord]`, fed up to `batch.max_records` records of one Kafka partition
+        per invocation by any subscription that does not set `batch_max_records` itself.
+        """
         return lambda fn: self._register(
             fn,
             name=name,
@@ -106,6 +122,7 @@ class Service(_ServiceBase):
             input_serde=input_serde,
             output_serde=output_serde,
             metadata=metadata,
+            batch=batch,
         )
 
 

@@ -131,6 +131,13 @@ class Controller:
             return None, f"service '{sub.service}' has no handler '{sub.handler}'"
         return h.kind(svc.ty), ""
 
+    def _effective(self, sub: Subscription) -> Subscription:
+        """What the consumer runs: the subscription, with its handler's declared batching
+        where the subscription sets none (a re-registered handler may change it)."""
+        svc = self.broker.registry.services.get(sub.service)
+        h = svc.handlers.get(sub.handler) if svc is not None else None
+        return sub.with_handler_batch(h.metadata) if h is not None else sub
+
     # --- reconciliation ------------------------------------------------------------------
 
     def reconcile(self) -> None:
@@ -144,9 +151,15 @@ class Controller:
         subs = self.subscriptions()
         clusters = self.clusters()
         self.waiting = {}
+        effective: dict[str, Subscription] = {}
+        for name, sub in subs.items():
+            try:
+                effective[name] = self._effective(sub)
+            except ValueError as e:
+                self.waiting[name] = str(e)
         for name in list(self.consumers):
             c = self.consumers[name]
-            want = subs.get(name)
+            want = effective.get(name)
             cluster = clusters.get(want.cluster) if want is not None else None
             kind, _ = self._kind(want) if want is not None else (None, "")
             if (
@@ -158,7 +171,7 @@ class Controller:
             ):
                 del self.consumers[name]
                 await c.stop()
-        for name, sub in subs.items():
+        for name, sub in effective.items():
             cluster = clusters.get(sub.cluster)
             if cluster is None:
                 self.waiting[name] = f"kafka cluster '{sub.cluster}' is not defined"

@@ -148,9 +148,12 @@ class Subscription(BaseModel):
     schema_registry: str | None = None
     # A stream handler: one invocation per up to this many records of one partition; its
     # input is {"topic", "partition", "records": [...]}, its result a list of records.
-    batch_max_records: int = Field(0, ge=0, le=100_000)
-    # ... or as many as arrived within this many milliseconds (one consume call).
-    batch_max_ms: int = Field(100, ge=1, le=60_000)
+    # None: as the handler declares (sdk.Batch, handler metadata), else one per record;
+    # 0: one invocation per record, whatever the handler declares.
+    batch_max_records: int | None = Field(None, ge=0, le=100_000)
+    # ... or as many as arrived within this many milliseconds (one consume call); None: as
+    # the handler declares, else 100.
+    batch_max_ms: int | None = Field(None, ge=1, le=60_000)
     created_at: int = 0
     origin: Literal["api", "file"] = "api"  # "file": deleted when the file no longer declares it
 
@@ -279,6 +282,29 @@ class Subscription(BaseModel):
         return self.sink[len("service://") :].split("/", 1)[1]
 
     @property
+    def batch_wait_ms(self) -> int:
+        """How long a stream handler's consumer waits to fill a batch."""
+        return self.batch_max_ms or 100
+
+    def with_handler_batch(self, metadata: dict[str, str]) -> Subscription:
+        """This subscription with the batching its handler declares (``sdk.Batch``: the
+        handler metadata ``sluice.batch.max_records`` and ``sluice.batch.max_ms``) where it
+        sets none itself. ``ValueError`` names a declaration that is not a valid setting."""
+        update: dict[str, Any] = {}
+        for field_name, key in (
+            ("batch_max_records", "sluice.batch.max_records"),
+            ("batch_max_ms", "sluice.batch.max_ms"),
+        ):
+            if getattr(self, field_name) is None and key in metadata:
+                update[field_name] = metadata[key]
+        if "batch_max_records" not in update:
+            return self
+        try:
+            return self.model_validate({**self.model_dump(), **update})
+        except ValueError as e:
+            raise ValueError(f"the handler's batch declaration {update}: {e}") from None
+
+    @property
     def group_id(self) -> str:
         return self.options.get("group.id", f"sluice-{self.name}")
 
@@ -310,8 +336,9 @@ class Subscription(BaseModel):
                 opts["output_schema"] = self.output_schema
         if self.schema_registry:
             opts["schema_registry"] = redacted(self.schema_registry)
-        if self.batch_max_records:
+        if self.batch_max_records is not None:
             opts["batch_max_records"] = str(self.batch_max_records)
+        if self.batch_max_ms is not None:
             opts["batch_max_ms"] = str(self.batch_max_ms)
         return {
             "id": self.id,

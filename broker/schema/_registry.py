@@ -16,6 +16,7 @@ class HandlerInfo:
     input: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
     documentation: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # manifest v2+: free-form
 
     def kind(self, service_ty: str) -> int:
         if service_ty == "SERVICE":
@@ -66,6 +67,7 @@ class ServiceInfo:
                     "output_description": "JSON" if h.output else "none",
                     "input_json_schema": h.input_schema,
                     "documentation": h.documentation,
+                    "metadata": h.metadata,
                 }
                 for h in self.handlers.values()
             ],
@@ -149,6 +151,7 @@ class Registry:
                         input=h.get("input"),
                         output=h.get("output"),
                         documentation=h.get("documentation"),
+                        metadata={str(k): str(v) for k, v in (h.get("metadata") or {}).items()},
                     )
                     for h in svc.get("handlers", [])
                 }

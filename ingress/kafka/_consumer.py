@@ -225,7 +225,7 @@ class SubscriptionConsumer:
 
     def _poll(self, consumer: Consumer, n: int) -> tuple[list[KafkaMessage], dict[int, int | None]]:
         # A stream handler waits up to batch_max_ms for full batches; others poll every 0.1s.
-        wait = self.sub.batch_max_ms / 1000 if self.sub.batch_max_records else 0.1
+        wait = self.sub.batch_wait_ms / 1000 if self.sub.batch_max_records else 0.1
         msgs = consumer.consume(n, wait)
         highs = {n: consumer.cached_high(self.sub.topic, n) for n in self.partitions}
         return msgs, highs
@@ -256,7 +256,7 @@ class SubscriptionConsumer:
                 records=records,
                 generation=sub.created_at,
                 output=sub.egress_target(),
-                batch_max=sub.batch_max_records,
+                batch_max=sub.batch_max_records or 0,
             )
             if fast:
                 pack_messages(
@@ -343,6 +343,7 @@ class SubscriptionConsumer:
             "state": "throttled" if self._throttled else self.status,
             "in_flight": self.in_flight,
             "throttles": self.throttles,
+            "batch_max_records": self.sub.batch_max_records or 0,
             "partitions": [
                 s.to_json() for s in sorted(self.partitions.values(), key=lambda s: s.partition)
             ],

@@ -1,6 +1,6 @@
 """Handlers for the egress tests, written with the Sluice SDK: a stateless map (and an echo),
-a per-key virtual object, handlers that send with ``ctx.kafka_send`` (JSON and Avro), and a
-stream handler."""
+a per-key virtual object, handlers that send with ``ctx.kafka_send`` (JSON and Avro), and
+stream handlers (declared on the subscription, and in the SDK)."""
 
 from __future__ import annotations
 
@@ -62,4 +62,28 @@ async def batch(ctx: Context, batch: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-app = sdk.app(enrich, tally, sender, stream)
+declared = Service("Declared")
+
+
+@declared.handler(batch=sdk.Batch(max_records=7, max_ms=50))
+async def enrich_batch(ctx: Context, batch: sdk.RecordBatch) -> list[sdk.OutputRecord]:
+    """A stream handler declared in the SDK; each output names its batch (input partition,
+    first offset, size) so that the test can check how records were batched."""
+    first, size = batch.records[0].offset, len(batch.records)
+    return [
+        sdk.OutputRecord(
+            {
+                "i": r.value["i"],
+                "offset": r.offset,
+                "partition": batch.partition,
+                "first": first,
+                "size": size,
+            },
+            key=r.key,
+            headers={"batch-topic": batch.topic},
+        )
+        for r in batch.records
+    ]
+
+
+app = sdk.app(enrich, tally, sender, stream, declared)

@@ -207,6 +207,10 @@ def test_public_names_are_pinned() -> None:
         "TerminalError",
         "serve",
         "app",
+        "Batch",
+        "Record",
+        "RecordBatch",
+        "OutputRecord",
     }
     assert all(hasattr(sdk, name) for name in sdk.__all__)
 
