@@ -1,5 +1,6 @@
-"""The Sluice SDK handlers of bench/kafka_egress.py: a stream handler (a batch of one
-partition in, a list of records out) and a per-record map, both stateless. ``GET /first``
+"""The Sluice SDK handlers of bench/kafka_egress.py: a stream handler (declared with
+``sdk.Batch``: up to 500 records of one partition in, a list of records out) and a
+per-record map, both stateless. ``GET /first``
 (outside the endpoint) gives, per input topic, when the first record reached a handler."""
 
 from __future__ import annotations
@@ -9,19 +10,18 @@ import time
 from typing import Any
 
 import sdk
-from sdk import Context, Service
+from sdk import Context, OutputRecord, RecordBatch, Service
 
 first: dict[str, float] = {}
 
 stream = Service("BenchStream")
 
 
-@stream.handler()
-async def batch(ctx: Context, batch: dict[str, Any]) -> list[dict[str, Any]]:
-    first.setdefault(batch["topic"], time.time())
+@stream.handler(batch=sdk.Batch(max_records=500, max_ms=100))
+async def batch(ctx: Context, batch: RecordBatch) -> list[OutputRecord]:
+    first.setdefault(batch.topic, time.time())
     return [
-        {"key": r["key"], "value": {"i": r["value"]["i"], "by": "sluice-stream"}}
-        for r in batch["records"]
+        OutputRecord({"i": r.value["i"], "by": "sluice-stream"}, key=r.key) for r in batch.records
     ]
 
 

@@ -7,8 +7,8 @@ Each run pre-loads a fresh 4-partition topic with small JSON records ({"i": n}, 
 then starts one pipeline that maps each record to {"i": n, "by": ...} under the same key on
 a fresh output topic, exactly once:
 - sluice-stream: a Sluice subscription into a stream handler (bench/egress_handlers.py,
-  Sluice SDK, batches of up to --batch records of one partition, one durable invocation each)
-  with an output topic; delivered by Sluice's transactional egress;
+  Sluice SDK, ``sdk.Batch``: batches of up to 500 records of one partition, one durable
+  invocation each) with an output topic; delivered by Sluice's transactional egress;
 - quix: Quix Streams 3.28, processing_guarantee="exactly-once", in its own virtualenv
   (.venv-quix, created here: it pins confluent-kafka<2.13 and pydantic<2.14);
 - ceiling: consume → transactional produce → send_offsets_to_transaction, 1,000 records per
@@ -192,7 +192,9 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--per-record", type=int, default=20_000, help="records, 0: skip")
-    ap.add_argument("--batch", type=int, default=500, help="stream handler batch size")
+    ap.add_argument(
+        "--batch", type=int, default=0, help="stream handler batch size (0: as declared, 500)"
+    )
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--only", action="append", help="sluice-stream, quix, ceiling, sluice-record")
     ap.add_argument("--json", help="also write the results to this file")
@@ -232,7 +234,8 @@ def main() -> None:
                     b.admin,
                     hport,
                     "service://BenchStream/batch",
-                    {"batch_max_records": str(args.batch), "max_in_flight": "50000"},
+                    {"max_in_flight": "50000"}
+                    | ({"batch_max_records": str(args.batch)} if args.batch else {}),
                 ),
             ),
             "ceiling": (

@@ -8,8 +8,10 @@ The declaration travels to the broker as handler metadata in the discovery manif
 then hands it up to ``max_records`` records of one partition per invocation, unless the
 subscription sets ``batch_max_records`` itself. On the wire the input is
 ``{"topic", "partition", "records": [{"offset", "key", "value" | "value_b64", "headers"}]}``
-and the output a JSON list of ``{"value" | "value_b64", "key" | "key_b64", "headers",
-"topic"}``; these types read and write that shape without pydantic.
+and the output a JSON list of ``{"value_json" | "value" | "value_b64", "key" | "key_b64",
+"headers", "topic"}``; these types read and write that shape without pydantic. The SDK
+writes each value as JSON text (``value_json``), so the broker sends it as it is instead
+of parsing and encoding it again: that work stays in the handler's process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._serde import SerdeError
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 # Handler metadata keys of a batch declaration (the broker reads the same names).
 MAX_RECORDS = "sluice.batch.max_records"
@@ -83,7 +87,7 @@ class OutputRecord:
         if isinstance(self.value, bytes):
             out["value_b64"] = base64.b64encode(self.value).decode()
         else:
-            out["value"] = self.value
+            out["value_json"] = _compact(self.value)
         if isinstance(self.key, bytes):
             out["key_b64"] = base64.b64encode(self.key).decode()
         elif self.key is not None:
@@ -165,8 +169,13 @@ def _record(item: dict[str, Any]) -> Record:
 
 
 def _output(item: Any) -> OutputRecord | Any:
-    if not isinstance(item, dict) or not ("value" in item or "value_b64" in item):
+    if not isinstance(item, dict) or not item.keys() & {"value", "value_json", "value_b64"}:
         return item
-    value = base64.b64decode(item["value_b64"]) if "value_b64" in item else item["value"]
+    if "value_b64" in item:
+        value: Any = base64.b64decode(item["value_b64"])
+    elif "value_json" in item:
+        value = json.loads(item["value_json"])
+    else:
+        value = item["value"]
     key = base64.b64decode(item["key_b64"]) if "key_b64" in item else item.get("key")
     return OutputRecord(value, key=key, headers=item.get("headers"), topic=item.get("topic"))

@@ -260,13 +260,10 @@ class Invocation:
     def _matches(self, old: p.Message, new: p.Message) -> bool:
         if type(old) is not type(new):
             return (
-                (
-                    isinstance(old, _STATE_READS)
-                    and isinstance(new, _STATE_READS)
-                    and old.key == new.key
-                )
-                or (isinstance(old, _KEYS_READS) and isinstance(new, _KEYS_READS))
-            )
+                isinstance(old, _STATE_READS)
+                and isinstance(new, _STATE_READS)
+                and old.key == new.key
+            ) or (isinstance(old, _KEYS_READS) and isinstance(new, _KEYS_READS))
         return all(getattr(old, f) == getattr(new, f) for f in _COMPARED.get(type(new), ()))
 
     def _mismatch(self, index: int, old: p.Message, new: p.Message) -> None:
