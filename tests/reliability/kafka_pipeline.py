@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,6 +81,19 @@ async def set_up(
         json={"source": f"kafka://local/{src}", "sink": "service://Tally/add", "options": sub},
     )
     assert r.status_code == 201, r.text
+
+
+async def diagnose(c: httpx.AsyncClient, admin: str, log: Path, live: LiveOutput) -> str:
+    """What a stuck run shows: output read so far, the broker's egress and consumer state,
+    the tail of its log."""
+    parts = [f"output read: {len(live.records)}, highest offsets {live.high}"]
+    for path in ("/egress", "/subscriptions"):
+        try:
+            parts.append(f"{path}: {(await c.get(admin + path)).text[:2000]}")
+        except httpx.HTTPError as e:
+            parts.append(f"{path}: {e!r}")
+    tail = await asyncio.to_thread(log.read_text, errors="replace")
+    return "\n".join([*parts, tail[-3000:]])
 
 
 def peak_rss_mb(pid: int) -> float:

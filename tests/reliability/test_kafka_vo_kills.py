@@ -39,7 +39,7 @@ from tests.egress.test_crash import Broker
 from tests.kafka import Tansu
 
 from .conftest import sized
-from .kafka_pipeline import LiveOutput, Model, peak_rss_mb, score, set_up
+from .kafka_pipeline import LiveOutput, Model, diagnose, peak_rss_mb, score, set_up
 
 RECORDS = sized(20_000, 200_000)
 KILLS = sized(10, 100)
@@ -49,21 +49,6 @@ RECOVERY_LIMIT_S = 60.0  # a restarted broker that sends nothing for this long i
 
 # Fast: about a minute on an idle 2-core machine; soak: about 12 minutes.
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(300, 1800))]
-
-
-def _log_tail(broker: Broker) -> str:
-    return broker.log.read_text(errors="replace")[-3000:]
-
-
-async def _diagnose(c: httpx.AsyncClient, admin: str, broker: Broker, live: LiveOutput) -> str:
-    """What a stuck run shows: output read so far, the broker's egress and consumer state."""
-    parts = [f"output read: {len(live.records)}, highest offsets {live.high}"]
-    for path in ("/egress", "/subscriptions"):
-        try:
-            parts.append(f"{path}: {(await c.get(admin + path)).text[:2000]}")
-        except httpx.HTTPError as e:
-            parts.append(f"{path}: {e!r}")
-    return "\n".join([*parts, _log_tail(broker)])
 
 
 async def test_kafka_vo_survives_random_kills(
@@ -101,7 +86,7 @@ async def test_kafka_vo_survives_random_kills(
                 )  # fmt: skip
                 for k, target in enumerate(targets):
                     ok = await live.wait(live.count(target), alive=alive, within=RECOVERY_LIMIT_S)
-                    why = await _diagnose(c, admin, broker, live) if not ok else ""
+                    why = await diagnose(c, admin, broker.log, live) if not ok else ""
                     assert ok, f"kill {k}: stuck\n{why}"
                     await asyncio.sleep(rng.uniform(0.0, 0.3))
                     assert broker.proc is not None
@@ -116,7 +101,7 @@ async def test_kafka_vo_survives_random_kills(
                     ok = await live.wait(
                         past, live.count(RECORDS), alive=alive, within=RECOVERY_LIMIT_S
                     )
-                    why = await _diagnose(c, admin, broker, live) if not ok else ""
+                    why = await diagnose(c, admin, broker.log, live) if not ok else ""
                     assert ok, f"restart {k + 1}: no output\n{why}"
                     if past():
                         recovery.append(time.monotonic() - restarted)
@@ -136,4 +121,5 @@ async def test_kafka_vo_survives_random_kills(
         assert figures["wrong_sums"] == 0, "a key's count or running sum differs from the model"
     finally:
         broker.stop()
-    assert "Traceback" not in broker.log.read_text(errors="replace"), _log_tail(broker)
+    log = broker.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]

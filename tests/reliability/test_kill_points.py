@@ -48,7 +48,7 @@ from tests.egress.test_crash import Broker
 from tests.kafka import Tansu
 
 from .conftest import sized
-from .kafka_pipeline import LiveOutput, Model, peak_rss_mb, score, set_up
+from .kafka_pipeline import LiveOutput, Model, diagnose, peak_rss_mb, score, set_up
 
 TRIALS = sized(25, 100)  # per point
 RECORDS_PER_TRIAL = 200
@@ -160,22 +160,15 @@ class PointTrials:
         """Wait until every input so far is out and check it (True), or the broker died."""
         done = await live.wait(live.count(len(self.model.keys)), alive=self.alive, within=STUCK_S)
         if not done:
-            assert not self.alive(), f"{self.point}: stuck\n{await self._diagnose(c, live)}"
+            assert not self.alive(), (
+                f"{self.point}: stuck\n{await diagnose(c, self.admin, self.broker.log, live)}"
+            )
             return False
         check_exactly_once(live.records, self.model.keys)
         assert score(live.records, self.model)["wrong_sums"] == 0, "a count or sum is wrong"
         self.checks += 1
         self._sample_rss()
         return True
-
-    async def _diagnose(self, c: httpx.AsyncClient, live: LiveOutput) -> str:
-        parts = [f"output read: {len(live.records)}, highest offsets {live.high}"]
-        for path in ("/egress", "/subscriptions"):
-            try:
-                parts.append(f"{path}: {(await c.get(self.admin + path)).text[:2000]}")
-            except httpx.HTTPError as e:
-                parts.append(f"{path}: {e!r}")
-        return "\n".join([*parts, self.broker.log.read_text(errors="replace")[-3000:]])
 
 
 async def test_kill_points(
