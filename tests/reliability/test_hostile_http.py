@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from tests.broker.conftest import ROOT, ServiceProcess, wait_port
 from tests.broker.test_crash import BrokerProcess
+from tests.reliability.conftest import sized
 
 LIMIT = 256 * 1024  # --body-limit: small, so "at the limit" is cheap to send
 READ_TIMEOUT = 5.0  # --read-timeout, seconds: short, so slow senders hit it soon
@@ -436,7 +437,7 @@ def test_hostile_http(
                 )
 
             @hypothesis_seed(seed)
-            @settings(max_examples=400, deadline=None, database=None, derandomize=False,
+            @settings(max_examples=sized(400, 5000), deadline=None, database=None, derandomize=False,
                       suppress_health_check=list(HealthCheck))  # fmt: skip
             @given(
                 port=st.sampled_from([ing, adm]),

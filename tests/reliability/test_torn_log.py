@@ -30,8 +30,9 @@ from broker.server import Broker
 from broker.storage import COLUMN_FAMILIES, RocksDBStore
 from tests.broker.conftest import Client, ServiceProcess
 from tests.broker.test_crash import BrokerProcess
+from tests.reliability.conftest import sized
 
-ROUNDS = 3
+ROUNDS = sized(3, 30)
 REQUESTS = 300  # per round
 KEYS = 24
 CONCURRENCY = 40
