@@ -16,6 +16,7 @@ import pytest
 
 from broker.config import BrokerSettings
 from broker.server import Broker
+from tests.scenarios.support import eventually
 
 from .conftest import Client, ServiceProcess
 
@@ -43,16 +44,28 @@ async def test_many_calls_no_retries(
     assert len(rows) == 1200
     retried = [r for r in rows if r["retry_count"] or r["last_failure"]]
     assert not retried, retried[:3]
-    streams = sum(len(c.streams) for h2 in broker.invoker._h2.values() for c in h2._conns)
-    assert streams == 0, f"{streams} h2 streams left open after every call completed"
+
+    async def open_streams() -> int:
+        return sum(len(c.streams) for h2 in broker.invoker._h2.values() for c in h2._conns)
+
+    # A call's answer leaves once its End is in the log, while the endpoint ends its response
+    # only after it has read the broker's END_STREAM: the last few streams may still be
+    # closing (a CPU-starved endpoint took over 60 ms). A leaked stream never closes.
+    await eventually(
+        open_streams, until=lambda n: n == 0, within=10.0, what="every h2 stream to close"
+    )
 
 
 @pytest.fixture
 async def narrow(tmp_path: Path) -> AsyncIterator[Broker]:
     b = Broker(
         BrokerSettings(
-            data_dir=tmp_path / "d", ingress_port=0, admin_port=0, max_concurrent_invocations=2,
-            inactivity_timeout_s=0.5, abort_timeout_s=5,
+            data_dir=tmp_path / "d",
+            ingress_port=0,
+            admin_port=0,
+            max_concurrent_invocations=2,
+            inactivity_timeout_s=0.5,
+            abort_timeout_s=5,
         )
     )
     await b.start()
@@ -60,7 +73,9 @@ async def narrow(tmp_path: Path) -> AsyncIterator[Broker]:
     await b.stop()
 
 
-async def test_concurrency_limit_queues_attempts(narrow: Broker, restate_service: ServiceProcess) -> None:
+async def test_concurrency_limit_queues_attempts(
+    narrow: Broker, restate_service: ServiceProcess
+) -> None:
     c = Client(narrow)
     try:
         await c.register(restate_service.uri)
