@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -13,6 +12,7 @@ from broker.partition._records import Manage, Phase, SchemaUpdate, Status, Termi
 from broker.schema import Deployment, DiscoveryError, discover
 
 from ._openapi import OPENAPI
+from ._pace import paced
 from ._query import QueryError, run_query
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class AdminApi:
             if len(seg) == 3 and seg[0] == "state" and m == "GET":
                 return self._state(seg[1], seg[2])
             if seg == ["query"] and m == "POST":
-                return self._query(req)
+                return await self._query(req)
             if seg and seg[0] in ("kafka-clusters", "subscriptions", "metrics"):
                 return await self.broker.subscriptions.admin(req, seg)  # subscriptions/
             if seg == ["egress"] and m == "GET":  # broker/egress.py: one row per sink
@@ -67,13 +67,13 @@ class AdminApi:
             return _err(400, "bad request: the body is JSON nested too deeply")
         return _err(404, "not found")
 
-    def _query(self, req: Request) -> Response:
+    async def _query(self, req: Request) -> Response:
         try:
             body = json.loads(req.body or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("not an object")
             sql = body.get("query", "")
-            rows = run_query(self.broker.store, sql, partitions=self.broker.partitions)
+            rows = await run_query(self.broker.store, sql, partitions=self.broker.partitions)
         except QueryError as e:
             return _err(400, str(e))
         except ValueError as e:
@@ -204,11 +204,7 @@ class AdminApi:
         except ValueError:
             return _err(400, f"bad limit '{req.query['limit']}': expected an integer")
         out = []
-        for n, (_, raw) in enumerate(self.broker.store.scan("status", b"")):
-            if n % 256 == 255:
-                # The scan reads every invocation (10,000 take most of a second): let the
-                # event loop serve ingress and invocations in between.
-                await asyncio.sleep(0)
+        async for _, raw in paced(self.broker.store.scan("status", b"")):
             st = Status.decode(raw)
             j = _status_json(st, self.broker.partitions)
             if want_status and j["status"] != want_status:

@@ -16,6 +16,8 @@ from broker.ids import InvocationId
 from broker.partition._records import Phase, Status
 from broker.storage import Store
 
+from ._pace import paced
+
 _SQL = re.compile(
     r"^\s*select\s+(?P<cols>.+?)\s+from\s+(?P<table>\w+)"
     r"(?:\s+where\s+(?P<where>.+?))?(?:\s+limit\s+(?P<limit>\d+))?\s*;?\s*$",
@@ -94,7 +96,7 @@ def _state(store: Store, partitions: int) -> Iterator[dict[str, Any]]:
 TABLES = {"sys_invocation": _invocations, "state": _state}
 
 
-def run_query(store: Store, sql: str, *, partitions: int = 1) -> list[dict[str, Any]]:
+async def run_query(store: Store, sql: str, *, partitions: int = 1) -> list[dict[str, Any]]:
     m = _SQL.match(sql)
     if m is None:
         raise QueryError(
@@ -115,14 +117,13 @@ def run_query(store: Store, sql: str, *, partitions: int = 1) -> list[dict[str, 
     cols = [c.strip() for c in m["cols"].split(",")]
     limit = int(m["limit"]) if m["limit"] else None
     out: list[dict[str, Any]] = []
-    for row in TABLES[table](store, partitions):
+    async for row in paced(TABLES[table](store, partitions)):  # a whole table: share the loop
         if all(row.get(k) == v for k, v in conds):
             if cols != ["*"]:
                 missing = [c for c in cols if c not in row]
                 if missing:
                     raise QueryError(f"unknown column {missing[0]!r} in {table}")
-                row = {c: row[c] for c in cols}
-            out.append(row)
+            out.append(row if cols == ["*"] else {c: row[c] for c in cols})
             if limit is not None and len(out) >= limit:
                 break
     return out
