@@ -218,8 +218,8 @@ def parser() -> argparse.ArgumentParser:
         "--admission-limit",
         type=int,
         default=2_000,
-        help="invocations in flight at which the ingress answers 503 (Retry-After) and "
-        "subscriptions pause; 0: no limit",
+        help="work in flight (invocations, HTTP requests, Kafka records) at which the ingress "
+        "answers 503 with Retry-After and subscriptions stop reading; 0: no limit",
     )
     s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
     s.add_argument(

@@ -36,9 +36,9 @@ class BrokerSettings(BaseModel):
     admission_limit: int = Field(
         2_000,
         ge=0,
-        description="invocations running or waiting to run, or ingress requests unanswered, "
-        "at which the ingress answers 503 with Retry-After and Kafka subscriptions stop "
-        "reading; 0: no limit",
+        description="invocations running or waiting to run, or HTTP requests and Kafka "
+        "records admitted and unfinished, at which the ingress answers 503 with Retry-After "
+        "and Kafka subscriptions stop reading; 0: no limit",
     )
     idempotency_retention_s: float = Field(86_400.0, ge=0)
     workflow_retention_s: float = Field(86_400.0, ge=0)
