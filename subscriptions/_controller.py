@@ -56,7 +56,7 @@ class Controller:
         hooks[a.SubscriptionsChanged] = lambda _: self.reconcile()
         hooks[a.SchemaChanged] = lambda _: self.reconcile()
         hooks[a.KafkaDone] = self._done
-        self.broker.admitted.append(lambda: sum(c.load() for c in self.consumers.values()))
+        self.broker.admitted.append(lambda: sum(c.work() for c in self.consumers.values()))
         hooks[a.DeadLetterPending] = lambda act: self.dlq.add(act.key)
         self.dlq.start()
         self.reconcile()

@@ -185,6 +185,13 @@ class SubscriptionConsumer:
         """Records taken and not finished: appends pending, invocations unfinished."""
         return self.in_flight + sum(s.pending for s in self.partitions.values())
 
+    def work(self) -> int:
+        """This subscription's share of the broker's admission count, in invocations: the
+        unfinished ones, and records on their way to the log counted as the invocations
+        they become (a stream handler's batch of records is one)."""
+        per = self.sub.batch_max_records or 1
+        return self.in_flight + sum(-(-s.pending // per) for s in self.partitions.values())
+
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
@@ -207,7 +214,10 @@ class SubscriptionConsumer:
                 for s in self.partitions.values():
                     s.paused = False
                 continue  # (paused again meanwhile, or over the limit again)
-            room = min(sub.max_in_flight - self.load(), self.broker.admission_room())
+            room = min(
+                sub.max_in_flight - self.load(),
+                self.broker.admission_room() * (sub.batch_max_records or 1),
+            )
             msgs, highs = await self._call(self._poll, consumer, min(self._limit(), max(room, 1)))
             for n, hi in highs.items():
                 if n in self.partitions and hi is not None:
