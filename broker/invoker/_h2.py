@@ -150,7 +150,9 @@ class _Conn(asyncio.Protocol):
     def _flush_now(self) -> None:
         self._flush_scheduled = False
         data = self.h2.data_to_send()
-        if data and self.transport is not None:
+        # A flush scheduled before the connection was closed (drained, or lost) has nowhere
+        # to go: its streams fail through connection_lost.
+        if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     @property
