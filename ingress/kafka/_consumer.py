@@ -151,6 +151,9 @@ class SubscriptionConsumer:
             # Bounded prefetch: backpressure must not turn into an unbounded local queue.
             "queued.max.messages.kbytes": str(min(65536, max(4096, sub.max_record_bytes // 256))),
             "queued.min.messages": str(4 * BATCH),
+            # When a fetch overfills that queue, librdkafka waits this long before the next
+            # one (default 1 s): the queue drains in milliseconds, then reading stalls.
+            "fetch.queue.backoff.ms": "10",
             "fetch.message.max.bytes": str(max(1_048_576, sub.max_record_bytes + 65536)),
         }
         props.pop("auto.offset.reset", None)
