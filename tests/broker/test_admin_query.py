@@ -78,9 +78,13 @@ async def test_query_over_many_invocations_keeps_ingress_answering(
     assert answer.json() == {"rows": []}
     during = [end - start for start, end in spans if end > q0 and start < q1]
     longest = max(during)
+    inside = sum(1 for start, end in spans if q0 < start and end < q1)
     # The ingress answered all along. A scan that never yields makes one probe wait for all
-    # of it (measured: 74% to 99% of the query's time); one that yields, a few slices (15%
-    # to 23% on a machine loaded 6 times over). Relative, so a slow machine is no failure.
-    assert longest < (q1 - q0) / 2, (
-        f"an ingress request waited {longest:.3f}s of the query's {q1 - q0:.3f}s"
+    # of it (measured: 74% to 99% of the query's time) and lets none start and finish
+    # within it; one that yields, a few slices (15% to 23% on a machine loaded 6 times
+    # over). Relative, so a slow machine is no failure; and a probe thread the OS left
+    # waiting once still shows the scan yielding if others came and went meanwhile.
+    assert longest < (q1 - q0) / 2 or inside >= 3, (
+        f"an ingress request waited {longest:.3f}s of the query's {q1 - q0:.3f}s "
+        f"and {inside} probes started and ended within it"
     )
