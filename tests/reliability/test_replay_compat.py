@@ -16,6 +16,7 @@ from typing import Any
 
 import sdk
 from sdk import protocol as p
+from tests.sdk.journal import post
 
 from .services import app as current
 from .services_reordered import app as reordered
@@ -26,29 +27,7 @@ JOURNALS = sorted((Path(__file__).parent / "journals").glob("*.json"))
 async def replay(app: sdk.Endpoint, fixture: dict[str, Any]) -> bytes:
     """One request/response attempt of the saved request, in-process; the response body."""
     body = bytes.fromhex(fixture["request"])
-    sent: list[dict[str, Any]] = []
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": fixture["path"],
-        "http_version": "1.1",
-        "headers": [(b"content-type", fixture["content_type"].encode())],
-    }
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 200, sent[0]
-    return b"".join(m.get("body", b"") for m in sent[1:])
+    return await post(app, fixture["path"], fixture["content_type"], body)
 
 
 async def test_replay_compatibility(figures: dict[str, Any]) -> None:

@@ -31,6 +31,16 @@ async def invoke(
         random_seed=42,
     )
     body = p.encode(start) + b"".join(p.encode(e) for e in entries)
+    out = await post(
+        app, f"/invoke/{service}/{handler}", p.content_type(version), body, http2=http2
+    )
+    return [f.message for f in p.decode_all(out)]  # type: ignore[misc]
+
+
+async def post(
+    app: sdk.Endpoint, path: str, content_type: str, body: bytes, *, http2: bool = False
+) -> bytes:
+    """One request/response exchange with the endpoint, in-process: the 200 answer's body."""
     sent: list[dict[str, Any]] = []
     delivered = False
 
@@ -47,15 +57,14 @@ async def invoke(
     scope = {
         "type": "http",
         "method": "POST",
-        "path": f"/invoke/{service}/{handler}",
+        "path": path,
         "http_version": "2" if http2 else "1.1",
-        "headers": [(b"content-type", p.content_type(version).encode())],
+        "headers": [(b"content-type", content_type.encode())],
     }
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start"
     assert sent[0]["status"] == 200, sent
-    out = b"".join(m.get("body", b"") for m in sent[1:])
-    return [f.message for f in p.decode_all(out)]  # type: ignore[misc]
+    return b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def json_input(value: str) -> p.InputCommand:
