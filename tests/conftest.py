@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,18 +20,19 @@ def kafka() -> Iterator[Tansu]:
     yield from tansu_session()
 
 
+@contextlib.asynccontextmanager
+async def running_broker(data_dir: Path, **settings: Any) -> AsyncIterator[Broker]:
+    """A Sluice broker in the running event loop, on free ports, stopped on the way out."""
+    b = Broker(BrokerSettings(data_dir=data_dir, ingress_port=0, admin_port=0, **settings))
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     """A Sluice broker in this test's event loop, on free ports, with short timeouts."""
-    b = Broker(
-        BrokerSettings(
-            data_dir=tmp_path / "data",
-            ingress_port=0,
-            admin_port=0,
-            inactivity_timeout_s=5,
-            abort_timeout_s=5,
-        )
-    )
-    await b.start()
-    yield b
-    await b.stop()
+    async with running_broker(tmp_path / "data", inactivity_timeout_s=5, abort_timeout_s=5) as b:
+        yield b

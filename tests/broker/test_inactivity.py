@@ -8,26 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BrokerSettings
 from broker.server import Broker
+from tests.conftest import running_broker
 
 from .conftest import Client, ServiceProcess
 
 
 @pytest.fixture
 async def impatient(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(
-        BrokerSettings(
-            data_dir=tmp_path / "d",
-            ingress_port=0,
-            admin_port=0,
-            inactivity_timeout_s=0.3,
-            abort_timeout_s=5,
-        )
-    )
-    await b.start()
-    yield b
-    await b.stop()
+    async with running_broker(tmp_path / "d", inactivity_timeout_s=0.3, abort_timeout_s=5) as b:
+        yield b
 
 
 async def test_idle_stream_suspends_then_resumes(

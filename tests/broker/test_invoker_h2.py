@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BrokerSettings
 from broker.server import Broker
+from tests.conftest import running_broker
 from tests.scenarios.support import eventually
 
 from .conftest import Client, ServiceProcess
@@ -58,19 +58,10 @@ async def test_many_calls_no_retries(
 
 @pytest.fixture
 async def narrow(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(
-        BrokerSettings(
-            data_dir=tmp_path / "d",
-            ingress_port=0,
-            admin_port=0,
-            max_concurrent_invocations=2,
-            inactivity_timeout_s=0.5,
-            abort_timeout_s=5,
-        )
-    )
-    await b.start()
-    yield b
-    await b.stop()
+    async with running_broker(
+        tmp_path / "d", max_concurrent_invocations=2, inactivity_timeout_s=0.5, abort_timeout_s=5
+    ) as b:
+        yield b
 
 
 async def test_concurrency_limit_queues_attempts(
