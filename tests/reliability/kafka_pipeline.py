@@ -96,15 +96,6 @@ async def diagnose(c: httpx.AsyncClient, admin: str, log: Path, live: LiveOutput
     return "\n".join([*parts, tail[-3000:]])
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MB; read it before killing the process."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
-
-
 class LiveOutput:
     """Reads an output topic with read_committed in a thread while the test runs: ``records``
     grows as egress transactions commit. Use it as a context manager."""

@@ -41,6 +41,7 @@ from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized
+from .kafka_pipeline import set_up
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(400, 1800))]
 
@@ -198,24 +199,10 @@ async def test_kafka_stalls_and_resets(  # noqa: PLR0915 - one scenario, in orde
         broker.start()
         admin = f"http://127.0.0.1:{broker.admin}"
         async with httpx.AsyncClient(timeout=30) as c:
-            r = await c.post(
-                f"{admin}/deployments", json={"uri": egress_services.uri, "use_http_11": True}
-            )
-            assert r.status_code == 201, r.text
-            r = await c.post(
-                f"{admin}/kafka-clusters",
-                json={"name": "local", "properties": {"bootstrap.servers": tansu.bootstrap}},
-            )
-            assert r.status_code == 201, r.text
-            r = await c.post(
-                f"{admin}/subscriptions",
-                json={
-                    "source": f"kafka://local/{src}",
-                    "sink": "service://Tally/add",
-                    "options": {"name": "stall", "output_topic": out, "max_in_flight": "500"},
-                },
-            )
-            assert r.status_code == 201, r.text
+            await set_up(
+                c, admin, egress_services.uri, tansu,
+                src=src, name="stall", output_topic=out, max_in_flight="500",
+            )  # fmt: skip
 
             feeder, reader = Feeder(tansu, src, keys), Reader(tansu, out)
             feeder.start()

@@ -38,8 +38,8 @@ from tests.egress.conftest import (  # noqa: F401  (egress_services: a fixture)
 from tests.egress.test_crash import Broker
 from tests.kafka import Tansu
 
-from .conftest import sized
-from .kafka_pipeline import LiveOutput, Model, diagnose, peak_rss_mb, score, set_up
+from .conftest import peak_rss_mb, sized
+from .kafka_pipeline import LiveOutput, Model, diagnose, score, set_up
 
 RECORDS = sized(20_000, 200_000)
 KILLS = sized(10, 100)

@@ -47,8 +47,8 @@ from tests.egress.conftest import (  # noqa: F401  (egress_services: a fixture)
 from tests.egress.test_crash import Broker
 from tests.kafka import Tansu
 
-from .conftest import sized
-from .kafka_pipeline import LiveOutput, Model, diagnose, peak_rss_mb, score, set_up
+from .conftest import peak_rss_mb, sized
+from .kafka_pipeline import LiveOutput, Model, diagnose, score, set_up
 
 TRIALS = sized(25, 100)  # per point
 RECORDS_PER_TRIAL = 200
