@@ -33,11 +33,11 @@ from broker.partition._outbox import (
 from broker.partition.lifecycle.egress import (
     EGRESS_PARTITIONS,
     batch_item,
-    compact_json,
+    inline_value,
     records_of,
 )
 from connectors.kafka._egress import EgressSink, OutRecord
-from connectors.serde import DecodeError, is_json
+from connectors.serde import DecodeError
 
 from .egress_encoding import OutputEncoder
 
@@ -335,19 +335,11 @@ class SinkWorker:
             if isinstance(r, dict):
                 k = r.get("key")
                 plain = len(r) == 1 or (len(r) == 2 and "key" in r)
-                if plain and (k is None or isinstance(k, str)):
-                    if "value" in r:
-                        v = r["value"]
-                        value = None if v is None else compact_json(v).encode()
-                    else:
-                        text = r.get("value_json")
-                        value = text.encode() if isinstance(text, str) else None
-                        if value is None or not is_json(value):
-                            value = None  # not the common shape after all
-                    if "value" in r or value is not None:
-                        key = None if k is None else k.encode()
-                        out.append(OutRecord(e.topic, key, value, static, seq, i))
-                        continue
+                value = inline_value(r) if plain and (k is None or isinstance(k, str)) else None
+                if value is not None:  # (a null value takes the general path below)
+                    key = None if k is None else k.encode()
+                    out.append(OutRecord(e.topic, key, value, static, seq, i))
+                    continue
             rec = batch_item(e, r) if items is not None else r
             headers = [(h.key, h.value.encode()) for h in rec.headers]
             out.append(OutRecord(rec.topic, rec.key, rec.value, headers, seq, i))

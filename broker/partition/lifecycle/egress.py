@@ -153,6 +153,17 @@ def _batch_records(entry: OutboxEntry, value: bytes) -> list[OutboxRecord]:
 compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def inline_value(item: dict[str, Any]) -> bytes | None:
+    """A record item's value bytes from "value" (any JSON, encoded here) or "value_json"
+    (JSON text, sent as it is); None when neither holds one (null, absent, not JSON)."""
+    if item.get("value") is not None:
+        return compact_json(item["value"]).encode()
+    if item.get("value_json") is not None:
+        text = str(item["value_json"]).encode()
+        return text if is_json(text) else None
+    return None
+
+
 def batch_item(entry: OutboxEntry, item: Any) -> OutboxRecord:
     """One element of a stream handler's result list as a record."""
     if isinstance(item, dict) and ("value" in item or "value_json" in item or "value_b64" in item):
@@ -171,14 +182,10 @@ def _record(item: dict[str, Any], topic: str, headers: list[p.Header]) -> Outbox
     headers."""
     if item.get("value_b64") is not None:
         value: bytes | None = base64.b64decode(item["value_b64"])
-    elif "value" in item and item["value"] is not None:
-        value = compact_json(item["value"]).encode()
-    elif item.get("value_json") is not None:
-        value = str(item["value_json"]).encode()
-        if not is_json(value):
-            raise ValueError("value_json is not JSON text")
     else:
-        value = None
+        value = inline_value(item)
+        if value is None and item.get("value") is None and item.get("value_json") is not None:
+            raise ValueError("value_json is not JSON text")
     if item.get("key_b64") is not None:
         key: bytes | None = base64.b64decode(item["key_b64"])
     elif item.get("key") is not None:
