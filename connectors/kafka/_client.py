@@ -182,35 +182,33 @@ class Producer:
         headers: Sequence[tuple[str, bytes | str | None]] = (),
         partition: int | None = None,
     ) -> None:
-        kw: dict[str, object] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        kw: dict[str, object] = {"on_delivery": self._on_delivery}
         if headers:
             kw["headers"] = list(headers)
         if partition is not None:
             kw["partition"] = partition
+        self._enqueue(topic, key, value, kw)
+
+    def produce_many(
+        self, records: Iterable[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None:
+        """``produce`` for many (topic, key, value, headers) records, without its argument
+        handling per record: egress sends thousands per transaction."""
+        on_delivery = self._on_delivery
+        for topic, key, value, headers in records:
+            self._enqueue(topic, key, value, {"on_delivery": on_delivery, "headers": headers})
+
+    def _enqueue(
+        self, topic: str, key: bytes | None, value: bytes | None, kw: dict[str, object]
+    ) -> None:
         while True:
             try:
-                self._p.produce(topic, **kw)
+                self._p.produce(topic, value, key, **kw)
                 return
             except BufferError:
                 self._p.poll(0.05)  # the local queue is full: let deliveries drain
             except ck.KafkaException as e:
                 raise _wrap(e) from None
-
-    def produce_many(
-        self, records: Iterable[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]
-    ) -> None:
-        """``produce`` for many (topic, key, value, headers) records, without its per-call
-        costs: egress sends thousands per transaction."""
-        produce, on_delivery = self._p.produce, self._on_delivery
-        for topic, key, value, headers in records:
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=on_delivery, headers=headers)
-                    break
-                except BufferError:
-                    self._p.poll(0.05)  # the local queue is full: let deliveries drain
-                except ck.KafkaException as e:
-                    raise _wrap(e) from None
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every record produced so far is acknowledged (or raise)."""
