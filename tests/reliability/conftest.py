@@ -38,11 +38,19 @@ def sized(fast: T, soak: T) -> T:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """A process's peak resident memory so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """A process's peak resident memory so far (VmHWM), in MB.
+
+    Raises ProcessLookupError once the process has exited: a zombie has no memory left
+    to report, and a reaped one has no /proc entry.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise ProcessLookupError(f"process {pid} has exited") from None
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
-    raise AssertionError(f"no VmHWM for process {pid}")
+    raise ProcessLookupError(f"process {pid} has exited (no VmHWM: a zombie)")
 
 
 @pytest.fixture
