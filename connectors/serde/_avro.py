@@ -20,6 +20,7 @@ import json
 import struct
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +41,45 @@ class AvroSerde(Serde):
 
     `schema` is the writer schema for egress (registered on first use); without it, the
     subject's latest schema is used. Ingress reads any schema id the registry knows, and
-    resolves it against `schema` when one is given (Avro schema evolution).
+    resolves it against a reader schema (Avro schema evolution): `schema` when one is
+    given, the subject's latest schema with `read_latest` (fetched once), else the writer's.
+
+    A record the registry cannot explain (an id it does not know) is a `DecodeError`; a
+    registry that cannot answer now is a retriable `RegistryError`, since the record may
+    well be fine.
     """
 
     name = "avro"
     content_type = "application/json"
 
     def __init__(
-        self, registry: SchemaRegistry, subject: str, schema: Schema | None = None
+        self,
+        registry: SchemaRegistry,
+        subject: str,
+        schema: Schema | None = None,
+        *,
+        read_latest: bool = False,
     ) -> None:
         self._registry = registry
         self._subject = subject
         self._schema = schema
+        self._read_latest = read_latest and schema is None
         self._reader: ParsedSchema | None = _parse(schema) if schema is not None else None
         self._writer: tuple[int, ParsedSchema] | None = None
         self._parsed: dict[int, ParsedSchema] = {}
+        self._unknown: dict[int, str] = {}  # ids the registry said no to, since the last prefetch
+
+    def prefetch(self, values: Iterable[bytes | None]) -> None:
+        """Fetch the reader schema and the writer schemas of these wire-format values that
+        are not cached yet. Ids the registry does not know are remembered until the next
+        prefetch (asked again then: they may have been registered meanwhile)."""
+        self._unknown.clear()
+        self._reader_schema()
+        for value in values:
+            if value is not None and len(value) >= _PREFIX.size and value[0] == MAGIC:
+                schema_id = _PREFIX.unpack_from(value)[1]
+                if schema_id not in self._parsed and schema_id not in self._unknown:
+                    self._lookup(schema_id)
 
     def decode(self, value: bytes | None) -> bytes:
         if value is None:
@@ -64,13 +89,18 @@ class AvroSerde(Serde):
         magic, schema_id = _PREFIX.unpack_from(value)
         if magic != MAGIC:
             raise DecodeError(f"avro: magic byte is {magic}, expected 0 (Schema Registry format)")
-        writer = self._schema_by_id(schema_id)
+        writer = self._parsed.get(schema_id)
+        if writer is None and schema_id not in self._unknown:
+            writer = self._lookup(schema_id)  # (blocking, unless prefetched)
+        if writer is None:
+            raise DecodeError(f"avro: unknown schema id {schema_id}: {self._unknown[schema_id]}")
         try:
             record = fastavro.schemaless_reader(
-                io.BytesIO(value[_PREFIX.size :]), writer, self._reader or writer
+                io.BytesIO(value[_PREFIX.size :]), writer, self._reader_schema() or writer
             )
         except Exception as exc:
-            raise DecodeError(f"avro: cannot read with schema id {schema_id}: {exc}") from None
+            why = str(exc) or type(exc).__name__  # (a body cut short: a bare EOFError)
+            raise DecodeError(f"avro: cannot read with schema id {schema_id}: {why}") from None
         return json.dumps(record, default=_json_default, separators=(",", ":")).encode()
 
     def encode(self, payload: bytes) -> bytes:
@@ -108,13 +138,32 @@ class AvroSerde(Serde):
             self._writer = (schema_id, _parse(raw))
         return self._writer
 
-    def _schema_by_id(self, schema_id: int) -> ParsedSchema:
-        parsed = self._parsed.get(schema_id)
-        if parsed is None:
+    def _reader_schema(self) -> ParsedSchema | None:
+        """The reader schema (None: each record's writer schema). With `read_latest` a
+        subject that has no valid schema is a `RegistryError` too: no record can be read."""
+        if self._reader is None and self._read_latest:
             try:
-                parsed = self._parsed[schema_id] = _parse(self._registry.schema(schema_id))
-            except RegistryError as exc:
-                raise DecodeError(f"avro: unknown schema id {schema_id}: {exc}") from None
+                self._reader = _parse(self._registry.latest(self._subject)[1])
+            except (RegistryError, DecodeError) as exc:
+                raise RegistryError(
+                    f"avro: the reader schema (subject {self._subject!r}): {exc}",
+                    retriable=getattr(exc, "retriable", False),
+                ) from None
+        return self._reader
+
+    def _lookup(self, schema_id: int) -> ParsedSchema | None:
+        """The writer schema of this id from the registry, parsed and cached; None (and
+        the reason in `_unknown`) if the registry has no valid schema of that id."""
+        try:
+            parsed = self._parsed[schema_id] = _parse(self._registry.schema(schema_id))
+        except RegistryError as exc:
+            if exc.retriable:
+                raise
+            self._unknown[schema_id] = str(exc)
+            return None
+        except DecodeError as exc:
+            self._unknown[schema_id] = exc.reason
+            return None
         return parsed
 
 

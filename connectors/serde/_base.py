@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 
 
 class DecodeError(ValueError):
@@ -24,3 +25,8 @@ class Serde(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, payload: bytes) -> bytes: ...
+
+    def prefetch(self, values: Iterable[bytes | None]) -> None:  # noqa: B027  (optional)
+        """Do the blocking lookups (a schema registry) that decoding ``values`` needs, so
+        that ``decode`` of them does no I/O: ingress calls it off the event loop. Raises
+        ``RegistryError`` when a lookup cannot be answered now; the values then wait."""

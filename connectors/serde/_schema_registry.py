@@ -212,4 +212,4 @@ def redacted(address: str) -> str:
 
 
 def _quote(subject: str) -> str:
-    return urllib.request.quote(subject, safe="")
+    return urllib.parse.quote(subject, safe="")

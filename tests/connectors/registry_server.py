@@ -2,6 +2,7 @@
 
 It implements the four calls Sluice makes (register, schema by id, latest by subject,
 list subjects), keeps everything in memory, and counts requests so tests can check caching.
+Setting ``failing`` to an HTTP status makes it answer every request with that status.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class RegistryServer:
         self.schemas: dict[int, str] = {}
         self.subjects: dict[str, list[int]] = {}
         self.requests: Counter[str] = Counter()
+        self.failing: int | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -49,7 +51,9 @@ class RegistryServer:
             def do_GET(self) -> None:
                 parts = [unquote(p) for p in self.path.strip("/").split("/")]
                 registry.requests[f"GET /{parts[0]}"] += 1
-                if parts[:2] == ["schemas", "ids"] and len(parts) == 3:
+                if registry.failing is not None:
+                    self._reply(registry.failing, {"error_code": 50001, "message": "failing"})
+                elif parts[:2] == ["schemas", "ids"] and len(parts) == 3:
                     text = registry.schemas.get(int(parts[2]))
                     if text is None:
                         self._reply(404, {"error_code": 40403, "message": "Schema not found"})
@@ -75,6 +79,9 @@ class RegistryServer:
             def do_POST(self) -> None:
                 parts = [unquote(p) for p in self.path.strip("/").split("/")]
                 registry.requests["POST /subjects"] += 1
+                if registry.failing is not None:
+                    self._reply(registry.failing, {"error_code": 50001, "message": "failing"})
+                    return
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length))
                 if parts[0] != "subjects" or parts[2:] != ["versions"]:

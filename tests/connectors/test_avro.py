@@ -146,10 +146,52 @@ def test_http_registry_caches_schema_lookups() -> None:
         assert server.requests["GET /schemas"] == 1
 
 
-def test_unreachable_registry_is_a_decode_error_that_names_it() -> None:
+def test_unreachable_registry_on_decode_is_retriable_not_a_bad_record() -> None:
+    """Ingress must wait for the registry, not dead-letter a record that may well be fine."""
     serde = AvroSerde(HttpSchemaRegistry("http://127.0.0.1:9", timeout=1), "x")
-    with pytest.raises(DecodeError, match="unreachable"):
-        serde.decode(b"\x00\x00\x00\x00\x01\x02")
+    for call in (serde.decode, lambda v: serde.prefetch([v])):
+        with pytest.raises(RegistryError, match="unreachable") as caught:
+            call(b"\x00\x00\x00\x00\x01\x02")
+        assert caught.value.retriable
+
+
+def test_prefetch_leaves_decode_without_registry_requests() -> None:
+    """Ingress prefetches a batch's schemas off the event loop: one request per id not yet
+    cached, including ids the registry does not know (asked again at the next prefetch);
+    decoding them afterwards asks nothing."""
+    with RegistryServer() as server:
+        registry = HttpSchemaRegistry(server.url)
+        wire = AvroSerde(registry, "lines", avro_schema(Line)).encode(b'{"sku":"x","quantity":1}')
+        unknown = b"\x00" + struct.pack(">I", 77) + b"\x02"
+        values = [wire, unknown, wire, b"\x01bad", b"\x00", None, unknown]
+        reader = AvroSerde(HttpSchemaRegistry(server.url), "lines")
+        reader.prefetch(values)
+        assert server.requests["GET /schemas"] == 2  # ids 1 and 77, once each
+        assert json.loads(reader.decode(wire)) == {"sku": "x", "quantity": 1}
+        with pytest.raises(DecodeError, match=r"unknown schema id 77.*404"):
+            reader.decode(unknown)
+        assert server.requests["GET /schemas"] == 2
+        server.failing = 503
+        with pytest.raises(RegistryError, match="HTTP 503") as caught:
+            reader.prefetch([unknown])  # (asked again: it may have been registered since)
+        assert caught.value.retriable
+        reader.prefetch([wire])  # cached: no request, so no error
+        assert json.loads(reader.decode(wire)) == {"sku": "x", "quantity": 1}
+
+
+def test_reader_schema_from_a_subject(registry: SchemaRegistry) -> None:
+    """``read_latest``: records are resolved against the subject's latest schema, fetched
+    once; a subject with no schema cannot read anything, which is not the record's fault."""
+    v1 = avro_schema(Line)
+    v2 = {**v1, "fields": [*v1["fields"], {"name": "gift", "type": "boolean", "default": True}]}
+    wire = AvroSerde(registry, "lines", v1).encode(b'{"sku":"x","quantity":1}')
+    registry.register("lines-reader", v2)
+    reader = AvroSerde(registry, "lines-reader", read_latest=True)
+    reader.prefetch([wire])
+    assert json.loads(reader.decode(wire)) == {"sku": "x", "quantity": 1, "gift": True}
+    with pytest.raises(RegistryError, match=r"reader schema.*nothing-here") as caught:
+        AvroSerde(registry, "nothing-here", read_latest=True).prefetch([wire])
+    assert not caught.value.retriable
 
 
 def test_unreachable_registry_on_encode_is_retriable_not_a_misfit() -> None:
