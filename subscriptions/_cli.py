@@ -52,6 +52,8 @@ def _subscriptions(args: argparse.Namespace) -> None:
         for flag, key in (
             ("name", "name"),
             ("serde", "serde"),
+            ("input_schema", "input_schema"),
+            ("schema_registry", "schema_registry"),
             ("dead_letter_topic", "dead_letter_topic"),
             ("max_in_flight", "max_in_flight"),
             ("key_encoding", "key_encoding"),
@@ -112,7 +114,15 @@ def add_commands(client: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("--name", help="stable name: it identifies what was already ingested")
     c.add_argument("--source", required=True, help="kafka://CLUSTER/TOPIC")
     c.add_argument("--sink", required=True, help="service://SERVICE/HANDLER")
-    c.add_argument("--serde", choices=["json", "raw"])
+    c.add_argument("--serde", choices=["json", "raw", "avro"])
+    c.add_argument(
+        "--input-schema",
+        help="serde avro: the reader schema (inline JSON, a .avsc file, or a registry subject)",
+    )
+    c.add_argument(
+        "--schema-registry",
+        help="http(s)://HOST:PORT or a registry file (default: the cluster's schema registry)",
+    )
     c.add_argument("--dead-letter-topic")
     c.add_argument("--max-in-flight", type=int)
     c.add_argument("--key-encoding", choices=["base64", "strict"])

@@ -168,6 +168,7 @@ class Controller:
                 or kind != c.kind
                 or want.definition() != c.sub.definition()
                 or cluster.properties != c.cluster.properties
+                or (want.serde == "avro" and cluster.schema_registry != c.cluster.schema_registry)
             ):
                 del self.consumers[name]
                 await c.stop()
@@ -182,7 +183,11 @@ class Controller:
                 continue
             running = self.consumers.get(name)
             if running is None:
-                running = SubscriptionConsumer(self.broker, sub, cluster, kind)
+                try:
+                    running = SubscriptionConsumer(self.broker, sub, cluster, kind)
+                except ValueError as e:  # e.g. Avro, and the cluster's registry was removed
+                    self.waiting[name] = str(e)
+                    continue
                 running.partitions = self._stats.setdefault(name, {})
                 self.consumers[name] = running
                 running.start()
@@ -302,6 +307,8 @@ class Controller:
         kind, why = self._kind(sub)
         if kind is None:
             return _err(400, f"cannot subscribe to {sub.sink}: {why}")
+        if sub.serde == "avro":
+            sub.input_serde(self.clusters()[sub.cluster])  # ValueError: no registry anywhere
         out_cluster = self.clusters().get(sub.output_cluster or sub.cluster)
         if sub.output_cluster and out_cluster is None:
             return _err(400, f"output_cluster: kafka cluster '{sub.output_cluster}' not found")

@@ -8,7 +8,7 @@
     name = "orders"                      # identifies what was ingested; keep it stable
     source = "kafka://local/orders"
     sink = "service://Orders/process"
-    serde = "json"                       # or "raw"
+    serde = "json"                       # or "raw", or "avro" (see the README's Kafka guide)
     dead_letter_topic = "orders-dlq"
     max_in_flight = 500
     options = { "auto.offset.reset" = "earliest" }

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.partition._outbox import EgressTarget, OutputFormat
-from connectors.serde import load_schema, redacted, registry_at
+from connectors.serde import AvroSerde, Serde, load_schema, redacted, registry_at, serde_for
 from sdk.protocol import Header
 
 _HOSTNAME = re.compile(
@@ -87,6 +87,7 @@ def _registry_address(v: str | None) -> str | None:
 SLUICE_OPTIONS = (
     "name",
     "serde",
+    "input_schema",
     "dead_letter_topic",
     "max_in_flight",
     "key_encoding",
@@ -108,7 +109,9 @@ class Subscription(BaseModel):
     """Records of a Kafka topic become invocations of one handler.
 
     ``serde``: how a record value becomes the handler input ("json": must parse as JSON;
-    "raw": bytes as they are). ``dead_letter_topic``: where undecodable records and records
+    "raw": bytes as they are; "avro": Schema Registry wire format, read with the writer
+    schema of its id, or resolved against ``input_schema``, and given to the handler as
+    JSON). ``dead_letter_topic``: where undecodable records and records
     whose invocation failed terminally go (same cluster); without it they become failed
     invocations listed by the admin API. ``max_in_flight``: the subscription stops reading
     while this many of its invocations are unfinished. ``key_encoding``: "base64" maps a
@@ -124,7 +127,10 @@ class Subscription(BaseModel):
     options: dict[str, str] = Field(
         default_factory=dict, description="librdkafka consumer properties"
     )
-    serde: Literal["json", "raw"] = "json"
+    serde: Literal["json", "raw", "avro"] = "json"
+    # serde "avro": the reader schema (inline JSON, a .avsc/.json file, or a subject whose
+    # latest schema is used); None: each record's writer schema.
+    input_schema: str | None = None
     dead_letter_topic: str | None = None
     max_in_flight: int = Field(1000, ge=1, le=1_000_000)
     key_encoding: Literal["base64", "strict"] = "base64"
@@ -142,7 +148,8 @@ class Subscription(BaseModel):
     # "avro": results leave as Avro records in the Schema Registry wire format, written with
     # ``output_schema`` (inline JSON, a .avsc/.json file, or a subject; default: the latest
     # schema of subject OUTPUT_TOPIC-value) from ``schema_registry`` (default: the output
-    # cluster's). A result that does not fit is dead-lettered, the rest leave exactly once.
+    # cluster's; for serde "avro", the source cluster's). A result that does not fit is
+    # dead-lettered, the rest leave exactly once.
     output_serde: Literal["json", "avro"] = "json"
     output_schema: str | None = None
     schema_registry: str | None = None
@@ -187,21 +194,41 @@ class Subscription(BaseModel):
     def _registry(cls, v: str | None) -> str | None:
         return _registry_address(v)
 
-    @field_validator("output_schema")
+    @field_validator("output_schema", "input_schema")
     @classmethod
-    def _output_schema(cls, v: str | None) -> str | None:
+    def _schema(cls, v: str | None) -> str | None:
         if v is not None and v.strip():
             load_schema(v)  # ValueError: an invalid inline schema, a missing or bad file
             return v.strip()
         return None
 
     @model_validator(mode="after")
-    def _output_format(self) -> Subscription:
+    def _formats(self) -> Subscription:
         if self.output_serde != "json" and not self.output_topic:
             raise ValueError(f"output_serde {self.output_serde!r} needs an output_topic")
         if self.output_schema and self.output_serde != "avro":
             raise ValueError("output_schema is for output_serde 'avro'")
+        if self.input_schema and self.serde != "avro":
+            raise ValueError("input_schema is for serde 'avro'")
         return self
+
+    def input_serde(self, cluster: KafkaCluster) -> Serde:
+        """How the consumer decodes record values. ``ValueError`` says why it cannot: Avro
+        with no registry on the subscription or on its source cluster, or an input schema
+        file that went away since the subscription was created."""
+        if self.serde != "avro":
+            return serde_for(self.serde)
+        address = self.schema_registry or cluster.schema_registry
+        if not address:
+            raise ValueError(
+                "serde 'avro' needs a schema registry: set schema_registry on the "
+                f"subscription or on kafka cluster '{self.cluster}'"
+            )
+        registry = registry_at(address)
+        schema = load_schema(self.input_schema) if self.input_schema else None
+        if self.input_schema and schema is None:  # a subject: its latest schema, read once
+            return AvroSerde(registry, self.input_schema, read_latest=True)
+        return AvroSerde(registry, f"{self.topic}-value", schema)
 
     @field_validator("output_headers", mode="before")
     @classmethod
@@ -324,6 +351,8 @@ class Subscription(BaseModel):
                 "max_record_bytes": str(self.max_record_bytes),
             }
         )
+        if self.input_schema:
+            opts["input_schema"] = self.input_schema
         if self.dead_letter_topic:
             opts["dead_letter_topic"] = self.dead_letter_topic
         if self.output_topic:

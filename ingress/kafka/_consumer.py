@@ -29,7 +29,7 @@ from broker.partition.lifecycle.egress import pack_batches, pack_messages
 from broker.partition.lifecycle.kafka import producer_id
 from connectors.kafka import Consumer, KafkaError, KafkaMessage, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
-from connectors.serde import DecodeError, Serde, encode_key, serde_for
+from connectors.serde import DecodeError, JsonSerde, RegistryError, Serde, encode_key
 from sdk import protocol as p
 
 if TYPE_CHECKING:
@@ -79,10 +79,11 @@ class SubscriptionConsumer:
         self.sub = sub
         self.cluster = cluster
         self.kind = kind
-        self.serde: Serde = serde_for(sub.serde)
+        self.serde: Serde = sub.input_serde(cluster)  # ValueError: see there
         self.partitions: dict[int, PartitionStats] = {}
         self.in_flight = 0  # invocations created and not finished (this process's share)
         self.status = "starting"
+        self.stalled = ""  # why the records read last wait (the schema registry is down)
         self._paused = sub.paused
         self._consumer: Consumer | None = None
         self._ex = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{sub.name}")
@@ -221,10 +222,22 @@ class SubscriptionConsumer:
                 sub.max_in_flight - self.load(),
                 self.broker.admission_room() * (sub.batch_max_records or 1),
             )
-            msgs, highs = await self._call(self._poll, consumer, min(self._limit(), max(room, 1)))
+            take = min(self._limit(), max(room, 1))
+            msgs, highs, missing = await self._call(self._poll, consumer, take)
             for n, hi in highs.items():
                 if n in self.partitions and hi is not None:
                     self.partitions[n].high = hi
+            while missing is not None:
+                # The records wait here, unacknowledged, until the registry answers: none
+                # is dead-lettered for it, none skipped, later ones do not overtake them.
+                if not self.stalled:
+                    log.warning("subscription %s stalls: %s", self.sub.name, missing)
+                self.stalled = str(missing)
+                await asyncio.sleep(1.0)
+                missing = await self._call(self._prefetch, msgs)
+            if self.stalled:
+                log.warning("subscription %s: the schema registry answers again", self.sub.name)
+                self.stalled = ""
             if msgs:
                 faults.reached("after-kafka-poll")
                 self._submit(msgs)
@@ -236,12 +249,24 @@ class SubscriptionConsumer:
             return min(max(BATCH, self.sub.batch_max_records * len(self.partitions)), 20_000)
         return BATCH
 
-    def _poll(self, consumer: Consumer, n: int) -> tuple[list[KafkaMessage], dict[int, int | None]]:
+    def _poll(
+        self, consumer: Consumer, n: int
+    ) -> tuple[list[KafkaMessage], dict[int, int | None], RegistryError | None]:
         # A stream handler waits up to batch_max_ms for full batches; others poll every 0.1s.
         wait = self.sub.batch_wait_ms / 1000 if self.sub.batch_max_records else 0.1
         msgs = consumer.consume(n, wait)
         highs = {n: consumer.cached_high(self.sub.topic, n) for n in self.partitions}
-        return msgs, highs
+        return msgs, highs, self._prefetch(msgs)
+
+    def _prefetch(self, msgs: list[KafkaMessage]) -> RegistryError | None:
+        """The serde's blocking lookups for these records (Avro: schemas by id), here on
+        the consumer's thread, so that decoding them on the event loop does no I/O. The
+        registry's error if it cannot answer now."""
+        try:
+            self.serde.prefetch(m.value for m in msgs)
+        except RegistryError as e:
+            return e
+        return None
 
     # --- records to commands -------------------------------------------------------------
 
@@ -255,7 +280,8 @@ class SubscriptionConsumer:
             if stats is None:
                 continue
             # A stream handler on JSON: records go straight into packed batches (egress.py).
-            fast = bool(sub.batch_max_records) and self.serde.content_type == "application/json"
+            # (Not Avro, whose handler input is JSON too: its values must be decoded.)
+            fast = bool(sub.batch_max_records) and isinstance(self.serde, JsonSerde)
             records = [] if fast else [self._record(m) for m in batch]
             cmd = KafkaIngest(
                 subscription=sub.name,
@@ -352,8 +378,13 @@ class SubscriptionConsumer:
         return rec
 
     def to_json(self) -> dict[str, Any]:
+        state = self.status
+        if self._throttled:
+            state = "throttled"
+        elif self.stalled and not self._paused:
+            state = f"stalled: {self.stalled}; retrying"
         return {
-            "state": "throttled" if self._throttled else self.status,
+            "state": state,
             "in_flight": self.in_flight,
             "throttles": self.throttles,
             "batch_max_records": self.sub.batch_max_records or 0,
