@@ -11,6 +11,9 @@ import pytest
 
 from broker.config import BrokerSettings
 from broker.server import Broker
+from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from tests.broker.conftest import ServiceProcess
+from tests.connectors.registry_server import RegistryServer
 from tests.kafka import Tansu, tansu_session
 
 
@@ -36,3 +39,26 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     """A Sluice broker in this test's event loop, on free ports, with short timeouts."""
     async with running_broker(tmp_path / "data", inactivity_timeout_s=5, abort_timeout_s=5) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def egress_services() -> Iterator[ServiceProcess]:
+    """The Sluice SDK handlers of the Kafka pipeline tests (tests/egress/services.py)."""
+    svc = ServiceProcess("tests.egress.services")
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(params=["file", "http"])
+def avro_registry(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, SchemaRegistry]]:
+    """A schema registry for Avro tests, a file or a small local server: (the address the
+    broker is given, a client of the same registry for the test)."""
+    if request.param == "file":
+        path = tmp_path / "registry.json"
+        yield str(path), FileSchemaRegistry(path)
+    else:
+        with RegistryServer() as server:
+            yield server.url, HttpSchemaRegistry(server.url)

@@ -1,9 +1,10 @@
-"""Fixtures for the egress tests: the Sluice SDK egress services, and a read_committed reader
-of output topics."""
+"""Fixtures for the egress tests: a read_committed reader of output topics and its checks,
+an Avro reader (the egress services and the schema registries are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,17 +14,10 @@ import pytest
 
 from connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING
+from connectors.serde import AvroSerde, SchemaRegistry
 from tests.broker.conftest import ServiceProcess
 from tests.ingress_kafka.conftest import Admin, admin, new_topic, produce  # noqa: F401
 from tests.kafka import Tansu
-
-
-@pytest.fixture(scope="session")
-def egress_services() -> Iterator[ServiceProcess]:
-    svc = ServiceProcess("tests.egress.services")
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 @dataclass
@@ -126,3 +120,16 @@ def restate_egress_services() -> Iterator[ServiceProcess]:
     svc.start()
     yield svc
     svc.stop()
+
+
+def avro_reader(registry: SchemaRegistry, subject: str, ids: set[int]) -> Callable[[bytes], Any]:
+    """Decodes a wire-format value through the registry; collects the schema ids seen."""
+    serde = AvroSerde(registry, subject)
+
+    def decode(value: bytes) -> Any:
+        magic, schema_id = struct.unpack(">bI", value[:5])
+        assert magic == 0, f"magic byte {magic}: not the Schema Registry wire format"
+        ids.add(schema_id)
+        return json.loads(serde.decode(value))
+
+    return decode

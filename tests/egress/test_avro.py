@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +18,21 @@ import httpx
 import pytest
 
 from broker.server import Broker
-from connectors.serde import AvroSerde, FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
 from tests.broker.conftest import ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
 from tests.egress.test_crash import Broker as BrokerProcess
 from tests.kafka import Tansu
 
-from .conftest import Admin, Out, check_exactly_once, new_topic, produce, read_output
+from .conftest import (
+    Admin,
+    Out,
+    avro_reader,
+    check_exactly_once,
+    new_topic,
+    produce,
+    read_output,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -36,32 +42,6 @@ SCHEMA = {
     "namespace": "sluice.test",
     "fields": [{"name": "i", "type": "long"}, {"name": "by", "type": "string"}],
 }
-
-
-@pytest.fixture(params=["file", "http"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, SchemaRegistry]]:
-    """(the address the broker is given, a client of the same registry for the test)."""
-    if request.param == "file":
-        path = tmp_path / "registry.json"
-        yield str(path), FileSchemaRegistry(path)
-    else:
-        with RegistryServer() as server:
-            yield server.url, HttpSchemaRegistry(server.url)
-
-
-def avro_reader(registry: SchemaRegistry, subject: str, ids: set[int]) -> Callable[[bytes], Any]:
-    """Decodes a wire-format value through the registry; collects the schema ids seen."""
-    serde = AvroSerde(registry, subject)
-
-    def decode(value: bytes) -> Any:
-        magic, schema_id = struct.unpack(">bI", value[:5])
-        assert magic == 0, f"magic byte {magic}: not the Schema Registry wire format"
-        ids.add(schema_id)
-        return json.loads(serde.decode(value))
-
-    return decode
 
 
 def _inputs(n: int, bad_every: int) -> tuple[dict[int, bytes], set[int], list[Any]]:
@@ -91,13 +71,13 @@ def check_dead_letters(
 
 
 async def test_results_leave_as_avro_and_misfits_are_dead_lettered(
-    registry: tuple[str, SchemaRegistry],
+    avro_registry: tuple[str, SchemaRegistry],
     kafka: Tansu,
     broker: Broker,
     admin: Admin,
     egress_services: ServiceProcess,
 ) -> None:
-    address, reg = registry
+    address, reg = avro_registry
     await admin.register(egress_services.uri, http1=True)
     await admin.cluster(kafka, schema_registry=address)
     src, out, dlq = new_topic(kafka, 3), new_topic(kafka, 3), new_topic(kafka, 1)

@@ -21,8 +21,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.egress.conftest import egress_services  # noqa: F401  (Kafka tests' handlers)
-
 RESULTS = Path(__file__).parent / ".results"
 SOAK = os.environ.get("SLUICE_SOAK") == "1"
 VARIANT = "soak" if SOAK else "fast"

@@ -28,9 +28,8 @@ import httpx
 import pytest
 
 from tests.broker.conftest import ServiceProcess
-from tests.egress.conftest import (  # noqa: F401  (egress_services: a fixture)
+from tests.egress.conftest import (
     check_exactly_once,
-    egress_services,
     new_topic,
     produce,
     read_output,
@@ -54,7 +53,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(300
 async def test_kafka_vo_survives_random_kills(
     kafka: Tansu,
     tmp_path: Path,
-    egress_services: ServiceProcess,  # noqa: F811
+    egress_services: ServiceProcess,
     rng: random.Random,
     figures: dict[str, Any],
 ) -> None:

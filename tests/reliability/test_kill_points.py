@@ -37,9 +37,8 @@ import pytest
 
 from broker.faults import POINTS
 from tests.broker.conftest import ServiceProcess
-from tests.egress.conftest import (  # noqa: F401  (egress_services: a fixture)
+from tests.egress.conftest import (
     check_exactly_once,
-    egress_services,
     new_topic,
     produce,
     read_output,
@@ -173,7 +172,7 @@ class PointTrials:
 
 async def test_kill_points(
     tmp_path: Path,
-    egress_services: ServiceProcess,  # noqa: F811
+    egress_services: ServiceProcess,
     rng: random.Random,
     figures: dict[str, Any],
 ) -> None:
