@@ -83,7 +83,7 @@ class SubscriptionConsumer:
         self.partitions: dict[int, PartitionStats] = {}
         self.in_flight = 0  # invocations created and not finished (this process's share)
         self.status = "starting"
-        self.stalled = ""  # why the records read last wait (the schema registry is down)
+        self.stalled = ""  # why the records read last wait (the schema registry cannot answer)
         self._paused = sub.paused
         self._consumer: Consumer | None = None
         self._ex = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{sub.name}")
@@ -236,7 +236,7 @@ class SubscriptionConsumer:
                 await asyncio.sleep(1.0)
                 missing = await self._call(self._prefetch, msgs)
             if self.stalled:
-                log.warning("subscription %s: the schema registry answers again", self.sub.name)
+                log.warning("subscription %s resumes: its schemas are fetched", self.sub.name)
                 self.stalled = ""
             if msgs:
                 faults.reached("after-kafka-poll")
