@@ -60,7 +60,7 @@ def avro(reg: SchemaRegistry, subject: str, schema: dict[str, Any], value: Any) 
     return AvroSerde(reg, subject, schema).encode(json.dumps(value).encode())
 
 
-def _keys(n: int) -> dict[int, bytes]:
+def _keys(n: int) -> dict[int, bytes | None]:
     return {i: f"k{i % 11}".encode() for i in range(n)}
 
 
@@ -140,8 +140,9 @@ async def test_input_schema_resolves_older_and_newer_writers(
     n = 90
     keys = _keys(n)
     bad = {i for i in range(n) if i % 30 == 17}
-    records = []
+    records: list[tuple[Any, Any, int | None]] = []
     for i in range(n):
+        value: dict[str, Any]
         if i in bad:
             schema, value = INCOMPATIBLE, {"i": f"{i}", "by": "old"}
         elif i % 2:
@@ -224,13 +225,13 @@ async def test_bad_avro_records_are_dead_lettered_with_reasons(
         n_good = len(bad_values) + 1
         for topic in (out, out2):
             got = await asyncio.to_thread(read_output, kafka, topic, n_good)
-            check_exactly_once(got, {i: b"k" for i in range(n_good)})
+            check_exactly_once(got, dict.fromkeys(range(n_good), b"k"))
         dead = await asyncio.to_thread(_dead, kafka, dlq, len(bad_values))
         assert sorted(dead) == [o for o, (_, why) in enumerate(values) if why]
         for offset, d in dead.items():
-            value, why = values[offset]
+            value, reason = values[offset]
             assert d.key == b"k" and d.value == value
-            assert why is not None and why in d.headers["sluice-dlq-reason"], d.headers
+            assert reason is not None and reason in d.headers["sluice-dlq-reason"], d.headers
             assert d.headers["sluice-dlq-reason"].startswith("avro serde: "), d.headers
         unknown = next(d for d in dead.values() if "4242" in d.headers["sluice-dlq-reason"])
         assert "HTTP 404" in unknown.headers["sluice-dlq-reason"]  # what the registry said
@@ -278,7 +279,7 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
         assert reg.register(f"{src}-value", NEWER) == 2
         return reg
 
-    def record(reg: SchemaRegistry, i: int) -> tuple[bytes, bytes, None]:
+    def record(reg: SchemaRegistry, i: int) -> tuple[Any, Any, int | None]:
         if i < n1 or i % 3:
             return keys[i], avro(reg, f"{src}-value", SCHEMA, {"i": i, "by": "v1"}), None
         value = {"i": i, "by": "v2", "tier": "t", "note": "n"}
