@@ -72,6 +72,18 @@ def test_toml_and_yaml_give_the_same_declarations(tmp_path: Path) -> None:
         ("bad.toml", TOML.replace('name = "orders"\n', ""), ":5: subscriptions.0: needs a name"),
         ("bad.toml", "surprise = 1\n" + TOML, ":1: surprise: Extra inputs"),
         (
+            "bad.toml",
+            TOML.replace(
+                "max_in_flight = 50", 'max_in_flight = 50\nserde = "avro"\ninput_schema = "{"'
+            ),
+            ":12: subscriptions.0.input_schema: inline schema is not JSON",
+        ),
+        (
+            "bad.toml",
+            TOML.replace("max_in_flight = 50", 'max_in_flight = 50\ninput_schema = "orders-value"'),
+            ":5: subscriptions.0: input_schema is for serde 'avro'",
+        ),
+        (
             "bad.yaml",
             YAML.replace("max_in_flight: 50", "max_in_flight: lots"),
             ":9: subscriptions.0.max_in_flight",
@@ -104,4 +116,21 @@ def test_restate_shaped_request_maps_sluice_options() -> None:
     )
     assert reset and sub.start == "earliest" and sub.serde == "raw"
     assert sub.options == {"fetch.min.bytes": "10"}
+    avro, _ = Subscription.from_request(
+        {
+            "source": "kafka://c/t",
+            "sink": "service://S/h",
+            "options": {
+                "serde": "avro",
+                "input-schema": " orders-value ",
+                "schema_registry": "r.json",
+            },
+        }
+    )
+    assert (avro.serde, avro.input_schema, avro.schema_registry) == (
+        "avro",
+        "orders-value",
+        "r.json",
+    )
+    assert avro.public()["options"]["input_schema"] == "orders-value" and not avro.options
     assert sub.id == Subscription(name="n", source="kafka://x/y", sink="service://A/b").id
