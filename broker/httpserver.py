@@ -55,6 +55,9 @@ class Response:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str | None = None
+    # A big body in pieces, sent after ``body`` one by one: joining 20 MB into one bytes
+    # object would hold the event loop for tens of milliseconds.
+    parts: list[bytes] = field(default_factory=list)
 
 
 def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -204,7 +207,8 @@ class _Conn(asyncio.Protocol):
         if t is None:
             return
         reason = _REASONS.get(resp.status, "Unknown")
-        lines = [f"HTTP/1.1 {resp.status} {reason}\r\ncontent-length: {len(resp.body)}\r\n"]
+        length = len(resp.body) + sum(map(len, resp.parts))
+        lines = [f"HTTP/1.1 {resp.status} {reason}\r\ncontent-length: {length}\r\n"]
         if resp.content_type:
             lines.append(f"content-type: {resp.content_type}\r\n")
         for k, v in resp.headers:
@@ -215,6 +219,8 @@ class _Conn(asyncio.Protocol):
         # A response to HEAD has the headers of the GET but no body (RFC 9110, 9.3.2): a body
         # would be read as the next response on a kept-alive connection.
         t.write("".join(lines).encode("latin-1") + (b"" if head else resp.body))
+        for part in () if head else resp.parts:
+            t.write(part)
         if close:
             self._closing = True
             t.close()

@@ -12,7 +12,7 @@ from broker.partition._records import Manage, Phase, SchemaUpdate, Status, Termi
 from broker.schema import Deployment, DiscoveryError, discover
 
 from ._openapi import OPENAPI
-from ._pace import paced
+from ._pace import JsonRows, paced
 from ._query import QueryError, run_query
 
 if TYPE_CHECKING:
@@ -73,12 +73,17 @@ class AdminApi:
             if not isinstance(body, dict):
                 raise ValueError("not an object")
             sql = body.get("query", "")
-            rows = await run_query(self.broker.store, sql, partitions=self.broker.partitions)
-        except QueryError as e:
-            return _err(400, str(e))
+            if not isinstance(sql, str):
+                raise ValueError(f"'query' is {type(sql).__name__}, not a string")
         except ValueError as e:
             return _err(400, f'the body must be JSON {{"query": "SELECT ..."}}: {e}')
-        return json_response(200, {"rows": rows})
+        out = JsonRows("rows")
+        try:
+            async for row in run_query(self.broker.store, sql, partitions=self.broker.partitions):
+                out.add(row)
+        except QueryError as e:
+            return _err(400, str(e))
+        return out.response()
 
     # --- deployments ---------------------------------------------------------------------
 
@@ -203,7 +208,7 @@ class AdminApi:
             limit = int(req.query.get("limit", "1000"))
         except ValueError:
             return _err(400, f"bad limit '{req.query['limit']}': expected an integer")
-        out = []
+        out = JsonRows("invocations")
         async for _, raw in paced(self.broker.store.scan("status", b"")):
             st = Status.decode(raw)
             j = _status_json(st, self.broker.partitions)
@@ -211,10 +216,10 @@ class AdminApi:
                 continue
             if want_service and st.service != want_service:
                 continue
-            out.append(j)
+            out.add(j)
             if len(out) >= limit:
                 break
-        return json_response(200, {"invocations": out})
+        return out.response()
 
     def _state(self, service: str, key: str) -> Response:
         prefix = key_prefix(service, key)

@@ -9,7 +9,7 @@ Columns follow restate's names. Anything else is a 400 that says what is support
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from broker.ids import InvocationId
@@ -96,7 +96,10 @@ def _state(store: Store, partitions: int) -> Iterator[dict[str, Any]]:
 TABLES = {"sys_invocation": _invocations, "state": _state}
 
 
-async def run_query(store: Store, sql: str, *, partitions: int = 1) -> list[dict[str, Any]]:
+async def run_query(
+    store: Store, sql: str, *, partitions: int = 1
+) -> AsyncIterator[dict[str, Any]]:
+    """The rows the query selects, as they are read (a bad query raises QueryError first)."""
     m = _SQL.match(sql)
     if m is None:
         raise QueryError(
@@ -116,14 +119,14 @@ async def run_query(store: Store, sql: str, *, partitions: int = 1) -> list[dict
             conds.append((c[1].lower(), c[2].replace("''", "'") if c[2] is not None else int(c[3])))
     cols = [c.strip() for c in m["cols"].split(",")]
     limit = int(m["limit"]) if m["limit"] else None
-    out: list[dict[str, Any]] = []
+    n = 0
     async for row in paced(TABLES[table](store, partitions)):  # a whole table: share the loop
         if all(row.get(k) == v for k, v in conds):
             if cols != ["*"]:
                 missing = [c for c in cols if c not in row]
                 if missing:
                     raise QueryError(f"unknown column {missing[0]!r} in {table}")
-            out.append(row if cols == ["*"] else {c: row[c] for c in cols})
-            if limit is not None and len(out) >= limit:
+            yield row if cols == ["*"] else {c: row[c] for c in cols}
+            n += 1
+            if limit is not None and n >= limit:
                 break
-    return out

@@ -62,6 +62,11 @@ async def test_admin_api(client: Client, restate_service: ServiceProcess) -> Non
     assert q.json()["rows"] == [{"key": "count", "value_utf8": "2"}]
     bad = await client.admin.post("/query", json={"query": "DELETE FROM x"})
     assert bad.status_code == 400 and "supported" in bad.json()["message"]
+    bad = await client.admin.post("/query", json={"query": 5})
+    assert bad.status_code == 400 and "not a string" in bad.json()["message"]
+    # Found on the first matching row, while the answer is being encoded: still a 400.
+    bad = await client.admin.post("/query", json={"query": "SELECT nope FROM sys_invocation"})
+    assert bad.status_code == 400 and "unknown column 'nope'" in bad.json()["message"]
     r = await client.admin.patch("/invocations/inv_1" + "A" * 32 + "/kill")
     assert r.status_code == 404
     assert (await client.admin.delete(f"/deployments/{dep['id']}")).status_code == 202
