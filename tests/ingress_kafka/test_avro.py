@@ -26,6 +26,7 @@ from connectors.serde import AvroSerde, FileSchemaRegistry, HttpSchemaRegistry, 
 from tests.broker.conftest import ROOT, ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
 from tests.egress.conftest import Out, avro_reader, check_exactly_once, read_output
+from tests.egress.test_crash import Broker as BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import Admin, new_topic, produce
@@ -248,6 +249,48 @@ async def test_bad_avro_records_are_dead_lettered_with_reasons(
             assert sum(why in r for r in reasons) == 1, (why, reasons)
 
 
+def _fill(server: RegistryServer, src: str) -> HttpSchemaRegistry:
+    """SCHEMA and NEWER under ids 1 and 2 in a fresh (in-memory) registry: the same ids
+    again after a restart of the registry."""
+    reg = HttpSchemaRegistry(server.url)
+    assert reg.register(f"{src}-value", SCHEMA) == 1
+    assert reg.register(f"{src}-value", NEWER) == 2
+    return reg
+
+
+async def _first_records(
+    kafka: Tansu,
+    admin: Admin,
+    server: RegistryServer,
+    *,
+    src: str,
+    out: str,
+    dlq: str,
+    n1: int,
+    n2: int,
+) -> tuple[dict[str, Any], list[tuple[Any, Any, int | None]]]:
+    """Records 0..n1 (schema id 1) go through a new subscription of ``src`` to ``out``
+    while ``server`` is up. Returns the subscription and records n1..n1+n2 (every third of
+    schema id 2, which the broker has not fetched yet), to produce once it is down."""
+    keys = _keys(n1 + n2)
+    reg = _fill(server, src)
+
+    def record(i: int) -> tuple[Any, Any, int | None]:
+        if i < n1 or i % 3:
+            return keys[i], avro(reg, f"{src}-value", SCHEMA, {"i": i, "by": "v1"}), None
+        value = {"i": i, "by": "v2", "tier": "t", "note": "n"}
+        return keys[i], avro(reg, f"{src}-value", NEWER, value), None
+
+    produce(kafka, src, [record(i) for i in range(n1)])
+    sub = await admin.subscribe(
+        src, "service://Enrich/echo", serde="avro", output_topic=out, dead_letter_topic=dlq
+    )
+    got = await asyncio.to_thread(read_output, kafka, out, n1)
+    check_exactly_once(got, {i: keys[i] for i in range(n1)})
+    assert server.requests["GET /schemas"] == 1  # the broker fetched id 1 only
+    return sub, [record(i) for i in range(n1, n1 + n2)]  # (the client caches the ids)
+
+
 async def _status(admin: Admin, name: str, until: str, within: float = 30) -> dict[str, Any]:
     """The subscription's status, once its state contains ``until`` (or time is up)."""
     deadline = time.monotonic() + within
@@ -271,31 +314,11 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
     src, out, dlq = new_topic(kafka, 2), new_topic(kafka, 2), new_topic(kafka, 1)
     n1, n2 = 100, 200
     keys = _keys(n1 + n2)
-
-    def fill(server: RegistryServer) -> HttpSchemaRegistry:
-        """The same schemas under the same ids in a fresh (in-memory) registry."""
-        reg = HttpSchemaRegistry(server.url)
-        assert reg.register(f"{src}-value", SCHEMA) == 1
-        assert reg.register(f"{src}-value", NEWER) == 2
-        return reg
-
-    def record(reg: SchemaRegistry, i: int) -> tuple[Any, Any, int | None]:
-        if i < n1 or i % 3:
-            return keys[i], avro(reg, f"{src}-value", SCHEMA, {"i": i, "by": "v1"}), None
-        value = {"i": i, "by": "v2", "tier": "t", "note": "n"}
-        return keys[i], avro(reg, f"{src}-value", NEWER, value), None
-
     with RegistryServer(port) as server:
-        reg = fill(server)
         await admin.cluster(kafka, schema_registry=server.url)
-        produce(kafka, src, [record(reg, i) for i in range(n1)])
-        sub = await admin.subscribe(
-            src, "service://Enrich/echo", serde="avro", output_topic=out, dead_letter_topic=dlq
+        sub, later = await _first_records(
+            kafka, admin, server, src=src, out=out, dlq=dlq, n1=n1, n2=n2
         )
-        got = await asyncio.to_thread(read_output, kafka, out, n1)
-        check_exactly_once(got, {i: keys[i] for i in range(n1)})
-        later = [record(reg, i) for i in range(n1, n1 + n2)]  # (the client caches the ids)
-        assert server.requests["GET /schemas"] == 1  # the broker fetched id 1 only
     produce(kafka, src, later)
 
     # The registry is gone: the subscription says why and waits.
@@ -310,7 +333,7 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
     assert not [o for o in early if o.value["by"] == "v2"], "a v2 record got through"
 
     with RegistryServer(port) as server:
-        fill(server)
+        _fill(server, src)
         got = await asyncio.to_thread(read_output, kafka, out, n1 + n2)
         check_exactly_once(got, keys)
         assert {o.value["by"] for o in got if o.value["i"] >= n1 and o.value["i"] % 3 == 0} == {
@@ -367,3 +390,41 @@ async def test_avro_subscription_settings(
     options = (await admin.http.get("/subscriptions/avro-cli")).json()["options"]
     assert options["serde"] == "avro" and options["input_schema"] == str(avsc), options
     assert options["schema_registry"] == reg, options
+
+
+@pytest.mark.timeout(240)
+async def test_broker_killed_while_stalled_loses_nothing(
+    kafka: Tansu, tmp_path: Path, egress_services: ServiceProcess
+) -> None:
+    """The broker is SIGKILLed while its subscription waits for the registry: the records
+    it held were neither acknowledged nor dead-lettered, so the restarted broker (the
+    registry back) reads them again, and each arrives exactly once."""
+    port = free_port()
+    src, out, dlq = new_topic(kafka, 2), new_topic(kafka, 2), new_topic(kafka, 1)
+    n1, n2 = 60, 150
+    proc = BrokerProcess(tmp_path / "data")
+    proc.start()
+    admin = Admin(proc.admin)
+    try:
+        await admin.register(egress_services.uri, http1=True)
+        with RegistryServer(port) as server:
+            await admin.cluster(kafka, schema_registry=server.url)
+            sub, later = await _first_records(
+                kafka, admin, server, src=src, out=out, dlq=dlq, n1=n1, n2=n2
+            )
+        produce(kafka, src, later)
+        status = await _status(admin, sub["name"], "stalled")
+        assert "unreachable" in status["state"], status
+        proc.kill()
+        with RegistryServer(port) as server:
+            _fill(server, src)
+            proc.start()
+            got = await asyncio.to_thread(read_output, kafka, out, n1 + n2)
+            check_exactly_once(got, _keys(n1 + n2))
+            dead = await asyncio.to_thread(read_output, kafka, dlq, 1, 2)
+            assert dead == [], [d.headers for d in dead]
+    finally:
+        await admin.close()
+        proc.stop()
+    log = proc.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
