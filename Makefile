@@ -31,7 +31,7 @@ $(RESTATE_SERVER):
 peers: venv $(RESTATE_SERVER)
 
 test: peers
-	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m pytest -q
+	SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m pytest -q --durations=25
 
 # The reliability suite's long variant (about an hour): more records, kills and programs.
 soak: peers
