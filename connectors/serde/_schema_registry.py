@@ -148,9 +148,14 @@ class HttpSchemaRegistry(SchemaRegistry):
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
+            if _is_refusal(exc.code, detail):
+                raise RegistryError(
+                    f"schema registry {method} {path}: HTTP {exc.code}: {detail}"
+                ) from None
             raise RegistryError(
-                f"schema registry {method} {path}: HTTP {exc.code}: {detail}",
-                retriable=exc.code >= 500 or exc.code == 429,
+                f"schema registry {method} {path}: HTTP {exc.code} (check the registry "
+                f"address and credentials if this lasts): {detail}",
+                retriable=True,
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise RegistryError(
@@ -181,6 +186,24 @@ class HttpSchemaRegistry(SchemaRegistry):
         parsed: Schema = json.loads(answer["schema"])
         self._by_id[schema_id] = parsed
         return schema_id, parsed
+
+
+def _is_refusal(status: int, body: str) -> bool:
+    """Whether an HTTP error is the registry's own "no": an unknown subject, version or
+    schema id (404 with error code 40401 to 40499), an incompatible schema (409), or an
+    invalid one (422). Anything else (a 404 for a path it does not serve, 401 and 403,
+    5xx, 429, or an answer that is not from a registry at all) says nothing about the
+    record: it is retried, so a wrong address or password stalls the pipeline with that
+    reason instead of dead-lettering every record."""
+    try:
+        code = json.loads(body).get("error_code")
+    except (ValueError, AttributeError):
+        return False
+    if not isinstance(code, int):
+        return False
+    if status == 404:
+        return 40401 <= code <= 40499
+    return status in (409, 422)
 
 
 def registry_at(address: str) -> SchemaRegistry:

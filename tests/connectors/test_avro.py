@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Iterator
 from enum import Enum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fastavro
@@ -153,6 +155,47 @@ def test_unreachable_registry_on_decode_is_retriable_not_a_bad_record() -> None:
         with pytest.raises(RegistryError, match="unreachable") as caught:
             call(b"\x00\x00\x00\x00\x01\x02")
         assert caught.value.retriable
+
+
+def test_a_wrong_registry_address_stalls_instead_of_dead_lettering() -> None:
+    """A 404 for a path the registry does not serve (a wrong address: here a path prefix),
+    or an answer from something that is not a registry, is not an unknown schema id: the
+    record may be fine, so the error is retriable. A registry's own 40403 is not."""
+    with RegistryServer() as server:
+        registry = HttpSchemaRegistry(server.url)
+        wire = AvroSerde(registry, "lines", avro_schema(Line)).encode(b'{"sku":"x","quantity":1}')
+        wrong = AvroSerde(HttpSchemaRegistry(server.url + "/registry"), "lines")
+        with pytest.raises(RegistryError, match=r"HTTP 404.*check the registry address") as c:
+            wrong.prefetch([wire])
+        assert c.value.retriable
+        unknown = b"\x00" + struct.pack(">I", 77) + b"\x02"
+        with pytest.raises(DecodeError, match="unknown schema id 77"):
+            AvroSerde(HttpSchemaRegistry(server.url), "lines").decode(unknown)
+    with ThreadingHTTPServer(("127.0.0.1", 0), _NotARegistry) as plain:
+        threading.Thread(target=plain.serve_forever, daemon=True).start()
+        try:
+            host, port = plain.server_address[:2]
+            stray = AvroSerde(HttpSchemaRegistry(f"http://{host!s}:{port}"), "lines")
+            with pytest.raises(RegistryError, match="HTTP 404") as c:
+                stray.decode(wire)
+            assert c.value.retriable
+        finally:
+            plain.shutdown()
+
+
+class _NotARegistry(BaseHTTPRequestHandler):
+    """A web server that is not a Schema Registry: an HTML 404 for everything."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>Not Found</body></html>"
+        self.send_response(404)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def test_prefetch_leaves_decode_without_registry_requests() -> None:
