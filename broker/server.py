@@ -81,29 +81,19 @@ class Broker:
         self._expiry = asyncio.ensure_future(self._expire_loop())
 
         from broker.admin import AdminApi
-        from broker.httpserver import serve
+        from broker.httpserver import Handler, serve
         from ingress.http import Ingress
 
-        ingress = Ingress(self)
-        admin = AdminApi(self)
-        srv = await serve(
-            ingress.handle,
-            s.host,
-            s.ingress_port,
-            body_limit=s.body_limit,
-            read_timeout=s.read_timeout_s,
-        )
-        self._servers.append(srv)
-        self.ingress_port = srv.sockets[0].getsockname()[1]
-        srv = await serve(
-            admin.handle,
-            s.host,
-            s.admin_port,
-            body_limit=s.body_limit,
-            read_timeout=s.read_timeout_s,
-        )
-        self._servers.append(srv)
-        self.admin_port = srv.sockets[0].getsockname()[1]
+        async def listen(handler: Handler, port: int) -> int:
+            """Serve `handler` on `port` (0: any free one); return the port bound."""
+            srv = await serve(
+                handler, s.host, port, body_limit=s.body_limit, read_timeout=s.read_timeout_s
+            )
+            self._servers.append(srv)
+            return int(srv.sockets[0].getsockname()[1])
+
+        self.ingress_port = await listen(Ingress(self).handle, s.ingress_port)
+        self.admin_port = await listen(AdminApi(self).handle, s.admin_port)
 
         from broker.egress import Egress
 
