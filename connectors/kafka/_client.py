@@ -28,6 +28,18 @@ def _wrap(e: BaseException) -> KafkaError:
     return KafkaError(str(e))
 
 
+def _partitions(client: ck.Consumer | ck.Producer, topic: str, timeout: float) -> list[int] | None:
+    """The topic's partitions from the client's metadata, or None if it does not exist."""
+    try:
+        md = client.list_topics(topic, timeout=timeout)
+    except ck.KafkaException as e:
+        raise _wrap(e) from None
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        return None
+    return sorted(t.partitions)
+
+
 @dataclass(slots=True, frozen=True)
 class TopicPartitionOffset:
     topic: str
@@ -64,14 +76,7 @@ class Consumer:
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int] | None:
         """The topic's partitions, or None if the topic does not exist."""
-        try:
-            md = self._c.list_topics(topic, timeout=timeout)
-        except ck.KafkaException as e:
-            raise _wrap(e) from None
-        t = md.topics.get(topic)
-        if t is None or t.error is not None or not t.partitions:
-            return None
-        return sorted(t.partitions)
+        return _partitions(self._c, topic, timeout)
 
     def committed(
         self, tps: Sequence[TopicPartitionOffset], timeout: float = 10.0
@@ -308,14 +313,8 @@ class TransactionalProducer(Producer):
         self._raise_delivery_errors()
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int] | None:
-        try:
-            md = self._p.list_topics(topic, timeout=timeout)
-        except ck.KafkaException as e:
-            raise _wrap(e) from None
-        t = md.topics.get(topic)
-        if t is None or t.error is not None or not t.partitions:
-            return None
-        return sorted(t.partitions)
+        """The topic's partitions, or None if the topic does not exist."""
+        return _partitions(self._p, topic, timeout)
 
     def close(self) -> None:
         self._p.flush(0)
