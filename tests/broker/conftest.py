@@ -38,6 +38,18 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds (None: nothing)."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ServiceProcess:
     def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -63,13 +75,7 @@ class ServiceProcess:
         wait_port(self.port, self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     @property
     def uri(self) -> str:

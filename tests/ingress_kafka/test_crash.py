@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.broker.conftest import ROOT, ServiceProcess, free_port, wait_port
+from tests.broker.conftest import ROOT, ServiceProcess, free_port, stop_process, wait_port
 from tests.kafka import Tansu
 
 from .conftest import new_topic, produce
@@ -57,13 +57,7 @@ class BrokerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
 
 
 async def _total(c: httpx.AsyncClient, admin: str, sub: str) -> int:
