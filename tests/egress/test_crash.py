@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.broker.conftest import ROOT, ServiceProcess, wait_port
+from tests.ingress_kafka.conftest import deploy_with_kafka
 from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
@@ -75,15 +76,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
     started = time.monotonic()
     try:
         async with httpx.AsyncClient(timeout=30) as c:
-            r = await c.post(
-                f"{admin}/deployments", json={"uri": egress_services.uri, "use_http_11": True}
-            )
-            assert r.status_code == 201, r.text
-            r = await c.post(
-                f"{admin}/kafka-clusters",
-                json={"name": "local", "properties": {"bootstrap.servers": kafka.bootstrap}},
-            )
-            assert r.status_code == 201, r.text
+            await deploy_with_kafka(c, admin, egress_services.uri, kafka, http1=True)
             # Also a stream handler (batches of up to 100 records), deduplicated by offsets.
             for name, sink, out, more in (
                 ("map", "service://Enrich/map", out_map, {}),

@@ -57,6 +57,21 @@ def produce(
     p.flush()
 
 
+async def deploy_with_kafka(
+    c: httpx.AsyncClient, admin: str, service_uri: str, kafka: Tansu, *, http1: bool = False
+) -> None:
+    """What a subscription needs first, on the broker whose admin API is at the URL ``admin``:
+    the handler service at ``service_uri`` registered, and ``kafka`` declared as cluster
+    ``local``."""
+    r = await c.post(f"{admin}/deployments", json={"uri": service_uri, "use_http_11": http1})
+    assert r.status_code == 201, r.text
+    r = await c.post(
+        f"{admin}/kafka-clusters",
+        json={"name": "local", "properties": {"bootstrap.servers": kafka.bootstrap}},
+    )
+    assert r.status_code == 201, r.text
+
+
 class Admin:
     def __init__(self, port: int) -> None:
         self.port = port

@@ -22,7 +22,7 @@ import pytest
 from tests.broker.conftest import ROOT, ServiceProcess, free_port, stop_process, wait_port
 from tests.kafka import Tansu
 
-from .conftest import new_topic, produce
+from .conftest import deploy_with_kafka, new_topic, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -90,13 +90,7 @@ async def test_sigkill_while_ingesting_is_exactly_once(  # noqa: PLR0915  (one s
     admin = f"http://127.0.0.1:{broker.admin}"
     try:
         async with httpx.AsyncClient(timeout=30) as c:
-            r = await c.post(f"{admin}/deployments", json={"uri": svc.uri})
-            assert r.status_code == 201, r.text
-            r = await c.post(
-                f"{admin}/kafka-clusters",
-                json={"name": "local", "properties": {"bootstrap.servers": kafka.bootstrap}},
-            )
-            assert r.status_code == 201, r.text
+            await deploy_with_kafka(c, admin, svc.uri, kafka)
             r = await c.post(
                 f"{admin}/subscriptions",
                 json={

@@ -24,6 +24,7 @@ import httpx
 from connectors.kafka import Consumer, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING
 from tests.egress.conftest import Out
+from tests.ingress_kafka.conftest import deploy_with_kafka
 from tests.kafka import Tansu
 
 
@@ -68,13 +69,7 @@ async def set_up(
 ) -> None:
     """Register the Tally service, the Kafka cluster and one subscription (``sub``: its
     source topic ``src``, ``output_topic`` and other options)."""
-    r = await c.post(f"{admin}/deployments", json={"uri": service_uri, "use_http_11": True})
-    assert r.status_code == 201, r.text
-    r = await c.post(
-        f"{admin}/kafka-clusters",
-        json={"name": "local", "properties": {"bootstrap.servers": kafka.bootstrap}},
-    )
-    assert r.status_code == 201, r.text
+    await deploy_with_kafka(c, admin, service_uri, kafka, http1=True)
     src = sub.pop("src")
     r = await c.post(
         f"{admin}/subscriptions",

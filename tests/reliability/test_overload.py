@@ -37,7 +37,7 @@ import httpx
 import pytest
 
 from tests.broker.conftest import ServiceProcess
-from tests.ingress_kafka.conftest import new_topic, produce
+from tests.ingress_kafka.conftest import deploy_with_kafka, new_topic, produce
 from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
@@ -442,13 +442,7 @@ async def test_kafka_subscriptions_throttle(
     keys = [f"k-{run}-{k}" for k in range(600)]
     try:
         async with httpx.AsyncClient(timeout=60) as c:
-            r = await c.post(f"{admin}/deployments", json={"uri": ledger.uri})
-            assert r.status_code == 201, r.text
-            r = await c.post(
-                f"{admin}/kafka-clusters",
-                json={"name": "local", "properties": {"bootstrap.servers": kafka.bootstrap}},
-            )
-            assert r.status_code == 201, r.text
+            await deploy_with_kafka(c, admin, ledger.uri, kafka)
             want: dict[str, str] = {}
             for name, max_in_flight in (("own-limit", limit), ("broker-limit", 1000)):
                 topic = new_topic(kafka, 4)
