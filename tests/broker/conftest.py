@@ -122,6 +122,12 @@ class Client:
         await self.ingress.aclose()
         await self.admin.aclose()
 
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
 
 @pytest.fixture
 async def client(broker: Broker) -> AsyncIterator[Client]:
