@@ -23,6 +23,8 @@ import httpx
 
 from sdk.testing import HandlerProcess, SluiceBroker, TestEnvironment
 
+from .conftest import peak_rss_mb
+
 T = TypeVar("T")
 
 
@@ -34,20 +36,6 @@ def environment(tmp_path: Path, target: str, markers: Path) -> TestEnvironment:
         SluiceBroker(work_dir=tmp_path / "broker"),
         HandlerProcess(target, env=env, work_dir=tmp_path / "handler"),
     )
-
-
-def peak_rss_mb(pid: int | None) -> float:
-    """The process's peak resident set (VmHWM) so far, in MB; 0 if it is gone."""
-    if pid is None:
-        return 0.0
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @dataclass
@@ -68,7 +56,11 @@ class Killer:
     peak_rss: float = 0.0
 
     def sample_rss(self) -> None:
-        self.peak_rss = max(self.peak_rss, peak_rss_mb(self.broker.pid))
+        """Fold the running broker's peak RSS in; a broker that is not running has none."""
+        pid = self.broker.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.peak_rss = max(self.peak_rss, peak_rss_mb(pid))
 
     async def run(self, until: asyncio.Event) -> None:
         while self.max_kills is None or len(self.kills) < self.max_kills:
