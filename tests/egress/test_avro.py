@@ -21,7 +21,7 @@ from broker.server import Broker
 from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
 from tests.broker.conftest import ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
-from tests.egress.test_crash import Broker as BrokerProcess
+from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import (

@@ -18,14 +18,13 @@ import asyncio
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.broker.conftest import ROOT, ServiceProcess, wait_port
+from tests.broker.conftest import ServiceProcess
 from tests.ingress_kafka.conftest import deploy_with_kafka
 from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
@@ -39,18 +38,6 @@ RECORDS = 20_000
 KEYS = 200
 RANDOM_KILLS = 5
 KILLS_IN_TRANSACTION = 2
-
-
-class Broker(BrokerProcess):
-    def start(self, env: dict[str, str] | None = None) -> None:  # type: ignore[override]
-        self.data.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
-                 "--ingress-port", str(self.ingress), "--admin-port", str(self.admin)],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})},
-            )  # fmt: skip
-        wait_port(self.admin, self.proc)
 
 
 async def _egress_sent(c: httpx.AsyncClient, admin: str) -> int:
@@ -70,7 +57,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
     want = {i: f"key-{rng.randrange(KEYS)}".encode() for i in range(RECORDS)}
     produce(kafka, src, [(want[i].decode(), {"i": i}, None) for i in range(RECORDS)])
 
-    broker = Broker(tmp_path / "data")
+    broker = BrokerProcess(tmp_path / "data")
     broker.start()
     admin = f"http://127.0.0.1:{broker.admin}"
     started = time.monotonic()

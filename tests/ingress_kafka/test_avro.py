@@ -26,7 +26,7 @@ from connectors.serde import AvroSerde, FileSchemaRegistry, HttpSchemaRegistry, 
 from tests.broker.conftest import ROOT, ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
 from tests.egress.conftest import Out, avro_reader, check_exactly_once, read_output
-from tests.egress.test_crash import Broker as BrokerProcess
+from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import Admin, new_topic, produce

@@ -9,6 +9,7 @@ Tansu is never restarted (it keeps records in memory only); the broker is.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import subprocess
@@ -40,14 +41,15 @@ class BrokerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data.parent / "broker.log"
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start on the same ports and data; ``env``: more environment (e.g. SLUICE_FAULTS)."""
         self.data.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
                  "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
                  *self.args],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})},
             )  # fmt: skip
         wait_port(self.admin, self.proc)
 

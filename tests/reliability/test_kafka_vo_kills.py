@@ -34,7 +34,7 @@ from tests.egress.conftest import (
     produce,
     read_output,
 )
-from tests.egress.test_crash import Broker
+from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized
@@ -66,7 +66,7 @@ async def test_kafka_vo_survives_random_kills(
     targets = sorted(rng.sample(range(RECORDS // 50, RECORDS * 9 // 10), KILLS))
     figures.update(records_in=RECORDS, keys=KEYS, partitions=PARTITIONS, kills=0)
 
-    broker = Broker(tmp_path / "data")
+    broker = BrokerProcess(tmp_path / "data")
     admin = f"http://127.0.0.1:{broker.admin}"
 
     def alive() -> bool:

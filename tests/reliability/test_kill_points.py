@@ -43,7 +43,7 @@ from tests.egress.conftest import (
     produce,
     read_output,
 )
-from tests.egress.test_crash import Broker
+from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized
@@ -69,7 +69,7 @@ class PointTrials:
         self.src, self.out = new_topic(kafka, PARTITIONS), new_topic(kafka, PARTITIONS)
         self.keys = [f"{point}-{rng.getrandbits(32):08x}-{k}".encode() for k in range(KEYS)]
         self.model = Model()
-        self.broker = Broker(root / point / "data")
+        self.broker = BrokerProcess(root / point / "data")
         self.admin = f"http://127.0.0.1:{self.broker.admin}"
         self.fault_line = f"sluice fault: SIGKILL at {point}"
         self.deaths = 0
