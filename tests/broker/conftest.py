@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +49,43 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5) -> No
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class BrokerProcess:
+    """A real ``python -m broker server`` on free ports, for crash tests: SIGKILL it and start
+    it again on the same ports and data. ``args``: more ``server`` flags. Its stderr goes to
+    ``log``, beside the data directory, appended across restarts."""
+
+    def __init__(self, data: Path, *args: str) -> None:
+        self.data = data
+        self.args = args
+        self.ingress = free_port()
+        self.admin = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / "broker.log"
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start on the same ports and data; ``env``: more environment (e.g. SLUICE_FAULTS)."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
+                 "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
+                 *self.args],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})},
+            )  # fmt: skip
+        wait_port(self.ingress, self.proc)
+        wait_port(self.admin, self.proc)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> str:
+        """SIGTERM (SIGKILL after 10 s); returns the log, the stderr of every start."""
+        stop_process(self.proc, timeout=10)
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 class ServiceProcess:

@@ -7,60 +7,17 @@ requests, and no `run` step whose result was journaled executes again.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import httpx
 
-from .conftest import ROOT, ServiceProcess, free_port, wait_port
+from .conftest import BrokerProcess, ServiceProcess
 
 ADDS = 500  # counter increments, each with its own idempotency key, clients wait for results
 WORKS = 500  # sends of a handler with a run step, a sleep and a call
 KILLS = 3
-
-
-class BrokerProcess:
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.ingress = free_port()
-        self.admin = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "broker",
-                "server",
-                "--data-dir",
-                str(self.data),
-                "--ingress-port",
-                str(self.ingress),
-                "--admin-port",
-                str(self.admin),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        wait_port(self.ingress, self.proc)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> str:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
 
 async def post_until_ok(

@@ -19,9 +19,8 @@ import pytest
 
 from broker.server import Broker
 from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
-from tests.broker.conftest import ServiceProcess, free_port
+from tests.broker.conftest import BrokerProcess, ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
-from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import (

@@ -24,9 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.broker.conftest import ServiceProcess
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.ingress_kafka.conftest import deploy_with_kafka
-from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import check_exactly_once, new_topic, produce, read_output

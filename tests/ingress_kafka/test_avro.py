@@ -23,10 +23,9 @@ import pytest
 
 from broker.server import Broker
 from connectors.serde import AvroSerde, FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
-from tests.broker.conftest import ROOT, ServiceProcess, free_port
+from tests.broker.conftest import ROOT, BrokerProcess, ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
 from tests.egress.conftest import Out, avro_reader, check_exactly_once, read_output
-from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import Admin, new_topic, produce

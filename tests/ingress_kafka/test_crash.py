@@ -9,18 +9,14 @@ Tansu is never restarted (it keeps records in memory only); the broker is.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.broker.conftest import ROOT, ServiceProcess, free_port, stop_process, wait_port
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.kafka import Tansu
 
 from .conftest import deploy_with_kafka, new_topic, produce
@@ -30,36 +26,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 RECORDS = 20_000
 KEYS = 200
 KILLS = 5
-
-
-class BrokerProcess:
-    def __init__(self, data: Path, *args: str) -> None:
-        self.data = data
-        self.args = args  # more `sluice server` flags
-        self.ingress = free_port()
-        self.admin = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data.parent / "broker.log"
-
-    def start(self, env: dict[str, str] | None = None) -> None:
-        """Start on the same ports and data; ``env``: more environment (e.g. SLUICE_FAULTS)."""
-        self.data.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
-                 "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
-                 *self.args],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})},
-            )  # fmt: skip
-        wait_port(self.admin, self.proc)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        stop_process(self.proc, timeout=10)
 
 
 async def _total(c: httpx.AsyncClient, admin: str, sub: str) -> int:

@@ -20,8 +20,6 @@ import contextlib
 import json
 import random
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from tests.broker.conftest import ROOT, ServiceProcess, wait_port
-from tests.broker.test_crash import BrokerProcess
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.reliability.conftest import sized
 
 LIMIT = 256 * 1024  # --body-limit: small, so "at the limit" is cheap to send
@@ -44,22 +41,12 @@ READ_TIMEOUT = 5.0  # --read-timeout, seconds: short, so slow senders hit it soo
 SLOWLORIS = 300  # connections trickling headers at once
 
 
-class Limited(BrokerProcess):
-    """The same process, with a small body limit and a short read timeout. A failed attempt
-    pauses at once: a fuzzed invocation whose handler fails (Counter/add with a string) would
-    otherwise retry for minutes, and its appends would be counted against whichever refused
-    request was in flight at the time."""
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
-             "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
-             "--body-limit", str(LIMIT), "--read-timeout", str(READ_TIMEOUT),
-             "--retry-max-attempts", "1"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        wait_port(self.ingress, self.proc)
-        wait_port(self.admin, self.proc)
+# The broker's flags: a small body limit and a short read timeout. A failed attempt pauses at
+# once: a fuzzed invocation whose handler fails (Counter/add with a string) would otherwise
+# retry for minutes, and its appends would be counted against whichever refused request was
+# in flight at the time.
+LIMITED = ("--body-limit", str(LIMIT), "--read-timeout", str(READ_TIMEOUT),
+           "--retry-max-attempts", "1")  # fmt: skip
 
 
 def rss_mb(pid: int) -> float:
@@ -206,7 +193,7 @@ def test_hostile_http(
     svc = ServiceProcess("tests.broker.restate_services")
     svc.start()
     data = tmp_path / "data"
-    broker = Limited(data)
+    broker = BrokerProcess(data, *LIMITED)
     broker.start()
     assert broker.proc is not None
     ck = Checker(broker, data)

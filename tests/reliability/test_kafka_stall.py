@@ -35,9 +35,8 @@ import pytest
 
 from connectors.kafka import Consumer, Producer, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING
-from tests.broker.conftest import ServiceProcess
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.egress.conftest import Out, check_exactly_once
-from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized

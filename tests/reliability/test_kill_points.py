@@ -36,14 +36,13 @@ import httpx
 import pytest
 
 from broker.faults import POINTS
-from tests.broker.conftest import ServiceProcess
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.egress.conftest import (
     check_exactly_once,
     new_topic,
     produce,
     read_output,
 )
-from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized

@@ -36,9 +36,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.broker.conftest import ServiceProcess
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.ingress_kafka.conftest import deploy_with_kafka, new_topic, produce
-from tests.ingress_kafka.test_crash import BrokerProcess
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized

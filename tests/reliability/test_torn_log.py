@@ -28,8 +28,7 @@ from broker.partition.state_machine import StateMachine
 from broker.schema import Registry
 from broker.server import Broker
 from broker.storage import COLUMN_FAMILIES, RocksDBStore
-from tests.broker.conftest import Client, ServiceProcess
-from tests.broker.test_crash import BrokerProcess
+from tests.broker.conftest import BrokerProcess, Client, ServiceProcess
 from tests.reliability.conftest import sized
 
 ROUNDS = sized(3, 30)
