@@ -26,8 +26,16 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _unb64(text: str, length: int, what: str) -> bytes:
+    """``text`` decoded (base64url, padding optional); ``length`` bytes, or a ValueError that
+    names ``what``."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as e:
+        raise ValueError(f"{what} is not valid base64url") from e
+    if len(raw) != length:
+        raise ValueError(f"{what} has the wrong length")
+    return raw
 
 
 def partition_key_of(key: str | bytes) -> PartitionKey:
@@ -66,13 +74,7 @@ class InvocationId:
     def parse(cls, text: str) -> InvocationId:
         if not text.startswith(INVOCATION_PREFIX):
             raise ValueError(f"invocation id must start with {INVOCATION_PREFIX!r}")
-        try:
-            raw = _unb64(text[len(INVOCATION_PREFIX) :])
-        except ValueError as e:
-            raise ValueError("invocation id is not valid base64url") from e
-        if len(raw) != 24:
-            raise ValueError("invocation id has the wrong length")
-        return cls(raw)
+        return cls(_unb64(text[len(INVOCATION_PREFIX) :], 24, "invocation id"))
 
     @property
     def raw(self) -> bytes:
@@ -105,11 +107,6 @@ def parse_awakeable_id(text: str) -> tuple[InvocationId, int]:
     """The invocation and signal index an awakeable id points at (``prom_1`` or ``sign_1``)."""
     for prefix in (AWAKEABLE_PREFIX, SIGN_PREFIX):
         if text.startswith(prefix):
-            try:
-                raw = _unb64(text[len(prefix) :])
-            except ValueError as e:
-                raise ValueError("awakeable id is not valid base64url") from e
-            if len(raw) != 28:
-                raise ValueError("awakeable id has the wrong length")
+            raw = _unb64(text[len(prefix) :], 28, "awakeable id")
             return InvocationId(raw[:24]), _SIGNAL.unpack_from(raw, 24)[0]
     raise ValueError(f"awakeable id must start with {AWAKEABLE_PREFIX!r}")
