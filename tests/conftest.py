@@ -44,10 +44,8 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 @pytest.fixture(scope="session")
 def egress_services() -> Iterator[ServiceProcess]:
     """The Sluice SDK handlers of the Kafka pipeline tests (tests/egress/services.py)."""
-    svc = ServiceProcess("tests.egress.services")
-    svc.start()
-    yield svc
-    svc.stop()
+    with ServiceProcess("tests.egress.services") as svc:
+        yield svc
 
 
 @pytest.fixture(params=["file", "http"])

@@ -115,6 +115,13 @@ class ServiceProcess:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -127,10 +134,10 @@ def markers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def restate_service(markers: Path) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess("tests.broker.restate_services", {"SLUICE_TEST_MARKERS": str(markers)})
-    svc.start()
-    yield svc
-    svc.stop()
+    with ServiceProcess(
+        "tests.broker.restate_services", {"SLUICE_TEST_MARKERS": str(markers)}
+    ) as svc:
+        yield svc
 
 
 class Client:

@@ -116,10 +116,8 @@ def check_exactly_once(
 
 @pytest.fixture(scope="session")
 def restate_egress_services() -> Iterator[ServiceProcess]:
-    svc = ServiceProcess("tests.egress.restate_services")
-    svc.start()
-    yield svc
-    svc.stop()
+    with ServiceProcess("tests.egress.restate_services") as svc:
+        yield svc
 
 
 def avro_reader(registry: SchemaRegistry, subject: str, ids: set[int]) -> Callable[[bytes], Any]:

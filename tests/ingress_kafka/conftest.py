@@ -22,18 +22,14 @@ from tests.kafka import Tansu
 
 @pytest.fixture(scope="session")
 def restate_counter() -> Iterator[ServiceProcess]:
-    svc = ServiceProcess("tests.ingress_kafka.restate_counter")
-    svc.start()
-    yield svc
-    svc.stop()
+    with ServiceProcess("tests.ingress_kafka.restate_counter") as svc:
+        yield svc
 
 
 @pytest.fixture(scope="session")
 def sluice_counter() -> Iterator[ServiceProcess]:
-    svc = ServiceProcess("tests.ingress_kafka.sluice_counter")
-    svc.start()
-    yield svc
-    svc.stop()
+    with ServiceProcess("tests.ingress_kafka.sluice_counter") as svc:
+        yield svc
 
 
 _topics = iter(range(1_000_000))

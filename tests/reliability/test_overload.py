@@ -55,10 +55,8 @@ ANSWER_S = 60.0  # a request on the wire gets its answer within this, 2xx or 503
 
 @pytest.fixture(scope="module")
 def ledger() -> Any:
-    svc = ServiceProcess("tests.reliability.overload_services")
-    svc.start()
-    yield svc
-    svc.stop()
+    with ServiceProcess("tests.reliability.overload_services") as svc:
+        yield svc
 
 
 @dataclass(slots=True)
