@@ -26,9 +26,9 @@ from broker.partition._context import Config, RetryPolicy
 from broker.partition.processor import Processor
 from broker.partition.state_machine import StateMachine
 from broker.schema import Registry
-from broker.server import Broker
 from broker.storage import COLUMN_FAMILIES, RocksDBStore
 from tests.broker.conftest import BrokerProcess, Client, ServiceProcess
+from tests.conftest import running_broker
 from tests.reliability.conftest import sized
 
 ROUNDS = sized(3, 30)
@@ -234,33 +234,23 @@ async def test_deleted_tables_after_a_trim_refuse_to_start(
     instead of starting from a partial log (silently losing what the trimmed part held)."""
     svc = ServiceProcess("tests.broker.restate_services")
     svc.start()
-    settings = BrokerSettings(
-        data_dir=tmp_path / "d", ingress_port=0, admin_port=0, log_segment_bytes=4096
-    )
+    data = tmp_path / "d"
     try:
-        b = Broker(settings)
-        await b.start()
-        c = Client(b)
-        await c.register(svc.uri)
-        for _ in range(40):
-            await c.call("/Counter/trimmed/add", 1)
-        figures["segments_trimmed"] = await b.checkpoint()
-        assert figures["segments_trimmed"] > 0
-        await c.close()
-        await b.stop()
-        shutil.rmtree(tmp_path / "d" / "db")
+        async with running_broker(data, log_segment_bytes=4096) as b, Client(b) as c:
+            await c.register(svc.uri)
+            for _ in range(40):
+                await c.call("/Counter/trimmed/add", 1)
+            figures["segments_trimmed"] = await b.checkpoint()
+            assert figures["segments_trimmed"] > 0
+        shutil.rmtree(data / "db")
         figures["faults_injected"] = 1
-        b2 = Broker(settings)
         try:
-            await b2.start()
+            async with running_broker(data, log_segment_bytes=4096) as b2, Client(b2) as c2:
+                value = (await c2.call("/Counter/trimmed/get")).json()
         except RuntimeError as e:
             figures["refused_with"] = str(e)
             assert "trim" in str(e)
         else:
-            c2 = Client(b2)
-            value = (await c2.call("/Counter/trimmed/get")).json()
-            await c2.close()
-            await b2.stop()
             figures["counter_after_restart"] = value
             raise AssertionError(f"started on a trimmed log without tables: counter {value}")
     finally:
