@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.load import LoadResult, run_load
+from sdk.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESTATE = ROOT / ".tools/restate-server-1.7.12/bin/restate-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 60) -> None:
