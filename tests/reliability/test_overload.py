@@ -51,6 +51,7 @@ OVERLOAD_S = sized(30.0, 300.0)
 RECOVERY_S = 30.0
 DRAIN_S = sized(120.0, 900.0)  # for the backlog of refused clients to get through
 ANSWER_S = 60.0  # a request on the wire gets its answer within this, 2xx or 503
+BACKOFF_CAP = sized(3, 5)  # a refused client waits at most Retry-After x 2**cap (x 1.5)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +166,9 @@ class Clients:
                 return
             # At least Retry-After; doubled per refusal of the same job, with jitter, as
             # well-behaved clients back off (retrying every second would grow the offered
-            # load with the backlog, and the machine's two cores go to refusing).
-            wait = float(a.retry_after) * 2 ** min(refused, 5)
+            # load with the backlog, and the machine's two cores go to refusing), up to
+            # BACKOFF_CAP doublings: past that, the drain waits on sleeping clients.
+            wait = float(a.retry_after) * 2 ** min(refused, BACKOFF_CAP)
             refused += 1
             await asyncio.sleep(wait * self.rng.uniform(1.0, 1.5))
 
