@@ -5,9 +5,9 @@
 Each broker runs with durability on (Sluice fdatasyncs its log before acknowledging anything;
 restate-server with its defaults). Both run at once against one hypercorn process serving
 bench/handlers.py over h2c; measurements alternate (Sluice, then Restate, per scenario and
-concurrency), so only one broker is under load at a time and both see the same background. Reported: throughput,
-p50/p99 latency, and CPU seconds used by the broker process and the handler process during
-the measured window, with Sluice/Restate ratios.
+concurrency), so only one broker is under load at a time and both see the same background.
+Reported: throughput, p50/p99 latency, and CPU seconds used by the broker process and the
+handler process during the measured window, with Sluice/Restate ratios.
 """
 
 from __future__ import annotations
@@ -247,7 +247,8 @@ def main() -> None:
     by = {(r.broker, r.scenario, r.clients): r for r in rows}
     if not args.only:
         print(
-            "\nSluice/Restate ratios (throughput higher is better; p50, p99, cpu per call lower is better)"
+            "\nSluice/Restate ratios (throughput higher is better; "
+            "p50, p99, cpu per call lower is better)"
         )
         print(f"{'scenario':9} {'clients':>7} {'thrpt':>7} {'p50':>7} {'p99':>7} {'cpu/call':>9}")
         for sc in scenarios:

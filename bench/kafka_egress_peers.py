@@ -19,7 +19,7 @@ import time
 
 
 def ceiling(bootstrap: str, src: str, dst: str, n: int) -> None:
-    import confluent_kafka as ck  # noqa: PLC0415 - the peer's own dependency
+    import confluent_kafka as ck  # lazy: the peer's own dependency
 
     c = ck.Consumer(
         {
@@ -57,7 +57,7 @@ def ceiling(bootstrap: str, src: str, dst: str, n: int) -> None:
 
 
 def quix(bootstrap: str, src: str, dst: str, n: int) -> None:
-    from quixstreams import Application  # noqa: PLC0415 - runs in .venv-quix only
+    from quixstreams import Application  # lazy: runs in .venv-quix only
 
     app = Application(
         broker_address=bootstrap,

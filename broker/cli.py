@@ -66,10 +66,6 @@ def _server(args: argparse.Namespace) -> None:
         raise CliError(f"--{flag}: {err['msg']}") from None
 
     async def run() -> None:
-        try:
-            import uvloop  # noqa: F401  (optional speed-up, not required)
-        except ImportError:
-            pass
         broker = Broker(settings)
         try:
             await broker.start()
@@ -152,7 +148,9 @@ def _deployments(args: argparse.Namespace) -> None:
     elif args.action == "list":
         for d in _admin(args, "GET", "/deployments")["deployments"]:
             svcs = ",".join(s["name"] for s in d["services"])
-            print(f"{d['id']}  {d['uri']}  {d['http_version']}  v{d['max_protocol_version']}  {svcs}")
+            print(
+                f"{d['id']}  {d['uri']}  {d['http_version']}  v{d['max_protocol_version']}  {svcs}"
+            )
     elif args.action == "remove":
         _admin(args, "DELETE", f"/deployments/{args.id}")
         print(f"removed {args.id}")
@@ -164,7 +162,9 @@ def _services(args: argparse.Namespace) -> None:
             handlers = ", ".join(h["name"] for h in s["handlers"])
             print(f"{s['name']}  {s['ty']}  rev {s['revision']}  [{handlers}]")
     else:
-        print(json.dumps(_admin(args, "GET", f"/services/{urllib.parse.quote(args.name)}"), indent=2))
+        print(
+            json.dumps(_admin(args, "GET", f"/services/{urllib.parse.quote(args.name)}"), indent=2)
+        )
 
 
 def _invocations(args: argparse.Namespace) -> None:
@@ -193,7 +193,7 @@ def _state(args: argparse.Namespace) -> None:
         print(f"{k} = {json.dumps(v)}")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per option
     ap = argparse.ArgumentParser(prog="sluice", description="Sluice durable execution broker")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -206,19 +206,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--body-limit", type=int, default=32 * 1024 * 1024, help="bytes")
     s.add_argument(
         "--read-timeout", type=float, default=30.0,
-        help="seconds a client has to send a whole request (then 408); idle connections close after it",
+        help="seconds a client has to send a whole request (then 408); "
+        "idle connections close after it",
     )  # fmt: skip
-    s.add_argument("--no-fsync", action="store_true", help="unsafe: skip fdatasync (benchmarks only)")
+    s.add_argument(
+        "--no-fsync", action="store_true", help="unsafe: skip fdatasync (benchmarks only)"
+    )
     s.add_argument("--retry-initial-interval-ms", type=int, default=50)
     s.add_argument("--retry-factor", type=float, default=2.0)
     s.add_argument("--retry-max-interval-ms", type=int, default=10_000)
     s.add_argument("--retry-max-attempts", type=int, default=100, help="then the invocation pauses")
-    s.add_argument("--inactivity-timeout", type=float, default=60.0, help="seconds; then ask to suspend")
-    s.add_argument("--abort-timeout", type=float, default=60.0, help="seconds after that; then abort")
+    s.add_argument(
+        "--inactivity-timeout", type=float, default=60.0, help="seconds; then ask to suspend"
+    )
+    s.add_argument(
+        "--abort-timeout", type=float, default=60.0, help="seconds after that; then abort"
+    )
     s.add_argument("--idempotency-retention", type=float, default=86_400.0, help="seconds")
     s.add_argument("--completion-retention", type=float, default=86_400.0, help="seconds")
     s.add_argument(
-        "--max-concurrent-invocations", type=int, default=0, help="attempts streaming at once; 0: no limit"
+        "--max-concurrent-invocations",
+        type=int,
+        default=0,
+        help="attempts streaming at once; 0: no limit",
     )
     s.add_argument(
         "--admission-limit",
@@ -227,7 +237,9 @@ def parser() -> argparse.ArgumentParser:
         help="work in flight (invocations, HTTP requests, Kafka records) at which the ingress "
         "answers 503 with Retry-After and subscriptions stop reading; 0: no limit",
     )
-    s.add_argument("--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions")
+    s.add_argument(
+        "--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions"
+    )
     s.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

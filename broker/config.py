@@ -31,7 +31,9 @@ class BrokerSettings(BaseModel):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     inactivity_timeout_s: float = Field(60.0, gt=0)
     abort_timeout_s: float = Field(60.0, gt=0)
-    log_segment_bytes: int = Field(64 << 20, ge=4096, description="log segments roll over at this size")
+    log_segment_bytes: int = Field(
+        64 << 20, ge=4096, description="log segments roll over at this size"
+    )
     max_concurrent_invocations: int = Field(0, ge=0, description="streaming at once; 0: no limit")
     admission_limit: int = Field(
         2_000,

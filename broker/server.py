@@ -8,8 +8,6 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sdk import protocol as p
-
 from broker.config import BrokerSettings
 from broker.invoker import Invoker, InvokerOptions
 from broker.log import EmbeddedLog
@@ -21,6 +19,7 @@ from broker.partition.state_machine import StateMachine
 from broker.schema import Registry
 from broker.storage import RocksDBStore
 from broker.timers import TimerService
+from sdk import protocol as p
 
 
 class Broker:

@@ -339,7 +339,7 @@ def _raw_or_json(n: p.Notification) -> Any:
     return _ANY.deserialize(n.value or b"")
 
 
-async def _attempt(  # noqa: PLR0917 - private helper, called once
+async def _attempt(
     name: str,
     fn: Callable[..., Any],
     args: tuple[Any, ...],

@@ -89,7 +89,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/query": {
             "post": _op(
-                "SQL subset: SELECT cols FROM sys_invocation|state [WHERE col = 'v' AND ...] [LIMIT n]",
+                "SQL subset: SELECT cols FROM sys_invocation|state "
+                "[WHERE col = 'v' AND ...] [LIMIT n]",
                 {"200": "{rows: [...]}", "400": "unsupported query"},
                 {"type": "object", "properties": {"query": {"type": "string"}}},
             )

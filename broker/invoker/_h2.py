@@ -7,6 +7,7 @@ with room; each stream reports to a ``StreamHandler`` (headers, data, end, reset
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,10 +93,9 @@ class _Conn(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamEnded):
                 if handler is not None:
                     self._forget(ev.stream_id)
-                    try:  # the response is complete: close our half too
+                    # The response is complete: close our half too.
+                    with contextlib.suppress(h2.exceptions.H2Error):
                         self.h2.end_stream(ev.stream_id)
-                    except h2.exceptions.H2Error:
-                        pass
                     handler.on_end()
             elif isinstance(ev, h2.events.StreamReset):
                 if handler is not None:
@@ -225,10 +225,8 @@ class _Conn(asyncio.Protocol):
     def reset(self, sid: int) -> None:
         if sid not in self.streams:
             return
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             self.h2.reset_stream(sid, error_code=8)  # CANCEL
-        except h2.exceptions.H2Error:
-            pass
         self.flush()
         self._forget(sid)
 

@@ -179,7 +179,11 @@ class SchemaUpdate(Message):
     deployment_json: bytes = b""
     remove_id: str = ""
     waiter: int = 0
-    _schema: ClassVar = ((1, "deployment_json", BYTES), (2, "remove_id", STRING), (3, "waiter", UINT))
+    _schema: ClassVar = (
+        (1, "deployment_json", BYTES),
+        (2, "remove_id", STRING),
+        (3, "waiter", UINT),
+    )
 
 
 @dataclass(slots=True)

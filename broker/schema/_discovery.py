@@ -23,7 +23,11 @@ class DiscoveryError(Exception):
 
 
 async def discover(
-    uri: str, *, use_http_11: bool, headers: dict[str, str] | None = None, timeout: float = 10.0
+    uri: str,
+    *,
+    use_http_11: bool,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,  # noqa: ASYNC109 - one deadline for each of its HTTP requests
 ) -> tuple[dict[str, Any], int, int]:
     """Return (manifest, negotiated protocol version, manifest version)."""
     import asyncio

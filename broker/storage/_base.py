@@ -42,7 +42,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def sync(self) -> None:
+    def sync(self) -> None:  # noqa: B027 - optional: nothing to do for a store durable per write
         """Make every write so far survive a machine crash (then the log may be trimmed)."""
 
 

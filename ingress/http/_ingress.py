@@ -53,6 +53,7 @@ def parse_delay(text: str) -> int:
 
 
 RETRY_AFTER_S = 1  # what an overloaded ingress asks clients to wait
+BAD_PATH = "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler"
 
 
 def _err(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -82,15 +83,13 @@ class Ingress:
 
     async def _invoke(self, req: Request, seg: list[str]) -> Response:
         if len(seg) < 2:
-            return _err(
-                400,
-                "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler",
-            )
+            return _err(400, BAD_PATH)
         svc = self.registry.services.get(seg[0])
         if svc is None:
             return _err(
                 404,
-                f"service '{seg[0]}' not found, make sure to register the service before calling it.",
+                f"service '{seg[0]}' not found, "
+                "make sure to register the service before calling it.",
             )
         keyed = svc.ty != "SERVICE"
         rest = seg[1:]
@@ -99,15 +98,13 @@ class Ingress:
             if len(rest) < 2:
                 return _err(
                     400,
-                    f"'{svc.name}' is a {svc.ty.lower().replace('_', ' ')}: call /{svc.name}/{{key}}/{{handler}}",
+                    f"'{svc.name}' is a {svc.ty.lower().replace('_', ' ')}: "
+                    f"call /{svc.name}/{{key}}/{{handler}}",
                 )
             key, rest = rest[0], rest[1:]
         send = len(rest) == 2 and rest[1] == "send"
         if len(rest) != 1 and not send:
-            return _err(
-                400,
-                "bad path, expected either /:service-name/:handler or /:object-name/:object-key/:handler",
-            )
+            return _err(400, BAD_PATH)
         handler = svc.handlers.get(rest[0])
         if handler is None:
             return _err(
@@ -126,7 +123,8 @@ class Ingress:
             if not send:
                 return _err(
                     400,
-                    "cannot use the delay query parameter with calls. The delay is supported only with sends",
+                    "cannot use the delay query parameter with calls. "
+                    "The delay is supported only with sends",
                 )
             try:
                 delay = parse_delay(req.query["delay"])
@@ -143,7 +141,8 @@ class Ingress:
         if idem is not None and kind == Kind.WORKFLOW:
             return _err(
                 400,
-                "cannot use the idempotency key with workflow handlers. The handler invocation will already be idempotent by the workflow key itself.",
+                "cannot use the idempotency key with workflow handlers. The handler "
+                "invocation will already be idempotent by the workflow key itself.",
             )
         if kind == Kind.WORKFLOW or idem is not None:
             iid = target_id(kind, svc.name, handler.name, key, idem, b"")

@@ -56,7 +56,8 @@ async def test_admin_api(client: Client, restate_service: ServiceProcess) -> Non
     q = await client.admin.post(
         "/query",
         json={
-            "query": "SELECT key, value_utf8 FROM state WHERE service_name = 'Counter' AND service_key = 'q'"
+            "query": "SELECT key, value_utf8 FROM state "
+            "WHERE service_name = 'Counter' AND service_key = 'q'"
         },
     )
     assert q.json()["rows"] == [{"key": "count", "value_utf8": "2"}]

@@ -34,7 +34,7 @@ async def post_until_ok(
         await asyncio.sleep(0.1)
 
 
-async def test_sigkill_restart_exactly_once(tmp_path: Path) -> None:
+async def test_sigkill_restart_exactly_once(tmp_path: Path) -> None:  # noqa: PLR0915 - one scenario
     markers = tmp_path / "runs.txt"
     svc = ServiceProcess("tests.broker.restate_services", {"SLUICE_TEST_MARKERS": str(markers)})
     svc.start()
@@ -77,7 +77,7 @@ async def test_sigkill_restart_exactly_once(tmp_path: Path) -> None:
                 return int(r.json())
 
             deadline = time.monotonic() + 60
-            while await value("crash-total") < WORKS and time.monotonic() < deadline:
+            while await value("crash-total") < WORKS and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
             assert await value("crash-total") == WORKS
             assert await value("crash-adds") == ADDS

@@ -33,7 +33,8 @@ async def test_idle_stream_suspends_then_resumes(
             q = await c.admin.post(
                 "/query",
                 json={
-                    "query": "SELECT status FROM sys_invocation WHERE target_handler_name = 'sleepy'"
+                    "query": "SELECT status FROM sys_invocation "
+                    "WHERE target_handler_name = 'sleepy'"
                 },
             )
             seen.update(r["status"] for r in q.json()["rows"])

@@ -37,7 +37,8 @@ async def test_many_calls_no_retries(
     q = await client.admin.post(
         "/query",
         json={
-            "query": "SELECT id, retry_count, last_failure FROM sys_invocation WHERE target_handler_name = 'greet'"
+            "query": "SELECT id, retry_count, last_failure FROM sys_invocation "
+            "WHERE target_handler_name = 'greet'"
         },
     )
     rows = q.json()["rows"]

@@ -13,7 +13,7 @@ from .conftest import Client, ServiceProcess
 MODES = pytest.mark.parametrize("http1", [False, True], ids=["h2c", "http1.1"])
 
 
-async def eventually(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+async def eventually(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while True:
         result = await fn()
@@ -136,7 +136,7 @@ async def test_retries_keep_journaled_run(
     await client.register(restate_service.uri)
     r = await client.call("/Greeter/flaky", "retry-1")
     assert r.status_code == 200 and r.json() == "done"
-    runs = markers.read_text().split() if markers.exists() else []
+    runs = markers.read_text().split() if markers.exists() else []  # noqa: ASYNC240
     assert runs.count("retry-1") == 1, "a journaled run step executed again on retry"
 
 
@@ -149,7 +149,7 @@ async def test_cancel_and_kill(
         r = await client.call("/Greeter/wait_long/send")
         iid = r.json()["invocationId"]
 
-        async def suspended_or_running() -> bool:
+        async def suspended_or_running(iid: str = iid) -> bool:
             x = await client.admin.get(f"/invocations/{iid}")
             return x.status_code == 200 and x.json()["status"] in ("running", "suspended")
 
@@ -157,7 +157,7 @@ async def test_cancel_and_kill(
         r = await client.admin.patch(f"/invocations/{iid}/{op}")
         assert r.status_code == 202, r.text
 
-        async def completed() -> bool:
+        async def completed(iid: str = iid) -> bool:
             x = await client.admin.get(f"/invocations/{iid}")
             return x.status_code == 200 and x.json()["status"] == "completed"
 

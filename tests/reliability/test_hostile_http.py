@@ -12,7 +12,7 @@ other requests down.
 """
 
 # The tables of hostile inputs read best one per line, and the test is one long story.
-# ruff: noqa: E501, PLR0915, PLR0917
+# ruff: noqa: E501, PLR0915
 
 from __future__ import annotations
 

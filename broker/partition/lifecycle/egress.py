@@ -236,7 +236,7 @@ def committed(ctx: Ctx, cmd: EgressCommitted) -> None:
 def _unsendable(ctx: Ctx, row: bytes, entry: OutboxEntry, f: FailedRecord) -> None:
     """A record whose value does not fit its row's format: to the subscription's dead-letter
     topic (headers as for ingress, plus the output topic), else a failed invocation."""
-    from .kafka import (  # noqa: PLC0415 - kafka.py imports this module
+    from .kafka import (  # lazy: kafka.py imports this module
         FAILED_RETENTION_MS,
         DeadLetter,
         dlq_headers,
@@ -345,7 +345,7 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
     what was already ingested is cut); its result (a list of records) fills one outbox row,
     so it leaves in one egress transaction. ``cmd.records`` holds the records to
     dead-letter."""
-    from .kafka import _dead_letter_record  # noqa: PLC0415 - kafka.py imports this module
+    from .kafka import _dead_letter_record  # lazy: kafka.py imports this module
 
     raw = ctx.tx.get("kafka_dedup", cmd.producer)
     last = _U64.unpack(raw)[0] if raw is not None else -1

@@ -31,10 +31,9 @@ def manage(ctx: Ctx, cmd: Manage) -> None:
         cancel(ctx, st)
     elif cmd.action == Terminate.KILL:
         kill(ctx, st)
-    elif cmd.action == Terminate.RESUME:
-        if st.phase in (Phase.PAUSED, Phase.BACKING_OFF):
-            st.retry_count = 0
-            start_attempt(ctx, st)
+    elif cmd.action == Terminate.RESUME and st.phase in (Phase.PAUSED, Phase.BACKING_OFF):
+        st.retry_count = 0
+        start_attempt(ctx, st)
     ctx.reply(cmd.waiter, "ok", id=cmd.id)
 
 
