@@ -257,37 +257,34 @@ def _fill(server: RegistryServer, src: str) -> HttpSchemaRegistry:
     return reg
 
 
-async def _first_records(
-    kafka: Tansu,
-    admin: Admin,
-    server: RegistryServer,
-    *,
-    src: str,
-    out: str,
-    dlq: str,
-    n1: int,
-    n2: int,
-) -> tuple[dict[str, Any], list[tuple[Any, Any, int | None]]]:
-    """Records 0..n1 (schema id 1) go through a new subscription of ``src`` to ``out``
-    while ``server`` is up. Returns the subscription and records n1..n1+n2 (every third of
-    schema id 2, which the broker has not fetched yet), to produce once it is down."""
+async def _registry_goes_down(
+    kafka: Tansu, admin: Admin, port: int, *, src: str, out: str, dlq: str, n1: int, n2: int
+) -> dict[str, Any]:
+    """With a registry up on ``port`` (cluster 'local' declared with it), records 0..n1
+    (schema id 1) go through a new subscription of ``src`` to ``out``; then the registry
+    stops and records n1..n1+n2 are produced (every third of schema id 2, which the broker
+    has not fetched yet). Returns the subscription."""
     keys = _keys(n1 + n2)
-    reg = _fill(server, src)
+    with RegistryServer(port) as server:
+        await admin.cluster(kafka, schema_registry=server.url)
+        reg = _fill(server, src)
 
-    def record(i: int) -> tuple[Any, Any, int | None]:
-        if i < n1 or i % 3:
-            return keys[i], avro(reg, f"{src}-value", SCHEMA, {"i": i, "by": "v1"}), None
-        value = {"i": i, "by": "v2", "tier": "t", "note": "n"}
-        return keys[i], avro(reg, f"{src}-value", NEWER, value), None
+        def record(i: int) -> tuple[Any, Any, int | None]:
+            if i < n1 or i % 3:
+                return keys[i], avro(reg, f"{src}-value", SCHEMA, {"i": i, "by": "v1"}), None
+            value = {"i": i, "by": "v2", "tier": "t", "note": "n"}
+            return keys[i], avro(reg, f"{src}-value", NEWER, value), None
 
-    produce(kafka, src, [record(i) for i in range(n1)])
-    sub = await admin.subscribe(
-        src, "service://Enrich/echo", serde="avro", output_topic=out, dead_letter_topic=dlq
-    )
-    got = await asyncio.to_thread(read_output, kafka, out, n1)
-    check_exactly_once(got, {i: keys[i] for i in range(n1)})
-    assert server.requests["GET /schemas"] == 1  # the broker fetched id 1 only
-    return sub, [record(i) for i in range(n1, n1 + n2)]  # (the client caches the ids)
+        produce(kafka, src, [record(i) for i in range(n1)])
+        sub = await admin.subscribe(
+            src, "service://Enrich/echo", serde="avro", output_topic=out, dead_letter_topic=dlq
+        )
+        got = await asyncio.to_thread(read_output, kafka, out, n1)
+        check_exactly_once(got, {i: keys[i] for i in range(n1)})
+        assert server.requests["GET /schemas"] == 1  # the broker fetched id 1 only
+        later = [record(i) for i in range(n1, n1 + n2)]  # (the client caches the ids)
+    produce(kafka, src, later)
+    return sub
 
 
 async def _status(admin: Admin, name: str, until: str, within: float = 30) -> dict[str, Any]:
@@ -313,12 +310,7 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
     src, out, dlq = new_topic(kafka, 2), new_topic(kafka, 2), new_topic(kafka, 1)
     n1, n2 = 100, 200
     keys = _keys(n1 + n2)
-    with RegistryServer(port) as server:
-        await admin.cluster(kafka, schema_registry=server.url)
-        sub, later = await _first_records(
-            kafka, admin, server, src=src, out=out, dlq=dlq, n1=n1, n2=n2
-        )
-    produce(kafka, src, later)
+    sub = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
 
     # The registry is gone: the subscription says why and waits.
     status = await _status(admin, sub["name"], "stalled")
@@ -406,12 +398,7 @@ async def test_broker_killed_while_stalled_loses_nothing(
     admin = Admin(proc.admin)
     try:
         await admin.register(egress_services.uri, http1=True)
-        with RegistryServer(port) as server:
-            await admin.cluster(kafka, schema_registry=server.url)
-            sub, later = await _first_records(
-                kafka, admin, server, src=src, out=out, dlq=dlq, n1=n1, n2=n2
-            )
-        produce(kafka, src, later)
+        sub = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
         status = await _status(admin, sub["name"], "stalled")
         assert "unreachable" in status["state"], status
         proc.kill()
