@@ -11,6 +11,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import urllib.error
@@ -28,6 +29,7 @@ def _server(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from broker.config import BrokerSettings
+    from broker.errors import EXIT_FATAL, Fatal
     from broker.server import Broker
     from subscriptions import DeclarationError
 
@@ -71,6 +73,8 @@ def _server(args: argparse.Namespace) -> None:
             await broker.start()
         except OSError as e:
             raise CliError(f"cannot start: {e}") from None
+        except Fatal as e:  # the log or the tables cannot be opened (a full disk, corruption)
+            raise CliError(f"cannot start: {e.reason}") from None
         except DeclarationError as e:
             await broker.stop()
             raise CliError(str(e)) from None
@@ -88,7 +92,20 @@ def _server(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(broker.dead.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if broker.fatal is not None:
+            # The waiting requests have their 503s: let them go out, then exit the way a
+            # crash would (nothing more is flushed or closed: the tables and the log may be
+            # what failed), for the supervisor to restart. Recovery cuts the unsynced tail.
+            await asyncio.sleep(settings.fatal_grace_s)
+            print(
+                f"sluice: fatal: {broker.fatal.reason}; exiting with status {EXIT_FATAL} "
+                "to be restarted",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(EXIT_FATAL)
         await broker.stop()
 
     _run_loop(run())

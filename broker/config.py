@@ -28,6 +28,12 @@ class BrokerSettings(BaseModel):
         "and that an idle connection stays open",
     )
     fsync: bool = Field(True, description="fdatasync the log before acknowledging anything")
+    fatal_grace_s: float = Field(
+        0.5,
+        ge=0,
+        description="after a log or storage failure, how long the 503 answers have to go out "
+        "before the process exits with status 3 to be restarted",
+    )
     retry: RetrySettings = Field(default_factory=RetrySettings)
     inactivity_timeout_s: float = Field(60.0, gt=0)
     abort_timeout_s: float = Field(60.0, gt=0)

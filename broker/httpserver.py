@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from broker.errors import Fatal
+
 _REASONS = {
     200: "OK",
     201: "Created",
@@ -62,6 +64,20 @@ class Response:
 
 def json_response(status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> Response:
     return Response(status, json.dumps(obj).encode(), headers or [], "application/json")
+
+
+# How long a client should wait after a 503 of a broker that failed and is restarting.
+RETRY_AFTER_FATAL_S = 5
+
+
+def unavailable(reason: str) -> Response:
+    """The answer of a broker whose log or tables failed (broker/errors.py): it exits and
+    is restarted, so the same request later is the right thing to do."""
+    return json_response(
+        503,
+        {"code": 503, "message": f"unavailable: {reason}; retry after {RETRY_AFTER_FATAL_S}s"},
+        [("retry-after", str(RETRY_AFTER_FATAL_S))],
+    )
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -191,8 +207,9 @@ class _Conn(asyncio.Protocol):
         self._busy = False
         if task.cancelled():
             resp = json_response(503, {"code": 503, "message": "shutting down"})
-        elif task.exception() is not None:
-            exc = task.exception()
+        elif isinstance(exc := task.exception(), Fatal):
+            resp = unavailable(exc.reason)
+        elif exc is not None:
             resp = json_response(500, {"code": 500, "message": f"internal error: {exc!r}"})
         else:
             resp = task.result()

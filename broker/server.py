@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable
+import struct
+import time
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from broker.config import BrokerSettings
+from broker.errors import Fatal
+from broker.files import write_durably
 from broker.invoker import Invoker, InvokerOptions
 from broker.log import EmbeddedLog
 from broker.partition import actions as a
@@ -20,6 +25,8 @@ from broker.schema import Registry
 from broker.storage import RocksDBStore
 from broker.timers import TimerService
 from sdk import protocol as p
+
+log = logging.getLogger("sluice.broker")
 
 
 class Broker:
@@ -37,6 +44,10 @@ class Broker:
         self.action_hooks: dict[type, Callable[[Any], None]] = {}
         # Admitted work not finished yet, per source (ingress, subscriptions): admission.
         self.admitted: list[Callable[[], int]] = []
+        # Set once the log or the tables failed (broker/errors.py): nothing more is accepted,
+        # and ``dead`` tells the process to exit so that it is restarted.
+        self.fatal: Fatal | None = None
+        self.dead = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -44,11 +55,12 @@ class Broker:
         s = self.settings
         data = s.data_dir
         data.mkdir(parents=True, exist_ok=True)
+        self._watch_tasks()
         meta = data / "sluice.json"
         if meta.exists():
             self.partitions = int(json.loads(meta.read_text())["partitions"])
         else:
-            meta.write_text(json.dumps({"partitions": s.partitions, "format": 1}))
+            write_durably(meta, json.dumps({"partitions": s.partitions, "format": 1}).encode())
         self.store = RocksDBStore(data / "db")
         self.log = EmbeddedLog(data / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
         config = Config(
@@ -64,7 +76,7 @@ class Broker:
             completion_retention_ms=int(s.completion_retention_s * 1000),
         )
         self.sm = StateMachine(self.registry, config)
-        self.processor = Processor(self.log, self.store, self.sm, self._act)
+        self.processor = Processor(self.log, self.store, self.sm, self._act, on_failed=self.die)
         self.invoker = Invoker(
             self.registry,
             self.processor.submit,
@@ -105,24 +117,83 @@ class Broker:
         await self.subscriptions.start()
 
     async def _expire_loop(self, every: float = 5.0) -> None:
-        """Ask the state machine (through the log) to forget invocations past retention."""
-        import struct
-        import time
-
+        """Ask the state machine (through the log) to forget invocations past retention, and
+        checkpoint. A ``Fatal`` ends the loop (and the broker, through the task watch); any
+        other error is logged and the next round tries again."""
         while True:
             await asyncio.sleep(every)
-            now = int(time.time() * 1000)
-            for k, _ in self.store.scan("expiry", b""):
-                if struct.unpack_from(">Q", k)[0] <= now:
-                    self.submit(Expire(upto=now))
-                break
-            await self.checkpoint()
+            try:
+                now = int(time.time() * 1000)
+                for k, _ in self.store.scan("expiry", b""):
+                    if struct.unpack_from(">Q", k)[0] <= now:
+                        self.submit(Expire(upto=now))
+                    break
+                await self.checkpoint()
+            except Exception:
+                log.exception("retention expiry or checkpoint failed; trying again in %ss", every)
 
     async def checkpoint(self) -> int:
         """Sync the tables, then drop log segments they fully cover; return how many."""
         applied = self.processor.applied
         await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
         return self.log.trim(applied)  # type: ignore[arg-type]
+
+    # --- the failure policy (broker/errors.py) --------------------------------------------
+
+    def die(self, error: Fatal) -> None:
+        """The log or the tables failed: refuse new work, answer every waiting request with a
+        503 (its outcome is unknown: it may be in the log, and the restart finishes it), turn
+        the health checks red, and tell the process to exit (``dead``)."""
+        if self.fatal is not None:
+            return
+        self.fatal = error
+        log.critical("fatal: %s; the broker stops and must be restarted", error.reason)
+        message = (
+            f"the broker stopped before it could confirm this ({error.reason}); it restarts "
+            "and finishes what its log holds: retry with the same idempotency key"
+        )
+        waiters, self._waiters = self._waiters, {}
+        for wid, fut in waiters.items():
+            if not fut.done():
+                fut.set_result(a.Reply(wid, "error", code=503, message=message))
+        self.dead.set()
+
+    def unavailable(self) -> str | None:
+        """Why the broker takes no more work for good (it is about to exit), or None."""
+        return None if self.fatal is None else f"the broker failed: {self.fatal.reason}"
+
+    def _watch_tasks(self) -> None:
+        """Every task of this loop reports a ``Fatal`` it ended with to ``die``: a task's
+        exception would otherwise wait, unseen, until the task is collected."""
+        loop = asyncio.get_running_loop()
+
+        def factory(
+            loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kw: Any
+        ) -> asyncio.Task[Any]:
+            task = asyncio.Task(coro, loop=loop, **kw)
+            task.add_done_callback(self._task_done)
+            return task
+
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        default = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if isinstance(exc, Fatal):
+                self.die(exc)
+            if default is not None:
+                default(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        # (``_exception``, not ``exception()``: that would mark any other error as retrieved
+        # and silence asyncio's "never retrieved" report of it.)
+        exc = None if task.cancelled() else getattr(task, "_exception", None)
+        if isinstance(exc, Fatal):
+            self.die(exc)
 
     async def stop(self) -> None:
         self._expiry.cancel()
@@ -149,6 +220,8 @@ class Broker:
         None. The invoker's count sees work from every source (sends, timers, calls between
         handlers); the admitted count sees what it does not yet run: appends waiting for
         the log, and invocations queued behind their object key."""
+        if self.fatal is not None:
+            return self.unavailable()
         limit = self.settings.admission_limit
         if not limit:
             return None
@@ -167,9 +240,13 @@ class Broker:
     # --- requests ------------------------------------------------------------------------
 
     def submit(self, cmd: p.Message) -> None:
+        if self.fatal is not None:
+            raise Fatal("nothing more is accepted", self.fatal)
         self.processor.submit(cmd)
 
     def waiter(self) -> tuple[int, asyncio.Future[a.Reply]]:
+        if self.fatal is not None:
+            raise Fatal("nothing more is accepted", self.fatal)
         self._counter += 1
         wid = self._boot | self._counter
         fut: asyncio.Future[a.Reply] = asyncio.get_running_loop().create_future()

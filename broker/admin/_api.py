@@ -5,7 +5,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from broker.httpserver import Request, Response, json_response
+from broker.httpserver import Request, Response, json_response, unavailable
 from broker.ids import InvocationId
 from broker.partition._context import key_prefix
 from broker.partition._records import Manage, Phase, SchemaUpdate, Status, Terminate
@@ -44,7 +44,8 @@ class AdminApi:
         m = req.method
         try:
             if seg == ["health"]:
-                return json_response(200, {})
+                dead = self.broker.unavailable()
+                return json_response(200, {}) if dead is None else unavailable(dead)
             if seg == ["openapi"]:
                 return json_response(200, OPENAPI)
             if seg and seg[0] == "deployments":

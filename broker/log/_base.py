@@ -4,6 +4,7 @@ import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from broker.errors import Fatal
 from broker.ids import Lsn
 
 
@@ -22,10 +23,19 @@ class Log(abc.ABC):
     ``append`` returns at once; the record becomes durable with the next commit, and then the
     ``on_durable`` callback receives every record of that commit, in order. Nothing may be
     acted upon before that callback.
+
+    A write that fails is never retried: the log stops taking appends (they raise
+    ``LogError``) and ``on_failed`` receives the error; without it, the error is raised from
+    the callback that met it.
     """
 
     @abc.abstractmethod
-    def open(self, on_durable: Callable[[list[Record]], None]) -> None: ...
+    def open(
+        self,
+        on_durable: Callable[[list[Record]], None],
+        *,
+        on_failed: Callable[[Fatal], None] | None = None,
+    ) -> None: ...
 
     @abc.abstractmethod
     def append(self, payload: bytes, timestamp: int) -> Lsn: ...

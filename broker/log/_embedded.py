@@ -6,8 +6,12 @@ Segments are files named by the first LSN they hold; each is a sequence of frame
     | len u32  | crc u32 | lsn u64  | timestamp u64  | payload (len)   |
     +----------+---------+----------+----------------+-----------------+
 
-The crc covers lsn, timestamp and payload. On open, a torn or corrupt tail of the last segment
-(a crash in the middle of a write) is cut off: it was never fsync'd, so nobody was told.
+The crc covers lsn, timestamp and payload. On open, a torn tail of the last segment (a crash
+in the middle of a write) is cut off: it was never fsync'd, so nobody was told. A bad frame
+that valid frames follow is not a torn tail but corruption (a bad sector, a stray write):
+cutting there would drop entries that were acknowledged, so the log refuses to open
+(``LogCorrupted``) and says what to restore. A bad frame in a sealed segment is corruption
+too: a segment is sealed only after everything in it was synced.
 
     segment 1 (sealed)   segment 812 (sealed)   segment 1903 (active)
     [1 ......... 811]    [812 ....... 1902]     [1903 ...... tail)
@@ -16,6 +20,11 @@ The crc covers lsn, timestamp and payload. On open, a torn or corrupt tail of th
 Group commit: appends during one event-loop turn go into one buffer; the buffer is written
 and fdatasync'd in a worker thread, one sync for the whole batch. Appends that arrive while a
 sync is running form the next batch. Segments roll over between batches.
+
+A failed write or sync is never retried (the kernel may already have dropped the pages it
+could not write, and a second fsync would report success): the log fails for good with a
+``LogError``, the batch is not acknowledged, and the owner is told through ``on_failed``.
+The next process cuts what did not reach the disk and goes on from there.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from broker import faults
+from broker.errors import Fatal, LogError
 from broker.ids import Lsn
 
 from ._base import Log, Record
@@ -35,6 +45,11 @@ from ._base import Log, Record
 _HEAD = struct.Struct(">II")
 _META = struct.Struct(">QQ")
 _SUFFIX = ".seg"
+_FRAME = 24  # header and meta bytes before the payload
+
+
+class LogCorrupted(LogError):
+    """The log holds a damaged frame that is not a torn tail: it cannot be opened."""
 
 
 class EmbeddedLog(Log):
@@ -53,9 +68,11 @@ class EmbeddedLog(Log):
         self._flushing = False
         self._scheduled = False
         self._on_durable: Callable[[list[Record]], None] | None = None
+        self._on_failed: Callable[[Fatal], None] | None = None
+        self._repaired = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._failed: BaseException | None = None
+        self._failed: Fatal | None = None
         self._migrate_single_file()
 
     def _migrate_single_file(self) -> None:
@@ -71,23 +88,53 @@ class EmbeddedLog(Log):
                 out.append((int(p.stem), p))
         return sorted(out)
 
-    def open(self, on_durable: Callable[[list[Record]], None]) -> None:
+    def open(
+        self,
+        on_durable: Callable[[list[Record]], None],
+        *,
+        on_failed: Callable[[Fatal], None] | None = None,
+    ) -> None:
         self._on_durable = on_durable
+        self._on_failed = on_failed
         segs = self._segments()
         if not segs:
             self._open_segment(1)
             return
-        first, path = segs[-1]
-        size, last = 0, first - 1
-        for rec, end in _scan(path):
-            last, size = rec.lsn, end
+        path = segs[-1][1]
+        size, last = self._repair()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if os.fstat(self._fd).st_size != size:
-            os.ftruncate(self._fd, size)
-            os.fsync(self._fd)
         os.lseek(self._fd, size, os.SEEK_SET)
         self._size = size
         self._tail = Lsn(last + 1)
+
+    def _repair(self) -> tuple[int, int]:
+        """Cut a torn tail off the last segment (once); return its valid size and last LSN.
+        Raise ``LogCorrupted`` if what follows the first bad frame holds a valid one."""
+        segs = self._segments()
+        first, path = segs[-1]
+        size, last = 0, first - 1
+        scan = _Scan(path)
+        for rec, end in scan:
+            last, size = rec.lsn, end
+        if self._repaired or scan.bad is None:
+            return size, last
+        found = _valid_frame_after(path, size, last)
+        if found is not None:
+            raise LogCorrupted(
+                f"the log segment {path} is damaged at byte {size} (after LSN {last}), but a "
+                f"valid frame (LSN {found[1]}) follows at byte {found[0]}: this is corruption, "
+                "not a torn write, and cutting it would lose acknowledged entries. Restore the "
+                "data directory (log/ and db/ together) from a backup, or move the segment "
+                "aside knowingly"
+            )
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._repaired = True
+        return size, last
 
     def _open_segment(self, first: int) -> None:
         if self._fd >= 0:
@@ -102,13 +149,22 @@ class EmbeddedLog(Log):
 
     def read_from(self, lsn: Lsn) -> Iterator[Record]:
         segs = self._segments()
+        if segs:
+            self._repair()  # a torn tail is cut before anything reads past it
         for i, (_, path) in enumerate(segs):
             nxt = segs[i + 1][0] if i + 1 < len(segs) else None
             if nxt is not None and nxt <= lsn:
                 continue
-            for rec, _ in _scan(path):
+            scan = _Scan(path)
+            for rec, _ in scan:
                 if rec.lsn >= lsn:
                     yield rec
+            if scan.bad is not None and nxt is not None:
+                raise LogCorrupted(
+                    f"the sealed log segment {path} is damaged at byte {scan.bad}: {scan.why}. "
+                    "Everything in a sealed segment was synced, so this is corruption; restore "
+                    "the data directory (log/ and db/ together) from a backup"
+                )
 
     def trim(self, lsn: Lsn) -> int:
         """Delete sealed segments holding only records <= lsn; return how many went."""
@@ -128,7 +184,7 @@ class EmbeddedLog(Log):
 
     def append(self, payload: bytes, timestamp: int) -> Lsn:
         if self._failed is not None:
-            raise RuntimeError("the log failed to sync; the broker must restart") from self._failed
+            raise LogError("the log failed earlier; the broker must restart", self._failed)
         lsn = self._tail
         self._tail = Lsn(lsn + 1)
         body = _META.pack(lsn, timestamp) + payload
@@ -160,24 +216,40 @@ class EmbeddedLog(Log):
             view = view[written:]
         self._size += len(data)
         if self._fsync:
+            faults.check("log-fsync")
             os.fdatasync(self._fd)
 
     def _flushed(self, fut: asyncio.Future[None], batch: list[Record]) -> None:
         self._flushing = False
         exc = fut.exception()
         if exc is not None:
-            self._failed = exc
-            self._idle.set()
-            raise exc
+            what = f"the log could not write or sync LSNs {batch[0].lsn}-{batch[-1].lsn}"
+            self._fail(LogError(what, exc))
+            return
         faults.reached("after-log-append")
         assert self._on_durable is not None
         try:
             self._on_durable(batch)
-        finally:
-            if self._pending:
-                self._start_flush()
-            else:
-                self._idle.set()
+        except Fatal as e:  # the tables failed to apply what the log holds: stop here too
+            self._fail(e)
+            return
+        if self._pending:
+            self._start_flush()
+        else:
+            self._idle.set()
+
+    def _fail(self, exc: Fatal) -> None:
+        self._failed = exc
+        self._pending, self._buffer = [], bytearray()  # never acknowledged, never written
+        self._idle.set()
+        if self._on_failed is None:
+            raise exc
+        self._on_failed(exc)
+
+    @property
+    def failed(self) -> Fatal | None:
+        """Why the log stopped taking appends (None: it works)."""
+        return self._failed
 
     async def close(self) -> None:
         await self._idle.wait()
@@ -186,30 +258,71 @@ class EmbeddedLog(Log):
             self._fd = -1
 
 
-def _scan(path: Path, chunk: int = 4 << 20) -> Iterator[tuple[Record, int]]:
-    """Records of one segment with the file offset after each; stops at a torn tail."""
-    with open(path, "rb") as f:
-        buf = b""
-        base = 0  # file offset of buf[0]
-        eof = False
-        while True:
-            pos = 0
-            n = len(buf)
-            while pos + 24 <= n:
-                length, crc = _HEAD.unpack_from(buf, pos)
-                end = pos + 24 + length
-                if end > n:
-                    break
-                body = buf[pos + 8 : end]
-                if zlib.crc32(body) != crc:
+class _Scan:
+    """The records of one segment with the file offset after each. Iteration stops at the
+    first frame that is short or fails its CRC; then ``bad`` is its offset and ``why`` says
+    what was wrong with it."""
+
+    def __init__(self, path: Path, chunk: int = 4 << 20) -> None:
+        self.path = path
+        self.chunk = chunk
+        self.bad: int | None = None
+        self.why = ""
+
+    def __iter__(self) -> Iterator[tuple[Record, int]]:
+        with open(self.path, "rb") as f:
+            buf = b""
+            base = 0  # file offset of buf[0]
+            eof = False
+            while True:
+                pos = 0
+                n = len(buf)
+                while pos + _FRAME <= n:
+                    length, crc = _HEAD.unpack_from(buf, pos)
+                    end = pos + _FRAME + length
+                    if end > n:
+                        break
+                    body = buf[pos + 8 : end]
+                    if zlib.crc32(body) != crc:
+                        self.bad, self.why = base + pos, "a frame fails its CRC"
+                        return
+                    lsn, ts = _META.unpack_from(body)
+                    yield Record(Lsn(lsn), ts, bytes(body[16:])), base + end
+                    pos = end
+                if eof:
+                    if pos < n:
+                        self.bad, self.why = base + pos, f"{n - pos} bytes of a partial frame"
                     return
-                lsn, ts = _META.unpack_from(body)
-                yield Record(Lsn(lsn), ts, bytes(body[16:])), base + end
-                pos = end
-            if eof:
-                return
-            more = f.read(max(chunk, n - pos + 24))
-            if not more:
-                eof = True
-            buf = buf[pos:] + more
-            base += pos
+                more = f.read(max(self.chunk, n - pos + _FRAME))
+                if not more:
+                    eof = True
+                buf = buf[pos:] + more
+                base += pos
+
+
+def _valid_frame_after(path: Path, start: int, last: int) -> tuple[int, int] | None:
+    """(offset, lsn) of a whole, CRC-valid frame with an LSN above ``last`` somewhere after
+    byte ``start`` of a segment, or None. A torn write leaves none (what follows the tear is
+    the rest of one unsynced write, cut short); corruption in the middle leaves the synced
+    frames behind it intact.
+
+    Candidates are found with the high bytes of the expected LSNs (those of last+1 and the
+    next 2^16 block), so a search over a long tail costs a few C scans, not a Python loop per
+    byte."""
+    data = path.read_bytes()
+    seen: set[int] = set()
+    for lsn in (last + 1, last + 1 + (1 << 16)):
+        prefix = _META.pack(lsn, 0)[:6]
+        i = data.find(prefix, start + 1 + 8)
+        while i >= 0:
+            pos = i - 8
+            if pos not in seen:
+                seen.add(pos)
+                length, crc = _HEAD.unpack_from(data, pos)
+                end = pos + _FRAME + length
+                if end <= len(data) and zlib.crc32(data[pos + 8 : end]) == crc:
+                    found = _META.unpack_from(data, pos + 8)[0]
+                    if found > last:
+                        return pos, found
+            i = data.find(prefix, i + 1)
+    return None

@@ -13,13 +13,24 @@ import struct
 import time
 from collections.abc import Callable
 
-from broker.log import Log, Record
+from broker.errors import Fatal
+from broker.ids import Lsn
+from broker.log import Log, LogCorrupted, Record
 from broker.storage import Store, Transaction
 from sdk import protocol as p
 
 from . import actions as a
 from ._context import Config, Ctx
-from ._records import Manage, Phase, Status, Terminate, decode_command, encode_command
+from ._records import (
+    KafkaIngest,
+    Manage,
+    Phase,
+    Status,
+    Terminate,
+    decode_command,
+    encode_command,
+)
+from .lifecycle.poison import unappliable_ingest
 from .state_machine import StateMachine
 
 _U64 = struct.Struct(">Q")
@@ -35,11 +46,14 @@ class Processor:
         store: Store,
         sm: StateMachine,
         act: Callable[[list[a.Action]], None],
+        *,
+        on_failed: Callable[[Fatal], None] | None = None,
     ) -> None:
         self.log = log
         self.store = store
         self.sm = sm
         self._act = act
+        self._failed = on_failed  # the log or the tables failed (see broker/errors.py)
         self.applied = 0
 
     @property
@@ -58,23 +72,18 @@ class Processor:
         raw = self.store.get("meta", APPLIED)
         self.applied = _U64.unpack(raw)[0] if raw else 0
         batch: list[Record] = []
-        for rec in self.log.read_from(self.applied + 1):  # type: ignore[arg-type]
-            if not batch and rec.lsn != self.applied + 1:
-                # The tables are older than the log's trim point (deleted, or restored from an
-                # old copy): replaying what is left would silently drop the trimmed entries.
-                raise RuntimeError(
-                    f"the tables have applied the log up to LSN {self.applied}, but the log "
-                    f"starts at LSN {rec.lsn}: its older part was trimmed by a checkpoint, so "
-                    "the tables cannot be rebuilt from it; restore the data directory's db/ "
-                    "from the same copy as its log/"
-                )
+        expect = self.applied + 1
+        for rec in self.log.read_from(Lsn(self.applied + 1)):
+            if rec.lsn != expect:
+                raise LogCorrupted(_gap(self.applied, expect, rec.lsn))
+            expect += 1
             batch.append(rec)
             if len(batch) >= 1000:
                 self._apply(batch)
                 batch = []
         if batch:
             self._apply(batch)
-        self.log.open(self.on_durable)
+        self.log.open(self.on_durable, on_failed=self._failed)
         return self._restart_actions()
 
     def _index_running(self) -> None:
@@ -106,36 +115,83 @@ class Processor:
         self._act(self._apply(records))
 
     def _apply(self, records: list[Record]) -> list[a.Action]:
+        """Apply a durable batch in one write batch.
+
+        A ``Fatal`` (the tables could not be read or written) passes: the disk's failure is
+        not the commands' fault, and the batch is applied again after a restart. Any other
+        error is a command the state machine cannot apply (it cannot be decoded, or applying
+        it hits a bug); it must not stall everything behind it, so the batch is applied
+        again one command per write batch, and what fails again is skipped in a way that
+        still answers for it (``_skipped``). Both outcomes depend on the log alone, so a
+        replay skips the same commands.
+        """
         try:
             return self._apply_batch(records)
         except Exception:
-            # A command the state machine cannot apply must not stall everything behind it:
-            # apply the batch again one command per write batch and skip the failing ones
-            # (deterministically: a replay skips the same commands).
             log.exception("applying a batch failed; retrying command by command")
-            actions: list[a.Action] = []
-            for rec in records:
-                try:
-                    actions += self._apply_batch([rec])
-                except Exception:
-                    log.exception(
-                        "skipping log entry %d: the state machine cannot apply it", rec.lsn
-                    )
-                    tx = Transaction(self.store)
-                    self.applied = rec.lsn
-                    tx.put("meta", APPLIED, _U64.pack(self.applied))
-                    tx.commit()
-            return actions
+        actions: list[a.Action] = []
+        for rec in records:
+            try:
+                actions += self._apply_batch([rec])
+            except Exception as e:
+                log.exception("skipping log entry %d: the state machine cannot apply it", rec.lsn)
+                actions += self._skipped(rec, e)
+        return actions
 
-    def _apply_batch(self, records: list[Record]) -> list[a.Action]:
+    def _skipped(self, rec: Record, error: Exception) -> list[a.Action]:
+        """Mark ``rec`` applied without its effects, but leave nothing unanswered: Kafka
+        records are dead-lettered (or recorded as failed invocations) and their consumer
+        gets its reply, so that its offsets move on; a waiting request gets a 500."""
+        reason = f"log entry {rec.lsn} could not be applied: {error!r}"[:900]
+        try:
+            cmd: p.Message | None = decode_command(rec.payload)
+        except Exception:
+            cmd = None
+        if isinstance(cmd, KafkaIngest):
+            try:
+                return self._apply_batch([rec], lambda ctx: unappliable_ingest(ctx, cmd, reason))
+            except Exception:
+                log.exception("log entry %d: dead-lettering its records failed too", rec.lsn)
+        tx = Transaction(self.store)
+        tx.put("meta", APPLIED, _U64.pack(rec.lsn))
+        tx.commit()
+        self.applied = rec.lsn
+        waiter = getattr(cmd, "waiter", 0)
+        if not waiter:
+            return []
+        return [a.Reply(waiter, "error", code=500, message=f"internal error: {reason}")]
+
+    def _apply_batch(
+        self, records: list[Record], apply: Callable[[Ctx], None] | None = None
+    ) -> list[a.Action]:
         tx = Transaction(self.store)
         ctx = Ctx(tx, self.sm.registry, self.sm.config)
         for rec in records:
             ctx.now = rec.timestamp
             ctx.lsn = rec.lsn
-            self.sm.apply(ctx, decode_command(rec.payload))
+            if apply is None:
+                self.sm.apply(ctx, decode_command(rec.payload))
+            else:
+                apply(ctx)
         ctx.flush()
-        self.applied = records[-1].lsn
-        tx.put("meta", APPLIED, _U64.pack(self.applied))
+        last = records[-1].lsn
+        tx.put("meta", APPLIED, _U64.pack(last))
         tx.commit()
+        self.applied = last  # only now: a checkpoint trims the log up to here
         return ctx.actions
+
+
+def _gap(applied: int, expect: int, got: int) -> str:
+    if expect == applied + 1:
+        # The tables are older than the log's trim point (deleted, or restored from an old
+        # copy): replaying what is left would silently drop the trimmed entries.
+        return (
+            f"the tables have applied the log up to LSN {applied}, but the log starts at LSN "
+            f"{got}: its older part was trimmed by a checkpoint, so the tables cannot be "
+            "rebuilt from it; restore the data directory's db/ from the same copy as its log/"
+        )
+    return (
+        f"the log skips from LSN {expect - 1} to LSN {got}: entries are missing in the middle "
+        "(a segment deleted or damaged); restore the data directory (log/ and db/ together) "
+        "from a backup"
+    )

@@ -7,6 +7,9 @@ from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
+from broker import faults
+from broker.errors import StorageError
+
 from ._base import COLUMN_FAMILIES, Store
 
 
@@ -16,6 +19,9 @@ class RocksDBStore(Store):
     Each batch carries the applied log position. RocksDB's WAL stays on but is not synced:
     it keeps a batch atomic across column families (a crash never leaves one table ahead of
     the applied position), and whatever it lost is replayed from the log on start.
+
+    Every RocksDB error is a ``StorageError`` (fatal): a failed read or write is the disk's
+    fault, not the command's, so the processor must not skip the command for it.
     """
 
     def __init__(self, path: Path, *, disable_wal: bool = False) -> None:
@@ -30,18 +36,25 @@ class RocksDBStore(Store):
         self._wopts.disable_wal = disable_wal
 
     def get(self, cf: str, key: bytes) -> bytes | None:
-        value: bytes | None = self._cf[cf].get(key)
+        try:
+            value: bytes | None = self._cf[cf].get(key)
+        except Exception as e:
+            raise StorageError(f"reading table {cf!r} failed", e) from e
         return value
 
     def scan(self, cf: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self._cf[cf].iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            yield key, it.value()
-            it.next()
+        try:
+            it = self._cf[cf].iter()
+            it.seek(prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                yield key, it.value()
+                it.next()
+            it.status()  # an iterator that stopped on an I/O error is not "the end"
+        except Exception as e:
+            raise StorageError(f"scanning table {cf!r} failed", e) from e
 
     def write(self, changes: dict[tuple[str, bytes], bytes | None]) -> None:
         wb = WriteBatch(raw_mode=True)
@@ -51,10 +64,17 @@ class RocksDBStore(Store):
                 wb.delete(key, handles[cf])
             else:
                 wb.put(key, value, handles[cf])
-        self._db.write(wb, self._wopts)
+        try:
+            faults.check("storage-write")
+            self._db.write(wb, self._wopts)
+        except Exception as e:
+            raise StorageError("writing the tables failed", e) from e
 
     def sync(self) -> None:
-        self._db.flush_wal(True)
+        try:
+            self._db.flush_wal(True)
+        except Exception as e:
+            raise StorageError("syncing the tables failed", e) from e
 
     def close(self) -> None:
         if self._db is None:

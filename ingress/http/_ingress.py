@@ -14,7 +14,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from broker.httpserver import Request, Response, json_response
+from broker.httpserver import Request, Response, json_response, unavailable
 from broker.ids import InvocationId, parse_awakeable_id, partition_key_of
 from broker.partition._records import Attach, AttachMode, Invoke, Kind, Signal, Sink, SinkKind
 from broker.partition.actions import Reply
@@ -194,6 +194,9 @@ class Ingress:
         """A 503 with Retry-After when the broker is over its admission limit. It comes
         before anything is appended (and before the costlier checks, so that refusing stays
         cheap): retrying the same request later is safe."""
+        dead = self.broker.unavailable()
+        if dead is not None:
+            return unavailable(dead)
         busy = self.broker.overload()
         if busy is None:
             return None
@@ -222,7 +225,8 @@ class Ingress:
 
     async def _restate(self, req: Request, seg: list[str]) -> Response:
         if seg[1:2] == ["health"]:
-            return json_response(200, {})
+            dead = self.broker.unavailable()
+            return json_response(200, {}) if dead is None else unavailable(dead)
         if len(seg) == 4 and seg[1] == "awakeables" and seg[3] in ("resolve", "reject"):
             if req.method != "POST":
                 return _err(405, "method not allowed")

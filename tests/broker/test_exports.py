@@ -10,7 +10,7 @@ import ingress.http
 
 
 def test_exported_names() -> None:
-    assert sorted(broker.log.__all__) == ["EmbeddedLog", "Log", "Record"]
+    assert sorted(broker.log.__all__) == ["EmbeddedLog", "Log", "LogCorrupted", "Record"]
     assert sorted(broker.storage.__all__) == [
         "COLUMN_FAMILIES",
         "MemoryStore",
