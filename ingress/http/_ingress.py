@@ -210,6 +210,8 @@ class Ingress:
     def _result(self, reply: Reply, content_type: str | None = "application/json") -> Response:
         hdrs = [("x-restate-id", str(InvocationId(reply.id)))] if reply.id else []
         if reply.kind == "error":
+            if reply.code == 503:  # the broker failed under this request (broker.die)
+                return unavailable(reply.message)
             return _err(reply.code, reply.message)
         if reply.code:
             status = reply.code if 400 <= reply.code <= 599 else 500
