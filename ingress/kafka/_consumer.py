@@ -82,6 +82,7 @@ class SubscriptionConsumer:
         self.serde: Serde = sub.input_serde(cluster)  # ValueError: see there
         self.partitions: dict[int, PartitionStats] = {}
         self.in_flight = 0  # invocations created and not finished (this process's share)
+        self.peak_in_flight = 0  # the most in_flight has been (the bound tests check)
         self.status = "starting"
         self.stalled = ""  # why the records read last wait (the schema registry cannot answer)
         self._paused = sub.paused
@@ -321,8 +322,12 @@ class SubscriptionConsumer:
         stats.pending = max(stats.pending - n, 0)  # (a reopen zeroed it meanwhile)
         if fut.cancelled() or fut.exception() is not None:
             return
-        created = int(fut.result().message or 0)
+        reply = fut.result()
+        if reply.kind != "ok":
+            return  # not durable (the broker failed under it, broker.die): commit nothing
+        created = int(reply.message or 0)
         self.in_flight += created
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         stats.ingested += n
         if not self.sub.dead_letter_topic:
             stats.failed += bad  # recorded as failed invocations
@@ -386,6 +391,7 @@ class SubscriptionConsumer:
         return {
             "state": state,
             "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
             "throttles": self.throttles,
             "batch_max_records": self.sub.batch_max_records or 0,
             "partitions": [

@@ -1,5 +1,8 @@
 """Test 12: the disk fails under the broker (issue 10's failure policy).
 
+The last test makes RocksDB fail a write while Kafka records are ingested (the processor
+used to skip the batch, and the next one moved the position past it).
+
 A failed fsync (EIO, injected at the log's sync) and a full disk (ENOSPC, a real tmpfs
 filled up while the broker works) must never be retried as if the data were safe. While
 idempotent HTTP adds arrive, the broker meets the fault; then every request still waiting
@@ -27,6 +30,8 @@ import pytest
 
 from broker.errors import EXIT_FATAL
 from tests.broker.conftest import BrokerProcess, ServiceProcess
+from tests.ingress_kafka.conftest import deploy_with_kafka, new_topic, produce
+from tests.kafka import Tansu
 
 from .conftest import sized
 
@@ -165,3 +170,68 @@ async def test_a_failing_disk_stops_the_broker_and_a_restart_finishes_everything
             assert got == want, "an add was lost or counted twice"
         broker.stop()
     shutil.rmtree(tmp_path / "disk", ignore_errors=True)
+
+
+@pytest.mark.kafka
+async def test_a_storage_write_error_during_kafka_ingest_loses_no_record(
+    kafka: Tansu, tmp_path: Path, rng: random.Random,
+    figures: dict[str, Any],
+) -> None:  # fmt: skip
+    """RocksDB fails a write while Kafka records are being ingested. Before, the processor
+    skipped the batch it could not write and the next batch moved the partition's position
+    past it: records never invoked, never dead-lettered. Now the broker stops (status 3)
+    and after a restart every record of every partition is counted exactly once."""
+    topic = new_topic(kafka, 4)
+    records, want = [], {}
+    for i in range(sized(2000, 20_000)):
+        key, v = f"key-{rng.randrange(50)}", rng.randrange(1000)
+        count, total = want.get(key, (0, 0))
+        want[key] = (count + 1, total + v)
+        records.append((key, {"v": v, "i": i}, None))
+    produce(kafka, topic, records)
+    nth = rng.randint(30, 120)
+    figures.update(records=len(records), failing_write=nth)
+    broker = BrokerProcess(tmp_path / "data")
+    broker.start({"SLUICE_FAULTS": f"storage-write={nth}"})
+    admin = f"http://127.0.0.1:{broker.admin}"
+    counter = ServiceProcess("tests.ingress_kafka.restate_counter")
+    counter.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as c:
+            await deploy_with_kafka(c, admin, counter.uri, kafka)
+            r = await c.post(
+                f"{admin}/subscriptions",
+                json={"source": f"kafka://local/{topic}", "sink": "service://KafkaCounter/add",
+                      "options": {"name": "disk"}},
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+            assert broker.proc is not None
+            code = await asyncio.to_thread(broker.proc.wait, 60)
+            log = broker.log.read_text(errors="replace")
+            assert code == EXIT_FATAL, f"exit status {code}: {log[-3000:]}"
+            assert "writing the tables failed" in log, log[-3000:]
+
+            broker.start()
+            # Done: every partition read to its end, and no invocation of the counter left
+            # unfinished (the restarted ones included), so a late duplicate would show.
+            states: dict[str, dict[str, int]] = {}
+            async with asyncio.timeout(150):
+                while True:
+                    sub = (await c.get(f"{admin}/subscriptions/disk")).json()["status"]
+                    read = all(p["lag"] == 0 and p["log_end"] > 0 for p in sub["partitions"])
+                    r = await c.get(f"{admin}/invocations", params={"service": "KafkaCounter"})
+                    busy = [i for i in r.json()["invocations"] if i["status"] != "completed"]
+                    if read and not busy:
+                        break
+                    await asyncio.sleep(0.5)
+            for key in want:
+                r = await c.get(f"{admin}/state/KafkaCounter/{key}")
+                states[key] = r.json()["state"]
+            got = {k: (s.get("count", 0), s.get("sum", 0)) for k, s in states.items()}
+            lost = sum(max(want[k][0] - got[k][0], 0) for k in want)
+            dup = sum(max(got[k][0] - want[k][0], 0) for k in want)
+            figures.update(lost=lost, duplicated=dup)
+            assert got == want, f"lost {lost}, duplicated {dup}"
+    finally:
+        broker.stop()
+        counter.stop()
