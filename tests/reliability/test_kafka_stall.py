@@ -95,9 +95,9 @@ class Feeder(threading.Thread):
         start = time.monotonic()
         i = 0
         while not self.stop.is_set():
-            due = start + i / RATE
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            wait = start + i / RATE - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
                 continue
             key = self.keys[i % len(self.keys)].encode()
             self.want[i] = key

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from broker.config import BrokerSettings
-from broker.log import EmbeddedLog
+from broker.log import EmbeddedLog, LogCorrupted
 from broker.partition._context import Config, RetryPolicy
 from broker.partition.processor import Processor
 from broker.partition.state_machine import StateMachine
@@ -247,7 +247,7 @@ async def test_deleted_tables_after_a_trim_refuse_to_start(
         try:
             async with running_broker(data, log_segment_bytes=4096) as b2, Client(b2) as c2:
                 value = (await c2.call("/Counter/trimmed/get")).json()
-        except RuntimeError as e:
+        except LogCorrupted as e:
             figures["refused_with"] = str(e)
             assert "trim" in str(e)
         else:
