@@ -12,6 +12,7 @@ import pytest
 from broker.config import BrokerSettings
 from broker.server import Broker
 from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from tests import quiet
 from tests.broker.conftest import ServiceProcess
 from tests.connectors.registry_server import RegistryServer
 from tests.kafka import Tansu, tansu_session
@@ -28,9 +29,11 @@ async def running_broker(data_dir: Path, **settings: Any) -> AsyncIterator[Broke
     """A Sluice broker in the running event loop, on free ports, stopped on the way out."""
     b = Broker(BrokerSettings(data_dir=data_dir, ingress_port=0, admin_port=0, **settings))
     await b.start()
+    quiet.LIVE.add(b.admin_port)
     try:
         yield b
     finally:
+        quiet.LIVE.discard(b.admin_port)
         await b.stop()
 
 

@@ -11,6 +11,7 @@ from broker.partition._context import key_prefix
 from broker.partition._records import Manage, Phase, SchemaUpdate, Status, Terminate
 from broker.schema import Deployment, DiscoveryError, discover
 
+from ._activity import activity
 from ._openapi import OPENAPI
 from ._pace import JsonRows, paced
 from ._query import QueryError, run_query
@@ -60,6 +61,8 @@ class AdminApi:
                 return await self._query(req)
             if seg and seg[0] in ("kafka-clusters", "subscriptions", "metrics"):
                 return await self.broker.subscriptions.admin(req, seg)  # subscriptions/
+            if seg == ["activity"] and m == "GET":  # _activity.py: the work left, and "quiet"
+                return json_response(200, activity(self.broker))
             if seg == ["egress"] and m == "GET":  # broker/egress.py: one row per sink
                 return json_response(200, {"sinks": self.broker.egress.to_json()})
         except (ValueError, KeyError) as e:

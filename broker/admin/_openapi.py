@@ -25,6 +25,14 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/health": {"get": _op("Liveness", {"200": "up"})},
         "/openapi": {"get": _op("This document", {"200": "OpenAPI 3 JSON"})},
+        "/activity": {
+            "get": _op(
+                "The work left (records taken, appends not applied, invocations running,"
+                " queued or waiting on a timer, outbox and dead-letter rows) and whether it"
+                " is none (quiet)",
+                {"200": "{quiet, log, invocations, subscriptions, egress, dead_letters}"},
+            )
+        },
         "/deployments": {
             "get": _op("List deployments", {"200": "deployments"}),
             "post": _op(

@@ -17,6 +17,7 @@ import pytest
 
 from broker.server import Broker
 from sdk.testing import free_port
+from tests import quiet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +47,14 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5) -> No
         proc.wait()
 
 
+def log_holds(data: Path, needle: bytes) -> bool:
+    """Whether a record of the embedded log in the data directory ``data`` holds ``needle``,
+    read from the segment files as they are (never through the live log). For "this request
+    did not reach the log": give its input a unique marker (a record holds its input as it
+    is), and check once a later request was answered, since the log is appended in order."""
+    return any(needle in seg.read_bytes() for seg in (data / "log").glob("*.seg"))
+
+
 class BrokerProcess:
     """A real ``python -m broker server`` on free ports, for crash tests: SIGKILL it and start
     it again on the same ports and data. ``args``: more ``server`` flags. Its stderr goes to
@@ -71,14 +80,17 @@ class BrokerProcess:
             )  # fmt: skip
         wait_port(self.ingress, self.proc)
         wait_port(self.admin, self.proc)
+        quiet.LIVE.add(self.admin)
 
     def kill(self) -> None:
         assert self.proc is not None
+        quiet.LIVE.discard(self.admin)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> str:
         """SIGTERM (SIGKILL after 10 s); returns the log, the stderr of every start."""
+        quiet.LIVE.discard(self.admin)
         stop_process(self.proc, timeout=10)
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
