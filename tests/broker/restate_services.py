@@ -138,6 +138,12 @@ async def slow_add(ctx: ObjectContext, delta: int) -> int:
     return n + delta
 
 
+@counter.handler()
+async def hold(ctx: ObjectContext) -> None:
+    """Holds its key (an exclusive handler) for an hour: until killed, in the tests."""
+    await ctx.sleep(timedelta(hours=1))
+
+
 signup = Workflow("SignUp")
 
 

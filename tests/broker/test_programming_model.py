@@ -169,12 +169,27 @@ async def test_cancel_and_kill(
 async def test_exclusive_fifo_and_shared_concurrent(
     client: Client, restate_service: ServiceProcess
 ) -> None:
+    """While an exclusive handler holds the key, the next exclusive ones queue in arrival
+    order and a shared one runs: judged by the invocations' states, not by timing."""
     await client.register(restate_service.uri)
-    slow = [asyncio.ensure_future(client.call("/Counter/fifo/slow_add", i)) for i in (1, 2, 3)]
-    await asyncio.sleep(0.05)
+
+    async def status(iid: str) -> str:
+        return str((await client.admin.get(f"/invocations/{iid}")).json()["status"])
+
+    holder = (await client.call("/Counter/fifo/hold/send")).json()["invocationId"]
+
+    async def holding() -> bool:
+        return await status(holder) in ("running", "suspended")
+
+    assert await eventually(holding, timeout=30)
+    adds = []
+    for i in (1, 2, 3):
+        adds.append((await client.call("/Counter/fifo/slow_add/send", i)).json()["invocationId"])
+    assert [await status(a) for a in adds] == ["inboxed"] * 3
+    # Had the shared handler queued behind the exclusive ones, it would wait for the hour.
     g = await client.call("/Counter/fifo/get")
-    assert g.status_code == 200
-    # Had the shared handler queued behind the exclusive ones, all three would be done.
-    assert not all(s.done() for s in slow), "a shared handler waited behind exclusive ones"
-    results = [(await s).json() for s in slow]
+    assert g.status_code == 200 and g.json() == 0, g.text
+    assert await holding() and [await status(a) for a in adds] == ["inboxed"] * 3
+    assert (await client.admin.patch(f"/invocations/{holder}/kill")).status_code == 202
+    results = [(await client.ingress.get(f"/restate/invocation/{a}/attach")).json() for a in adds]
     assert results == [1, 3, 6]

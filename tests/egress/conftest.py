@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from connectors.serde import AvroSerde, SchemaRegistry
 from tests.broker.conftest import ServiceProcess
 from tests.ingress_kafka.conftest import Admin, admin, new_topic, produce  # noqa: F401
 from tests.kafka import Tansu
+from tests.quiet import wait_quiet
 
 
 @dataclass
@@ -53,9 +54,13 @@ def read_output(
     *,
     committed: bool = True,
     decode: Callable[[bytes], Any] = json.loads,
+    brokers: Iterable[int] | None = None,
 ) -> list[Out]:
-    """Committed records of ``topic`` (read_committed), once ``want`` arrived or time is up
-    (``committed=False``: every record, for diagnostics), values through ``decode``."""
+    """Committed records of ``topic`` (read_committed; ``committed=False``: every record, for
+    diagnostics), values through ``decode``. Once ``want`` arrived, it waits until the brokers
+    are quiet (tests/quiet.py; ``brokers``: their admin ports, default those running) and then
+    reads on to each partition's high watermark: a duplicate still on its way is counted too.
+    Fewer than ``want`` within ``within`` seconds: those."""
     c = Consumer(
         {
             "bootstrap.servers": kafka.bootstrap,
@@ -65,19 +70,29 @@ def read_output(
     )
     try:
         parts = c.partitions(topic) or []
-        c.assign([TopicPartitionOffset(topic, n, OFFSET_BEGINNING) for n in parts])
+        tps = [TopicPartitionOffset(topic, n, OFFSET_BEGINNING) for n in parts]
+        c.assign(tps)
         out: list[Out] = []
         deadline = time.monotonic() + within
-        quiet = 0.0
-        while time.monotonic() < deadline:
-            msgs = c.consume(1000, 0.2)
-            out += (Out.of(m, decode) for m in msgs)
-            if len(out) >= want:
-                # a little longer: duplicates would arrive now
-                quiet = quiet + 0.2 if not msgs else 0.0
-                if quiet >= 1.0:
-                    break
-        return out
+        while len(out) < want and time.monotonic() < deadline:
+            out += (Out.of(m, decode) for m in c.consume(1000, 0.2))
+        if len(out) < want:
+            return out
+        wait_quiet(brokers, within=max(deadline - time.monotonic(), 30.0))
+        ends = {n: c.watermarks(topic, n) for n in parts}  # (low, high) now that it is quiet
+        deadline = time.monotonic() + 30
+        while True:
+            at = c.positions(tps)  # (past the transaction markers too)
+            behind = {
+                n: (at[topic, n], hi)
+                for n, (lo, hi) in ends.items()
+                if lo < hi and at[topic, n] < hi
+            }
+            if not behind:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: (position, high watermark) {behind} after 30 s")
+            out += (Out.of(m, decode) for m in c.consume(1000, 0.2))
     finally:
         c.close()
 

@@ -18,6 +18,7 @@ from broker.server import Broker
 from connectors.kafka import Producer
 from tests.broker.conftest import ServiceProcess
 from tests.kafka import Tansu
+from tests.quiet import until_quiet
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +107,9 @@ class Admin:
     async def wait_counts(
         self, keys: list[str], want: dict[str, int], within: float = 60
     ) -> dict[str, dict[str, Any]]:
-        """Poll each key's state until its count reaches ``want`` (or time runs out)."""
+        """Each key's state, once every count reached ``want`` and then the broker became
+        quiet (tests/quiet.py), so that a record counted twice, late, shows; as they are when
+        ``within`` seconds pass first."""
         deadline = time.monotonic() + within
         states: dict[str, dict[str, Any]] = {}
         pending = set(keys)
@@ -120,6 +123,9 @@ class Admin:
                     pending.discard(k)
             if pending:
                 await asyncio.sleep(0.2)
+        if not pending:
+            await until_quiet([self.port], within=max(deadline - time.monotonic(), 30.0))
+            states = {k: await self.state("KafkaCounter", k) for k in keys}
         return states
 
     async def close(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.kafka import Tansu
 
-from .conftest import deploy_with_kafka, new_topic, produce
+from .conftest import Admin, deploy_with_kafka, new_topic, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -37,7 +36,7 @@ async def _total(c: httpx.AsyncClient, admin: str, sub: str) -> int:
 
 
 @pytest.mark.parametrize("sdk_name", ["restate", "sluice"])
-async def test_sigkill_while_ingesting_is_exactly_once(  # noqa: PLR0915  (one scenario, in order)
+async def test_sigkill_while_ingesting_is_exactly_once(
     sdk_name: str, kafka: Tansu, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     svc: ServiceProcess = request.getfixturevalue(f"{sdk_name}_counter")
@@ -79,21 +78,13 @@ async def test_sigkill_while_ingesting_is_exactly_once(  # noqa: PLR0915  (one s
                 await asyncio.to_thread(broker.start)
             print(f"{sdk_name}: killed {kills} times; ingested (this process) before each: {seen}")
 
-            # Wait until every key's count is reached (or time is up), then check all.
-            states: dict[str, dict[str, int]] = {}
-            deadline = time.monotonic() + 150
-            pending = set(want)
-            while pending and time.monotonic() < deadline:
-                for key in list(pending):
-                    try:
-                        r = await c.get(f"{admin}/state/KafkaCounter/{key}")
-                        states[key] = r.json()["state"]
-                    except (httpx.HTTPError, ValueError, KeyError):
-                        continue
-                    if states[key].get("count", 0) >= want[key][0]:
-                        pending.discard(key)
-                if pending:
-                    await asyncio.sleep(0.5)
+            # Every key's count reached, then the broker quiet (a late duplicate would show).
+            counter = Admin(broker.admin)
+            try:
+                counts = {key: count for key, (count, _) in want.items()}
+                states = await counter.wait_counts(list(want), counts, within=150)
+            finally:
+                await counter.close()
             lost = dup = disorder = 0
             for key, (count, total) in want.items():
                 st = states.get(key, {})

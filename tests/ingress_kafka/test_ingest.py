@@ -20,13 +20,16 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.mark.parametrize("sdk_name", ["restate", "sluice"])
-async def test_counter_ingest_exactly_once(
+async def test_counter_ingest_counts_each_record_once_in_key_order(
     sdk_name: str,
     kafka: Tansu,
     broker: Broker,
     admin: Admin,
     request: pytest.FixtureRequest,
 ) -> None:
+    """2,000 records of 40 keys: each counted once, in offset order per key, with metrics and
+    committed offsets to match. No fault here: tests/ingress_kafka/test_crash.py kills the
+    broker under the same kind of load."""
     svc: ServiceProcess = request.getfixturevalue(f"{sdk_name}_counter")
     topic = new_topic(kafka)
     keys = [f"k{i}" for i in range(40)]
@@ -93,19 +96,13 @@ async def test_backpressure_bounds_invocations_in_flight(
     await admin.register(restate_counter.uri)
     await admin.cluster(kafka)
     sub = await admin.subscribe(topic, "service://KafkaCounter/slow", name="slow", max_in_flight=4)
-    peak = 0
-    done = 0
-    deadline = time.monotonic() + 30
-    while done < 48 and time.monotonic() < deadline:
-        status = (await admin.http.get(f"/subscriptions/{sub['id']}")).json()["status"]
-        peak = max(peak, status.get("in_flight", 0))
-        done = 0
-        for k in range(8):
-            done += (await admin.state("KafkaCounter", f"s{k}")).get("count", 0)
-        await asyncio.sleep(0.01)
-    assert done == 48
-    # The consumer never took more records than the configured room (4) allowed.
-    assert 1 <= peak <= 4, peak
+    keys = [f"s{k}" for k in range(8)]
+    states = await admin.wait_counts(keys, dict.fromkeys(keys, 6), within=30)
+    assert sum(s.get("count", 0) for s in states.values()) == 48, states
+    status = (await admin.http.get(f"/subscriptions/{sub['id']}")).json()["status"]
+    # The consumer never had more invocations open than the configured room (4) allowed:
+    # the most it ever had, as it counts them, not a sample.
+    assert 1 <= status["peak_in_flight"] <= 4, status
 
 
 async def test_headers_key_and_input_reach_the_handler(

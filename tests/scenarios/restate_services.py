@@ -304,6 +304,10 @@ async def book(ctx: Context, req: dict[str, Any]) -> list[str]:
         for item in reversed(booked):
             await ctx.run_typed(f"cancel {item}", compensate, restate.RunOptions(), item)
         raise
+    finally:
+        # Not journaled: this attempt's coroutine is over (returned, failed, suspended or
+        # stopped by a kill), and no step of it runs after this line.
+        record("left", trip)
     return booked
 
 

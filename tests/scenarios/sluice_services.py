@@ -311,6 +311,10 @@ async def book(ctx: Context, req: dict[str, Any]) -> list[str]:
         for item in reversed(booked):
             await ctx.run(f"cancel {item}", compensate, item)
         raise
+    finally:
+        # Not journaled: this attempt's coroutine is over (returned, failed, suspended or
+        # stopped by a kill), and no step of it runs after this line.
+        record("left", trip)
     return booked
 
 

@@ -16,20 +16,27 @@ from sdk.testing import TestEnvironment, Transport, read_json_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The Sluice SDK (issue 2) is written alongside this suite. Until `sdk.app` exists its example
-# services cannot even be imported, so the "sluice" SDK parameter is left out of collection
-# here, rather than collected and skipped (a skip would read as a pass). Once the SDK lands,
-# this check is true and every sluice-SDK case runs and must pass.
-SLUICE_SDK_PRESENT = hasattr(sdk, "app")
+# The scenario matrix runs every SDK on every broker. A missing half is an error that names
+# it, never a smaller matrix: a case left out of collection reads as a pass.
+_MISSING = [
+    what
+    for present, what in (
+        (hasattr(sdk, "app"), "the Sluice SDK's sdk.app (its example services import it)"),
+        (
+            (REPO / "broker" / "__main__.py").is_file(),
+            "the Sluice broker's entry point broker/__main__.py (python -m broker server)",
+        ),
+    )
+    if not present
+]
+if _MISSING:
+    raise ImportError(
+        "the scenario matrix (sluice and restate-sdk on sluice and restate-server) cannot be"
+        " built; missing: " + "; ".join(_MISSING)
+    )
 
-# The Sluice broker (issue 3) is built in parallel too. Until its entry point
-# (`python -m broker server`, i.e. broker/__main__.py) exists, the "sluice" broker parameter is
-# left out of collection for the same reason. Once it exists, those cases run, and a broker
-# that fails to start fails them with its log in the message.
-SLUICE_BROKER_PRESENT = (REPO / "broker" / "__main__.py").is_file()
-
-SDKS = ["restate-sdk"] + (["sluice"] if SLUICE_SDK_PRESENT else [])
-BROKERS = ["restate-server"] + (["sluice"] if SLUICE_BROKER_PRESENT else [])
+SDKS = ["restate-sdk", "sluice"]
+BROKERS = ["restate-server", "sluice"]
 
 # Log lines after which a restate-server can no longer serve the rest of a parameter set.
 BROKER_BREAKAGE = ("Partition processor exited unexpectedly", "panicked at")

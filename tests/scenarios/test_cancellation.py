@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -27,6 +26,11 @@ async def _book_and_wait_for_hotel(
     invocation = await send(ingress, "/Trips/book", {"trip": trip, "wait_ms": HOUR_MS})
     await wait_for_payment_window(scenario, trip)
     return invocation
+
+
+async def _attempts_left(scenario: Scenario, trip: str) -> tuple[int, int]:
+    """(attempts of Trips/book that reached the payment window, attempts that ended)."""
+    return len(scenario.effects("paying", trip)), len(scenario.effects("left", trip))
 
 
 async def test_cancel_a_sleeping_invocation_runs_its_compensations(
@@ -59,8 +63,17 @@ async def test_kill_ends_an_invocation_without_compensations(
     result = await attach(ingress, invocation)
     assert result.status_code == 409, result.text
     assert result.json()["message"] == "killed"
-    # Give a wrongly surviving handler time to compensate: nothing may follow the bookings.
-    await asyncio.sleep(0.5)
+    # Not a pause: wait until every attempt that reached the sleep has left the handler
+    # (Trips/book records "left" in a finally, after any compensation it could run), while
+    # the broker says the invocation is completed, so no attempt of it starts again. Only
+    # then is the trail final: nothing may follow the bookings.
+    await eventually(
+        lambda: _attempts_left(scenario, key),
+        until=lambda counts: counts[1] >= counts[0],
+        what="the killed handler's attempts to end",
+    )
+    [row] = await scenario.env.query(f"SELECT status FROM sys_invocation WHERE id = '{invocation}'")
+    assert row["status"] == "completed", row
     assert booking_trail(scenario, key) == [("booked", "flight"), ("booked", "hotel")]
 
 

@@ -27,12 +27,29 @@ async def _count(admin: Admin, key: str) -> int:
 
 
 async def _settles(admin: Admin, key: str, n: int, within: float = 15) -> int:
+    """The count of ``key`` once it reached ``n`` and the broker is quiet (a record counted
+    twice shows), or as it is after ``within`` seconds."""
+    states = await admin.wait_counts([key], {key: n}, within)
+    return int(states.get(key, {}).get("count", 0))
+
+
+async def _position(admin: Admin, name: str) -> int:
+    """Where subscription ``name`` is in its one partition: the next offset it takes."""
+    status = (await admin.http.get(f"/subscriptions/{name}")).json()["status"]
+    return int(sum(p["position"] for p in status["partitions"]))
+
+
+async def _until_position(admin: Admin, name: str, n: int, within: float = 30) -> None:
     deadline = time.monotonic() + within
-    got = await _count(admin, key)
-    while got < n and time.monotonic() < deadline:
+    while (at := await _position(admin, name)) < n:
+        assert time.monotonic() < deadline, f"{name} at {at}, not {n}, after {within}s"
         await asyncio.sleep(0.1)
-        got = await _count(admin, key)
-    return got
+
+
+async def _adds_created(admin: Admin) -> list[int]:
+    """When the broker created each KafkaCounter/add invocation (its log's clock), in order."""
+    r = await admin.http.get("/invocations", params={"service": "KafkaCounter"})
+    return sorted(i["created_at"] for i in r.json()["invocations"] if i["handler"] == "add")
 
 
 def _records(key: str, n: int) -> list[tuple[str, dict[str, int], int]]:
@@ -67,37 +84,50 @@ async def test_pause_resume_delete_and_recreate_without_restart(
     topic = new_topic(kafka, 1)
     await admin.register(restate_counter.uri)
     await admin.cluster(kafka)
+    # A second subscription of the topic, never paused: once it has read records, "life"
+    # could have too. Its sink (remember) leaves the count alone.
+    await admin.subscribe(topic, "service://KafkaCounter/remember", name="witness")
     produce(kafka, topic, _records("a", 10))
     sub = await admin.subscribe(topic, "service://KafkaCounter/add", name="life")
     assert await _settles(admin, "a", 10) == 10
 
+    # Paused: records the witness takes, "life" does not, until it is resumed; every one of
+    # its invocations for them is created after the resume was asked for.
     r = await admin.http.post("/subscriptions/life/pause")
     assert r.status_code == 200 and r.json()["paused"] is True
-    await asyncio.sleep(0.3)
     produce(kafka, topic, _records("a", 5))
-    await asyncio.sleep(1.0)
-    assert await _count(admin, "a") == 10  # paused: nothing new
+    await _until_position(admin, "witness", 15)
+    assert await _position(admin, "life") == 10
+    resumed_ms = int(time.time() * 1000)
     r = await admin.http.post(f"/subscriptions/{sub['id']}/resume")
     assert r.status_code == 200
     assert await _settles(admin, "a", 15) == 15
+    created = await _adds_created(admin)
+    assert len(created) == 15 and min(created[10:]) >= resumed_ms, "ingested while paused"
 
+    # Deleted: records produced meanwhile wait for a subscription of that name.
     r = await admin.http.delete(f"/subscriptions/{sub['id']}")
     assert r.status_code == 202
-    assert (await admin.http.get("/subscriptions")).json()["subscriptions"] == []
+    listed = (await admin.http.get("/subscriptions")).json()["subscriptions"]
+    assert [s["name"] for s in listed] == ["witness"]
     produce(kafka, topic, _records("a", 3))
-    await asyncio.sleep(1.0)
-    assert await _count(admin, "a") == 15  # deleted: nothing consumed
+    await _until_position(admin, "witness", 18)
+    assert await _count(admin, "a") == 15
 
-    # Same name again: it resumes after what it ingested (the 3 new ones), no re-delivery.
+    # Same name again: it resumes after what it ingested (the 3 new ones), no re-delivery
+    # (once quiet, a re-delivered record would be counted), and nothing of the deleted one.
+    created_ms = int(time.time() * 1000)
     await admin.subscribe(topic, "service://KafkaCounter/add", name="life")
     assert await _settles(admin, "a", 18) == 18
-    await asyncio.sleep(1.0)
-    assert await _count(admin, "a") == 18
+    assert await _position(admin, "life") == 18
+    created = await _adds_created(admin)
+    assert len(created) == 18 and min(created[15:]) >= created_ms, "ingested while deleted"
 
     # Unless asked: from=earliest starts over.
     assert (await admin.http.delete("/subscriptions/life")).status_code == 202
     await admin.subscribe(topic, "service://KafkaCounter/add", name="life", **{"from": "earliest"})
     assert await _settles(admin, "a", 36) == 36
+    assert (await admin.http.delete("/subscriptions/witness")).status_code == 202
 
     # A cluster in use cannot be deleted.
     r = await admin.http.delete("/kafka-clusters/local")
