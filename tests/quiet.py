@@ -20,7 +20,11 @@ LIVE: set[int] = set()  # the admin ports of the brokers the fixtures run now
 
 
 def _ports(ports: Iterable[int] | None) -> list[int]:
-    out = sorted(LIVE if ports is None else ports)
+    """The admin ports to ask; an explicit empty ``ports`` says the brokers are stopped (a
+    stopped broker produces nothing more), while none running by default is a test's mistake."""
+    if ports is not None:
+        return sorted(ports)
+    out = sorted(LIVE)
     if not out:
         raise AssertionError(
             "no broker to wait for: start it with running_broker or BrokerProcess, or pass"
@@ -43,10 +47,11 @@ def wait_quiet(ports: Iterable[int] | None = None, within: float = 60.0) -> None
     an AssertionError names what is left after ``within`` seconds. Not from the event loop
     that runs an in-process broker (it would wait for itself): use ``until_quiet`` there."""
     deadline = time.monotonic() + within
+    asked = _ports(ports)
     with httpx.Client(timeout=10) as c:
         while True:
             left = []
-            for port in _ports(ports):
+            for port in asked:
                 try:
                     r: httpx.Response | Exception = c.get(f"http://127.0.0.1:{port}/activity")
                 except httpx.HTTPError as e:  # (restarting after a kill)
