@@ -294,6 +294,9 @@ class Controller:
         if len(rest) == 2 and rest[1] in ("pause", "resume") and m in ("POST", "PATCH"):
             sub.paused = rest[1] == "pause"
             await self._put("subscriptions", sub.name, sub.model_dump_json().encode())
+            running = self.consumers.get(sub.name)
+            if running is not None and not sub.paused:
+                running.resume_halted()  # (stopped on a recreated topic: start over)
             return json_response(200, self._public(sub))
         return _err(405, "method not allowed")
 
@@ -369,6 +372,18 @@ class Controller:
                 "counter",
                 "undecodable records recorded as failed invocations",
                 "failed",
+            ),
+            (
+                "sluice_kafka_records_skipped_total",
+                "counter",
+                "records deleted by retention before they were read",
+                "skipped",
+            ),
+            (
+                "sluice_kafka_topic_resets_total",
+                "counter",
+                "times the topic was found recreated and the partition started over",
+                "resets",
             ),
         )
         for metric, ty, help_, attr in series:

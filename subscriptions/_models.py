@@ -102,6 +102,7 @@ SLUICE_OPTIONS = (
     "schema_registry",
     "batch_max_records",
     "batch_max_ms",
+    "on_topic_reset",
 )
 
 
@@ -161,6 +162,12 @@ class Subscription(BaseModel):
     # ... or as many as arrived within this many milliseconds (one consume call); None: as
     # the handler declares, else 100.
     batch_max_ms: int | None = Field(None, ge=1, le=60_000)
+    # The topic was deleted and created again under the subscription (its id changed, or
+    # its end is below the subscription's position): "restart" reads the new topic from its
+    # start (new invocation ids: offsets begin again); "stop" stops the subscription, with
+    # the reason in its status, until an operator resumes it (POST .../resume: then it
+    # starts over the same way) or deletes it. Never a silent skip (docs/kafka.md).
+    on_topic_reset: Literal["restart", "stop"] = "restart"
     created_at: int = 0
     origin: Literal["api", "file"] = "api"  # "file": deleted when the file no longer declares it
 
@@ -369,6 +376,7 @@ class Subscription(BaseModel):
             opts["batch_max_records"] = str(self.batch_max_records)
         if self.batch_max_ms is not None:
             opts["batch_max_ms"] = str(self.batch_max_ms)
+        opts["on_topic_reset"] = self.on_topic_reset
         return {
             "id": self.id,
             "name": self.name,

@@ -229,6 +229,11 @@ class KafkaIngest(Message):
     output: EgressTarget | None = None  # results go to this topic (lifecycle/egress.py)
     batch_max: int = 0  # > 0: a stream handler, one invocation per up to this many records
     batches: list[KafkaBatch] = field(default_factory=list)  # a stream handler's records
+    # The partition's epoch (_positions.py): the consumer raises it, in a command with no
+    # records, when it found the topic recreated and starts over; ``topic_id``: the topic's
+    # id as the consumer found it (empty: the broker reports none).
+    epoch: int = 0
+    topic_id: str = ""
     _schema: ClassVar = (
         (1, "subscription", STRING),
         (2, "producer", BYTES),
@@ -244,6 +249,8 @@ class KafkaIngest(Message):
         (20, "output", MSG, EgressTarget),
         (21, "batch_max", UINT),
         (22, "batches", REP_MSG, KafkaBatch),
+        (23, "epoch", UINT),
+        (24, "topic_id", STRING),
     )
 
 

@@ -58,9 +58,32 @@ class KafkaMessage:
     timestamp: int = 0  # ms since the epoch, as the record carries it (0: none)
 
 
+@dataclass(slots=True, frozen=True)
+class PartitionError:
+    """A partition that cannot be read where it stands. ``kind``: "out_of_range" (its
+    position is not in the partition's log: with ``auto.offset.reset=error`` librdkafka
+    stops there and says so, instead of jumping), "unknown" (the topic or the partition is
+    gone)."""
+
+    topic: str
+    partition: int
+    offset: int
+    kind: str
+    message: str
+
+
+_OUT_OF_RANGE = {ck.KafkaError._AUTO_OFFSET_RESET, ck.KafkaError.OFFSET_OUT_OF_RANGE}
+_UNKNOWN = {
+    ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
+    ck.KafkaError._UNKNOWN_TOPIC,
+    ck.KafkaError._UNKNOWN_PARTITION,
+}
+
+
 class Consumer:
     """A consumer with manual partition assignment; ``group.id`` only names where committed
-    offsets are stored (no group membership, so no rebalance waits)."""
+    offsets are stored (no group membership, so no rebalance waits). ``errors``: what
+    ``consume`` met on partitions (``PartitionError``), for the caller to take."""
 
     def __init__(self, properties: Mapping[str, str]) -> None:
         conf: dict[str, object] = {
@@ -73,6 +96,7 @@ class Consumer:
             self._c = ck.Consumer(conf)
         except ck.KafkaException as e:
             raise _wrap(e) from None
+        self.errors: list[PartitionError] = []
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int] | None:
         """The topic's partitions, or None if the topic does not exist."""
@@ -110,6 +134,15 @@ class Consumer:
     def assign(self, tps: Sequence[TopicPartitionOffset]) -> None:
         self._c.assign([ck.TopicPartition(t.topic, t.partition, t.offset) for t in tps])
 
+    def add(self, tps: Sequence[TopicPartitionOffset]) -> None:
+        """Assign these partitions too, keeping the others where they are."""
+        try:
+            self._c.incremental_assign(
+                [ck.TopicPartition(t.topic, t.partition, t.offset) for t in tps]
+            )
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+
     def pause(self, tps: Sequence[TopicPartitionOffset]) -> None:
         self._c.pause([ck.TopicPartition(t.topic, t.partition) for t in tps])
 
@@ -137,7 +170,18 @@ class Consumer:
                     continue
                 if err.fatal():
                     raise KafkaError(err.str())
-                continue  # transient: librdkafka retries by itself
+                kind = (
+                    "out_of_range"
+                    if err.code() in _OUT_OF_RANGE
+                    else "unknown"
+                    if err.code() in _UNKNOWN
+                    else ""
+                )
+                if kind and m.topic() is not None:
+                    self.errors.append(
+                        PartitionError(m.topic(), m.partition(), m.offset(), kind, err.str())
+                    )
+                continue  # else transient: librdkafka retries by itself
             ts_type, ts = m.timestamp()
             out.append(
                 KafkaMessage(
@@ -253,6 +297,26 @@ class TopicAdmin:
             err = _wrap(e)
             if "exist" not in str(err).lower():
                 raise err from None
+
+    def delete_topic(self, name: str, timeout: float = 15.0) -> None:
+        try:
+            self._a.delete_topics([name])[name].result(timeout)
+        except ck.KafkaException as e:
+            raise _wrap(e) from None
+
+    def topic_id(self, topic: str, timeout: float = 10.0) -> str | None:
+        """The topic's id (it changes when the topic is deleted and created again); None if
+        the topic does not exist or the broker reports no ids."""
+        try:
+            futs = self._a.describe_topics(ck.TopicCollection([topic]), request_timeout=timeout)
+            desc = futs[topic].result(timeout)
+        except ck.KafkaException as e:
+            err = _wrap(e)
+            if "unknown" in str(err).lower() or "not" in str(err).lower():
+                return None
+            raise err from None
+        ident = str(desc.topic_id) if desc.topic_id is not None else ""
+        return ident if ident.strip("A=") else None  # (all zeros: no id)
 
     def topics(self, timeout: float = 10.0) -> list[str]:
         return sorted(self._a.list_topics(timeout=timeout).topics)

@@ -10,6 +10,19 @@ written in the same batch as the invocations), else from the offset committed to
 the subscription's group id, else from ``start``. Manual assignment, not a group
 subscription: Tansu (the test broker) and Kafka both store offsets for it, and there is no
 join (which on Tansu waits for the whole rebalance timeout).
+
+A position that is not in the partition's log is never jumped over in silence
+(``auto.offset.reset=error``; Tansu answers such a fetch with no records and a high
+watermark below the position, which is checked too):
+- below the log start (retention deleted records before they were read): reading resumes
+  at the log start, and the records lost are counted (``skipped``), logged with their
+  offsets and exported as a metric;
+- above the log end, or the topic's id changed (checked at open and every
+  ``METADATA_CHECK_S``): the topic was deleted and created again. ``on_topic_reset``
+  decides: "restart" raises the partition's epoch in the log (a command with no records,
+  durable before anything of the new topic is read; _positions.py) and reads the new topic
+  from its start; "stop" stops the subscription, saying why, until it is resumed.
+Partitions added to the topic are found by the same check and read from their start.
 """
 
 from __future__ import annotations
@@ -18,16 +31,24 @@ import asyncio
 import contextlib
 import functools
 import logging
-import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from broker import faults
+from broker.partition._positions import read_position
 from broker.partition._records import KafkaIngest, KafkaRecord, Kind
 from broker.partition.lifecycle.egress import pack_batches, pack_messages
 from broker.partition.lifecycle.kafka import producer_id
-from connectors.kafka import Consumer, KafkaError, KafkaMessage, TopicPartitionOffset
+from connectors.kafka import (
+    Consumer,
+    KafkaError,
+    KafkaMessage,
+    PartitionError,
+    TopicAdmin,
+    TopicPartitionOffset,
+)
 from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
 from connectors.serde import DecodeError, JsonSerde, RegistryError, Serde, encode_key
 from sdk import protocol as p
@@ -39,10 +60,14 @@ if TYPE_CHECKING:
     from subscriptions._models import KafkaCluster, Subscription  # (subscriptions imports us)
 
 log = logging.getLogger("sluice.kafka")
-_U64 = struct.Struct(">Q")
 T = TypeVar("T")
 
 BATCH = 500  # records per consume call
+METADATA_CHECK_S = 5.0  # how often the topic's id and partitions are looked at
+
+
+class _Reopen(Exception):
+    """Open the consumer again now (an operator resumed a stopped subscription)."""
 
 
 @dataclass(slots=True)
@@ -56,6 +81,9 @@ class PartitionStats:
     failed: int = 0
     pending: int = 0  # records appended, not yet durable
     paused: bool = False
+    epoch: int = 0  # the topic's incarnation under this subscription (_positions.py)
+    skipped: int = 0  # records deleted by retention before they were read
+    resets: int = 0  # times the topic was found recreated and this partition started over
 
     @property
     def lag(self) -> int:
@@ -70,6 +98,9 @@ class PartitionStats:
             "ingested": self.ingested,
             "dead_lettered": self.dead_lettered,
             "failed": self.failed,
+            "skipped": self.skipped,
+            "resets": self.resets,
+            "epoch": self.epoch,
         }
 
 
@@ -85,6 +116,11 @@ class SubscriptionConsumer:
         self.peak_in_flight = 0  # the most in_flight has been (the bound tests check)
         self.status = "starting"
         self.stalled = ""  # why the records read last wait (the schema registry cannot answer)
+        self.halted = ""  # why it stopped (on_topic_reset = "stop"), until resumed
+        self.topic_id: str | None = None  # as the cluster reports it (None: no ids)
+        self._restart_on_open = False  # resumed after a halt: start over the recreated topic
+        self._admin: TopicAdmin | None = None
+        self._checked = 0.0  # when the topic's metadata was last compared
         self._paused = sub.paused
         self._consumer: Consumer | None = None
         self._ex = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{sub.name}")
@@ -115,6 +151,13 @@ class SubscriptionConsumer:
         self.status = "paused" if paused else "running"
         self._wake.set()
 
+    def resume_halted(self) -> None:
+        """An operator resumed the subscription after it stopped on a recreated topic: it
+        starts over on the new topic (as on_topic_reset = "restart" would have)."""
+        if self.halted:
+            self._restart_on_open = True
+            self._wake.set()
+
     def done(self) -> None:
         """One of this subscription's invocations finished."""
         self.in_flight = max(self.in_flight - 1, 0)
@@ -133,6 +176,8 @@ class SubscriptionConsumer:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
+            except _Reopen:
+                pass
             except KafkaError as e:
                 self.status = f"error: {e}"
                 log.warning("subscription %s: %s; retrying", self.sub.name, e)
@@ -142,7 +187,8 @@ class SubscriptionConsumer:
             if self._consumer is not None:
                 c, self._consumer = self._consumer, None
                 await self._call(c.close)
-            await asyncio.sleep(2.0)
+            if not self._restart_on_open:
+                await asyncio.sleep(2.0)
 
     async def _open(self) -> None:
         sub = self.sub
@@ -158,33 +204,170 @@ class SubscriptionConsumer:
             "fetch.queue.backoff.ms": "10",
             "fetch.message.max.bytes": str(max(1_048_576, sub.max_record_bytes + 65536)),
         }
-        props.pop("auto.offset.reset", None)
+        # (``start`` is where a partition without a position begins; a position out of the
+        # partition's log is reported to Sluice, never jumped over: the module's docstring.)
+        props["auto.offset.reset"] = "error"
+        self.halted = ""  # (found again below if it still holds)
         self._consumer = consumer = await self._call(Consumer, props)
+        self._admin = TopicAdmin(self.cluster.properties)
         parts = await self._call(consumer.partitions, sub.topic)
         if parts is None:
             raise KafkaError(
                 f"topic {sub.topic!r} not found on cluster {sub.cluster!r}", retriable=True
             )
+        self.topic_id = await self._call(self._topic_id)
         tps = [TopicPartitionOffset(sub.topic, n) for n in parts]
         committed = await self._call(consumer.committed, tps)
         assign = []
+        recreated = []
         for n in parts:
-            producer = producer_id(sub.name, sub.topic, n)
-            stats = self.partitions.get(n) or PartitionStats(n, producer)
-            stats.pending = 0
-            self.partitions[n] = stats
-            raw = self.broker.store.get("kafka_dedup", producer)
-            if raw is not None:
-                offset = _U64.unpack(raw)[0] + 1
+            stats = self._stats(n)
+            pos = read_position(self.broker.store, stats.producer)
+            stats.epoch = pos.epoch
+            if pos.last >= 0 or pos.epoch:
+                offset = pos.last + 1
+                if self.topic_id and pos.topic_id and pos.topic_id != self.topic_id:
+                    recreated.append(n)
+                    continue
             elif n in committed and not sub.ignore_committed:
                 offset = committed[n]
             else:
                 offset = OFFSET_BEGINNING if sub.start == "earliest" else OFFSET_END
             stats.durable = max(offset, 0)
             assign.append(TopicPartitionOffset(sub.topic, n, offset))
-        await self._call(consumer.assign, assign)
         self._throttled = False
-        self.status = "paused" if self._paused else "running"
+        self._checked = time.monotonic()
+        if recreated:
+            old = read_position(self.broker.store, self.partitions[recreated[0]].producer)
+            why = f"its id changed from {old.topic_id} to {self.topic_id}"
+            assign += await self._recreated(recreated, why)
+        await self._call(consumer.assign, assign)
+        if not self.halted:
+            self.status = "paused" if self._paused else "running"
+
+    def _stats(self, n: int) -> PartitionStats:
+        stats = self.partitions.get(n)
+        if stats is None:
+            stats = self.partitions[n] = PartitionStats(
+                n, producer_id(self.sub.name, self.sub.topic, n)
+            )
+        stats.pending = 0
+        return stats
+
+    def _topic_id(self) -> str | None:
+        assert self._admin is not None
+        try:
+            return self._admin.topic_id(self.sub.topic)
+        except KafkaError as e:  # (a cluster that cannot describe topics: no id check)
+            log.debug("subscription %s: no topic id: %s", self.sub.name, e)
+            return None
+
+    # --- positions out of the partition's log ---------------------------------------------
+
+    async def _recreated(self, parts: list[int], why: str) -> list[TopicPartitionOffset]:
+        """The topic was deleted and created again (``why``): per ``on_topic_reset``, the
+        assignments that read these partitions from the new topic's start, or none (the
+        subscription stops until resumed)."""
+        sub = self.sub
+        restart = sub.on_topic_reset == "restart" or self._restart_on_open
+        what = f"topic {sub.topic!r} was recreated ({why}; partitions {parts})"
+        if not restart:
+            self.halted = what
+            self.status = (
+                f"stopped: {what}; resume the subscription to read the new topic from its start"
+            )
+            log.error("subscription %s: %s: stopped (on_topic_reset = stop)", sub.name, what)
+            return []
+        out = []
+        for n in parts:
+            stats = self.partitions[n]
+            epoch = stats.epoch + 1
+            cmd = self._ingest(stats, epoch)  # (no records: the epoch, durably)
+            wid, fut = self.broker.waiter()
+            cmd.waiter = wid
+            self.broker.submit(cmd)
+            reply = await fut
+            if reply.kind != "ok":
+                raise KafkaError(f"the log did not take the new epoch: {reply.message}")
+            stats.epoch = epoch
+            stats.durable = stats.high = 0
+            stats.resets += 1
+            out.append(TopicPartitionOffset(sub.topic, n, OFFSET_BEGINNING))
+        log.warning(
+            "subscription %s: %s: reading the new topic from its start (epoch %d)",
+            sub.name, what, self.partitions[parts[0]].epoch,
+        )  # fmt: skip
+        self.halted = ""
+        self._restart_on_open = False
+        return out
+
+    async def _out_of_range(
+        self, errors: list[PartitionError], consumer: Consumer, recreated: dict[int, str]
+    ) -> set[int]:
+        """Partitions whose position is not in their log: a retention gap (handled here) or
+        a recreated topic (added to ``recreated``, by the reason). Returns them all."""
+        out = set()
+        for e in errors:
+            stats = self.partitions.get(e.partition)
+            if stats is None or e.topic != self.sub.topic:
+                continue
+            if e.kind == "unknown":
+                raise KafkaError(f"topic {self.sub.topic!r}: {e.message}", retriable=True)
+            out.add(e.partition)
+            at = e.offset if e.offset >= 0 else stats.durable
+            lo, hi = await self._call(consumer.watermarks, self.sub.topic, e.partition)
+            if at < lo:
+                stats.skipped += lo - at
+                log.error(
+                    "subscription %s: %s[%d]: offsets %d to %d were deleted (retention) before"
+                    " Sluice read them: %d records skipped; reading on from %d",
+                    self.sub.name, self.sub.topic, e.partition, at, lo - 1, lo - at, lo,
+                )  # fmt: skip
+                stats.durable = lo
+                await self._call(
+                    consumer.seek, TopicPartitionOffset(self.sub.topic, e.partition, lo)
+                )
+            else:
+                recreated[e.partition] = f"its end {hi} is below the position {at}"
+        return out
+
+    async def _reassign(self, consumer: Consumer, recreated: dict[int, str]) -> None:
+        parts = sorted(recreated)
+        tps = await self._recreated(parts, recreated[parts[0]])
+        for tp in tps:
+            await self._call(consumer.seek, tp)
+        if not tps:
+            await self._call(
+                consumer.pause, [TopicPartitionOffset(self.sub.topic, n) for n in parts]
+            )
+
+    async def _check_metadata(self, consumer: Consumer) -> None:
+        """Every ``METADATA_CHECK_S``: partitions added (read from their start), the topic
+        gone (reopen), or its id changed (recreated)."""
+        self._checked = time.monotonic()
+        parts = await self._call(consumer.partitions, self.sub.topic)
+        if parts is None:
+            raise KafkaError(f"topic {self.sub.topic!r} is gone", retriable=True)
+        ident = await self._call(self._topic_id)
+        if ident and self.topic_id and ident != self.topic_id:
+            old, self.topic_id = self.topic_id, ident
+            await self._reassign(
+                consumer, dict.fromkeys(self.partitions, f"its id changed from {old} to {ident}")
+            )
+            return
+        self.topic_id = self.topic_id or ident
+        new = [n for n in parts if n not in self.partitions]
+        if new:
+            for n in new:
+                self._stats(n)
+            log.warning(
+                "subscription %s: topic %r has new partitions %s: reading them from their start",
+                self.sub.name, self.sub.topic, new,
+            )  # fmt: skip
+            await self._call(
+                consumer.add,
+                [TopicPartitionOffset(self.sub.topic, n, OFFSET_BEGINNING) for n in new],
+            )
 
     def load(self) -> int:
         """Records taken and not finished: appends pending, invocations unfinished."""
@@ -202,6 +385,15 @@ class SubscriptionConsumer:
         assert consumer is not None
         sub = self.sub
         while True:
+            if self.halted:
+                self._wake.clear()
+                await self._wake.wait()
+                if self._restart_on_open:
+                    raise _Reopen
+                continue
+            if time.monotonic() - self._checked > METADATA_CHECK_S:
+                await self._check_metadata(consumer)
+                continue
             if self._paused or self.load() >= sub.max_in_flight or self.broker.overload():
                 # Stop consuming until there is room, here and in the broker (its admission
                 # limit). librdkafka keeps its prefetch queue, bounded by
@@ -224,10 +416,10 @@ class SubscriptionConsumer:
                 self.broker.admission_room() * (sub.batch_max_records or 1),
             )
             take = min(self._limit(), max(room, 1))
-            msgs, highs, missing = await self._call(self._poll, consumer, take)
-            for n, hi in highs.items():
-                if n in self.partitions and hi is not None:
-                    self.partitions[n].high = hi
+            msgs, highs, missing, errors = await self._call(self._poll, consumer, take)
+            affected = await self._in_range(consumer, msgs, highs, errors)
+            if affected:  # (read on where they start again, or stopped)
+                msgs = [m for m in msgs if m.partition not in affected]
             while missing is not None:
                 # The records wait here, unacknowledged, until the registry answers: none
                 # is dead-lettered for it, none skipped, later ones do not overtake them.
@@ -243,6 +435,31 @@ class SubscriptionConsumer:
                 faults.reached("after-kafka-poll")
                 self._submit(msgs)
 
+    async def _in_range(
+        self,
+        consumer: Consumer,
+        msgs: list[KafkaMessage],
+        highs: dict[int, int | None],
+        errors: list[PartitionError],
+    ) -> set[int]:
+        """The partitions read whose position is not in their log, handled (the module's
+        docstring); their records of this poll, if any, are not used."""
+        read = {m.partition for m in msgs}
+        ends_below: dict[int, str] = {}
+        for n, hi in highs.items():
+            stats = self.partitions.get(n)
+            if stats is not None and hi is not None:
+                stats.high = hi
+                if hi < stats.durable and not stats.pending and n not in read:
+                    # (what Tansu does where Kafka answers OFFSET_OUT_OF_RANGE)
+                    ends_below[n] = f"its end {hi} is below the position {stats.durable}"
+        affected = set(ends_below)
+        if errors:
+            affected |= await self._out_of_range(errors, consumer, ends_below)
+        if ends_below:
+            await self._reassign(consumer, ends_below)
+        return affected
+
     def _limit(self) -> int:
         """Records per consume call: a stream handler's batches are cut per partition from
         one call, so it asks for a full batch of each partition."""
@@ -252,12 +469,15 @@ class SubscriptionConsumer:
 
     def _poll(
         self, consumer: Consumer, n: int
-    ) -> tuple[list[KafkaMessage], dict[int, int | None], RegistryError | None]:
+    ) -> tuple[
+        list[KafkaMessage], dict[int, int | None], RegistryError | None, list[PartitionError]
+    ]:
         # A stream handler waits up to batch_max_ms for full batches; others poll every 0.1s.
         wait = self.sub.batch_wait_ms / 1000 if self.sub.batch_max_records else 0.1
         msgs = consumer.consume(n, wait)
         highs = {n: consumer.cached_high(self.sub.topic, n) for n in self.partitions}
-        return msgs, highs, self._prefetch(msgs)
+        errors, consumer.errors = consumer.errors, []
+        return msgs, highs, self._prefetch(msgs), errors
 
     def _prefetch(self, msgs: list[KafkaMessage]) -> RegistryError | None:
         """The serde's blocking lookups for these records (Avro: schemas by id), here on
@@ -270,6 +490,23 @@ class SubscriptionConsumer:
         return None
 
     # --- records to commands -------------------------------------------------------------
+
+    def _ingest(self, stats: PartitionStats, epoch: int, **fields: Any) -> KafkaIngest:
+        """The command that takes a partition's records (``fields``) into the log."""
+        sub = self.sub
+        return KafkaIngest(
+            subscription=sub.name,
+            producer=stats.producer,
+            topic=sub.topic,
+            partition=stats.partition,
+            service=sub.service,
+            handler=sub.handler,
+            kind=self.kind,
+            generation=sub.created_at,
+            epoch=epoch,
+            topic_id=self.topic_id or "",
+            **fields,
+        )
 
     def _submit(self, msgs: list[KafkaMessage]) -> None:
         by_part: dict[int, list[KafkaMessage]] = {}
@@ -284,17 +521,11 @@ class SubscriptionConsumer:
             # (Not Avro, whose handler input is JSON too: its values must be decoded.)
             fast = bool(sub.batch_max_records) and isinstance(self.serde, JsonSerde)
             records = [] if fast else [self._record(m) for m in batch]
-            cmd = KafkaIngest(
-                subscription=sub.name,
-                producer=stats.producer,
-                topic=sub.topic,
-                partition=n,
-                service=sub.service,
-                handler=sub.handler,
-                kind=self.kind,
+            cmd = self._ingest(
+                stats,
+                stats.epoch,
                 dead_letter_topic=sub.dead_letter_topic or "",
                 records=records,
-                generation=sub.created_at,
                 output=sub.egress_target(),
                 batch_max=sub.batch_max_records or 0,
             )
@@ -314,10 +545,18 @@ class SubscriptionConsumer:
             self.broker.submit(cmd)
             bad = sum(1 for r in (cmd.records if fast else records) if r.reason)
             last = batch[-1].offset
-            fut.add_done_callback(functools.partial(self._durable, stats, len(batch), bad, last))
+            fut.add_done_callback(
+                functools.partial(self._durable, stats, len(batch), bad, last, stats.epoch)
+            )
 
     def _durable(
-        self, stats: PartitionStats, n: int, bad: int, last: int, fut: asyncio.Future[Any]
+        self,
+        stats: PartitionStats,
+        n: int,
+        bad: int,
+        last: int,
+        epoch: int,
+        fut: asyncio.Future[Any],
     ) -> None:
         stats.pending = max(stats.pending - n, 0)  # (a reopen zeroed it meanwhile)
         if fut.cancelled() or fut.exception() is not None:
@@ -325,6 +564,8 @@ class SubscriptionConsumer:
         reply = fut.result()
         if reply.kind != "ok":
             return  # not durable (the broker failed under it, broker.die): commit nothing
+        if epoch != stats.epoch:
+            return  # read from the topic before it was recreated: its offsets mean nothing now
         created = int(reply.message or 0)
         self.in_flight += created
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -388,6 +629,8 @@ class SubscriptionConsumer:
             state = "throttled"
         elif self.stalled and not self._paused:
             state = f"stalled: {self.stalled}; retrying"
+        if self.halted:
+            state = f"stopped: {self.halted}; resume the subscription to read the new topic"
         return {
             "state": state,
             "in_flight": self.in_flight,

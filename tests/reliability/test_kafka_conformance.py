@@ -248,3 +248,42 @@ def test_tansu_group_join_delay(kafka: Tansu, rng: random.Random, figures: dict[
     # completes a lone member's join after group.initial.rebalance.delay.ms (3 s by default).
     assert a < 2.0
     assert 2.5 <= b < 6.0
+
+
+_DELETED_UNDER_A_CONSUMER = """
+import sys, time
+import confluent_kafka as ck
+from connectors.kafka import TopicAdmin
+boot, topic = sys.argv[1], sys.argv[2]
+c = ck.Consumer({"bootstrap.servers": boot, "group.id": topic, "auto.offset.reset": "error"})
+c.assign([ck.TopicPartition(topic, 0, 0)])
+deadline = time.monotonic() + 15
+while not any(m.error() is None for m in c.consume(100, 0.2)):
+    assert time.monotonic() < deadline, "the record never arrived"
+TopicAdmin({"bootstrap.servers": boot}).delete_topic(topic)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    c.consume(100, 0.2)
+print("survived")
+"""
+
+
+def test_deleting_a_topic_under_a_consumer_crashes_librdkafka(
+    kafka: Tansu, rng: random.Random
+) -> None:
+    """Tansu: a topic deleted while a consumer reads it kills the consumer's process with
+    SIGSEGV inside librdkafka 2.16 (its metadata cache, rd_kafka_metadata_cache_find, on
+    Tansu's answer about the deleted topic). With Apache Kafka the consumer gets
+    UNKNOWN_TOPIC_OR_PART and lives on, so a topic recreated under a running subscription
+    (tests/ingress_kafka/test_positions.py) can only be exercised across a broker restart
+    here. This runs in a child process, so the crash is observed, not suffered."""
+    topic = f"conf-deleted-{rng.getrandbits(32):08x}"
+    kafka.create_topic(topic, 1)
+    p = ck.Producer({"bootstrap.servers": kafka.bootstrap})
+    p.produce(topic, b"x")
+    assert p.flush(10) == 0
+    child = subprocess.run(
+        [sys.executable, "-c", _DELETED_UNDER_A_CONSUMER, kafka.bootstrap, topic],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert child.returncode == -11, (child.returncode, child.stdout, child.stderr[-2000:])

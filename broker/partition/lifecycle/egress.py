@@ -37,6 +37,7 @@ from .._outbox import (
     pack_u64,
     parse_outbox_key,
 )
+from .._positions import advance, begin
 from .._records import Invoke, KafkaIngest, KafkaRecord, Kind, Sink, SinkKind, Status
 from .complete import complete
 from .invoke import invoke
@@ -347,9 +348,11 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
     dead-letter."""
     from .kafka import _dead_letter_record  # lazy: kafka.py imports this module
 
-    raw = ctx.tx.get("kafka_dedup", cmd.producer)
-    last = _U64.unpack(raw)[0] if raw is not None else -1
-    top = last
+    pos = begin(ctx.tx, cmd.producer, cmd.epoch, cmd.topic_id)
+    if pos is None:  # stale: read before the topic was found recreated
+        ctx.reply(cmd.waiter, "ok", message="0")
+        return
+    last = top = pos.last
     for rec in cmd.records:
         if rec.offset > last:
             _dead_letter_record(ctx, cmd, rec)
@@ -368,8 +371,9 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
         end = offsets[-1]
         top = max(top, end)
         iid = InvocationId.derive(
-            pk, "kafka-batch", cmd.producer, _U64.pack(cmd.generation), _U64.pack(end)
-        )
+            pk, "kafka-batch", cmd.producer, _U64.pack(cmd.generation), *pos.id_parts(),
+            _U64.pack(end),
+        )  # fmt: skip
         if ctx.status(iid.raw) is not None:
             continue
         out = b""
@@ -402,8 +406,7 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
             ),
         )
         created += 1
-    if top > last:
-        ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(top))
+    advance(ctx.tx, cmd.producer, pos, top)
     ctx.reply(cmd.waiter, "ok", message=str(created))
 
 

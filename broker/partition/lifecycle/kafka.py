@@ -23,6 +23,7 @@ from sdk.protocol._proto import OPT_BYTES, REP_MSG, STRING
 
 from .. import actions as a
 from .._context import Ctx, failure
+from .._positions import KafkaPosition, advance, begin
 from .._records import (
     DeadLettered,
     Invoke,
@@ -74,8 +75,11 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
     if cmd.batch_max:
         egress.ingest_batches(ctx, cmd)  # a stream handler: one invocation per batch
         return
-    raw = ctx.tx.get("kafka_dedup", cmd.producer)
-    last = _U64.unpack(raw)[0] if raw is not None else -1
+    pos = begin(ctx.tx, cmd.producer, cmd.epoch, cmd.topic_id)
+    if pos is None:  # read before the topic was found recreated (_positions.py)
+        ctx.reply(cmd.waiter, "ok", message="0")
+        return
+    last = pos.last
     created = 0
     for rec in cmd.records:
         if rec.offset <= last:
@@ -89,8 +93,9 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
         # Ids are deterministic: a record read twice (a crash before the offset commit)
         # finds its invocation; a re-created subscription (from=earliest) gets new ones.
         iid = InvocationId.derive(
-            pk, "kafka", cmd.producer, _U64.pack(cmd.generation), _U64.pack(rec.offset)
-        )
+            pk, "kafka", cmd.producer, _U64.pack(cmd.generation), *pos.id_parts(),
+            _U64.pack(rec.offset),
+        )  # fmt: skip
         if ctx.status(iid.raw) is not None:
             continue
         invoke(
@@ -114,8 +119,7 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
         new = ctx.status(iid.raw)
         if new is not None and new.phase != Phase.COMPLETED:
             created += 1  # in flight until its KafkaDone (not: failed at once, e.g. no handler)
-    if last >= 0:
-        ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(last))
+    advance(ctx.tx, cmd.producer, pos, last)
     ctx.reply(cmd.waiter, "ok", message=str(created))
 
 
@@ -159,11 +163,16 @@ def answer(ctx: Ctx, sink: Sink, id: bytes, fail: p.Failure | None) -> None:
     )
 
 
+def _epoch(cmd: KafkaIngest) -> tuple[bytes, ...]:
+    return KafkaPosition(epoch=cmd.epoch).id_parts()
+
+
 def _dead_letter_record(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> None:
     if cmd.dead_letter_topic:
         put_dead_letter(
             ctx,
-            cmd.producer + _U64.pack(rec.offset),
+            # (an epoch after the first: offsets begin again, _positions.py)
+            cmd.producer + _U64.pack(rec.offset) + b"".join(_epoch(cmd)),
             DeadLetter(
                 topic=cmd.dead_letter_topic,
                 key=rec.raw_key,
@@ -178,7 +187,7 @@ def _dead_letter_record(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> None:
     # No dead-letter topic: a failed invocation that an operator finds in the admin API.
     pk = partition_key_of(cmd.producer)
     iid = InvocationId.derive(
-        pk, "kafka", cmd.producer, _U64.pack(cmd.generation), _U64.pack(rec.offset)
+        pk, "kafka", cmd.producer, _U64.pack(cmd.generation), *_epoch(cmd), _U64.pack(rec.offset)
     )
     st = Status(
         id=iid.raw,

@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 
 from connectors.serde import decode_key
 from sdk import protocol as p
 
 from .._context import Ctx
 from .._outbox import KafkaBatch
+from .._positions import advance, begin
 from .._records import KafkaIngest, KafkaRecord
 from .kafka import _dead_letter_record
 
-_U64 = struct.Struct(">Q")
-
 
 def unappliable_ingest(ctx: Ctx, cmd: KafkaIngest, reason: str) -> None:
-    raw = ctx.tx.get("kafka_dedup", cmd.producer)
-    last = _U64.unpack(raw)[0] if raw is not None else -1
+    pos = begin(ctx.tx, cmd.producer, cmd.epoch, cmd.topic_id)
+    if pos is None:  # stale: read before the topic was found recreated
+        ctx.reply(cmd.waiter, "ok", message="0")
+        return
+    last = pos.last
     records = [r for r in cmd.records if r.offset > last]
     for b in cmd.batches:
         records += [r for r in _unpack(b) if r.offset > last]
@@ -41,8 +42,7 @@ def unappliable_ingest(ctx: Ctx, cmd: KafkaIngest, reason: str) -> None:
         rec.reason = f"the broker could not apply this record, so it was not invoked: {reason}"
         _dead_letter_record(ctx, cmd, rec)
         top = max(top, rec.offset)
-    if top > last:
-        ctx.tx.put("kafka_dedup", cmd.producer, _U64.pack(top))
+    advance(ctx.tx, cmd.producer, pos, top)
     ctx.reply(cmd.waiter, "ok", message="0")
 
 
