@@ -1,8 +1,8 @@
 """Kafka egress: drives one ``EgressSink`` per (cluster, egress partition) from the outbox.
 
-    outbox rows (READY/EMPTY prefix, in sequence order)
+    outbox rows (READY/EMPTY, in sequence order, none behind a PENDING row of its lane)
         ─► EgressSink.send: one Kafka transaction with the sink's marker
-        ─► EgressCommitted(upto) appended to the log ─► the state machine trims the rows
+        ─► EgressCommitted(upto, seqs) appended to the log ─► the state machine trims them
 
 The producer id (transactional id, ``sluice-producer`` header, marker key) is
 ``sluice-<node>-<cluster>-<partition>``: ``<node>`` is created once per data directory, so a
@@ -36,7 +36,7 @@ from broker.partition.lifecycle.egress import (
     inline_value,
     records_of,
 )
-from connectors.kafka._egress import EgressSink, OutRecord
+from connectors.kafka._egress import EgressSink, OutRecord, Progress
 from connectors.serde import DecodeError
 
 from .egress_encoding import OutputEncoder
@@ -102,7 +102,13 @@ class SinkWorker:
         self.sink = sink
         self.producer_id = f"sluice-{egress.node}-{cluster}-{sink}"
         self.status = "starting"
-        self.cursor = 1  # the next sequence number to send
+        self.cursor = 1  # every row below it is sent (or trimmed)
+        self.progress = Progress()  # the last marker committed
+        self.waiting = 0  # lanes held back by a PENDING row, at the last look
+        self._sent: set[int] = set()  # rows at or past the cursor sent, perhaps not trimmed
+        # (seq, part, reason) of records left out (format), until their dead letters are in
+        # the log: every marker repeats them (connectors/kafka/_egress.py).
+        self._unconfirmed: list[tuple[int, int, str]] = []
         self.sent = 0
         self.failed = 0
         self.transactions = 0
@@ -138,6 +144,7 @@ class SinkWorker:
             "producer": self.producer_id,
             "state": self.status,
             "next_seq": self.cursor,
+            "lanes_waiting": self.waiting,
             "records_sent": self.sent,
             "records_failed": self.failed,
             "transactions": self.transactions,
@@ -188,15 +195,15 @@ class SinkWorker:
             before_commit=functools.partial(faults.reached, "before-egress-commit"),
         )
         topics = set()
-        done: list[tuple[int, OutboxEntry]] = []  # committed before, with a format: see below
+        rows: list[tuple[int, OutboxEntry]] = []
         prefix = outbox_prefix(self.cluster, self.sink)
         for k, raw in self.broker.store.scan("outbox", prefix):
             e = OutboxEntry.decode(raw)
             topics.update(r.topic for r in records_of(e))
             if e.topic:
                 topics.add(e.topic)
-            if e.format is not None and e.state == OutboxState.READY:
-                done.append((int.from_bytes(k[len(prefix) :], "big"), e))
+            if e.state != OutboxState.PENDING:
+                rows.append((int.from_bytes(k[len(prefix) :], "big"), e))
         # A new node's producer has nothing in Kafka yet: its first recovery reads nothing.
         fresh = self.egress.new_node and not self._recovered
         rec = await loop.run_in_executor(
@@ -205,69 +212,106 @@ class SinkWorker:
         self._recovered = True
         self._kafka = kafka
         self._visible = rec.visible
+        done = {seq: e for seq, e in rows if rec.progress.committed(seq, e.lane)}
+        self.progress = rec.progress
         self.cursor = rec.seq + 1
-        if rec.seq > 0:
-            # Rows committed to Kafka but not trimmed: the records that could not be encoded
-            # were dead-lettered by the trim that did not happen; they are found again.
-            rows = [(seq, e) for seq, e in done if seq <= rec.seq]
-            _, failed = await loop.run_in_executor(self._ex, self._records, rows)
+        self._sent = {seq for seq in done if seq >= self.cursor}
+        if done:
+            # Rows committed to Kafka but not trimmed: their records that did not fit their
+            # format are named by the marker (not encoded again: the registry may have
+            # changed since), and dead-lettered by the trim that did not happen.
+            failed = []
+            for seq, part, why in rec.progress.failed:
+                e = done.get(seq)
+                records = records_of(e) if e is not None else []
+                if part < len(records):
+                    r = records[part]
+                    failed.append(FailedRecord(seq, part, r.key, r.value, why))
             if failed:
                 log.warning(
                     "egress %s: %d records of rows committed before a restart did not fit"
-                    " their format: dead-lettered now",
+                    " their format (the marker names them): dead-lettered now",
                     self.producer_id,
                     len(failed),
                 )
-            self._trim(rec.seq, failed)
+            self._unconfirmed = list(rec.progress.failed)
+            self._trim(sorted(done), failed)
         self.status = "running"
         log.info(
-            "egress %s resumes after seq %d (%d records already visible)",
+            "egress %s resumes after seq %d (%d lanes past it, %d records already visible)",
             self.producer_id,
             rec.seq,
+            len(rec.progress.lanes),
             len(rec.visible),
         )
 
-    def _trim(self, upto: int, failed: list[FailedRecord] | None = None) -> None:
-        self.broker.submit(
-            EgressCommitted(cluster=self.cluster, sink=self.sink, upto=upto, failed=failed or [])
+    def _trim(self, seqs: list[int], failed: list[FailedRecord]) -> None:
+        """Trim ``seqs`` (committed to Kafka), in the log; the failed records leave the
+        marker once their dead letters are in the log."""
+        upto = self.cursor - 1
+        cmd = EgressCommitted(
+            cluster=self.cluster,
+            sink=self.sink,
+            upto=upto,
+            seqs=[s for s in seqs if s > upto],
+            failed=failed,
         )
+        if failed:
+            wid, fut = self.broker.waiter()
+            cmd.waiter = wid
+            named = {(f.seq, f.part) for f in failed}
+            fut.add_done_callback(lambda _: self._confirmed(named))
+        self.broker.submit(cmd)
 
-    def _collect(self) -> tuple[list[tuple[int, OutboxEntry]], int, int]:
-        """The sendable prefix from the cursor: its rows, their record count (an estimate
-        for batch rows) and the last sequence number (0: nothing). Missing rows below the
-        first one are trimmed, hence sent."""
+    def _confirmed(self, named: set[tuple[int, int]]) -> None:
+        self._unconfirmed = [f for f in self._unconfirmed if (f[0], f[1]) not in named]
+
+    def _collect(self) -> tuple[list[tuple[int, OutboxEntry]], int]:
+        """The rows to send now, from the cursor in sequence order: those not PENDING and
+        with no PENDING row before them in their lane, up to a transaction's worth; and the
+        cursor after them (every row below it sent)."""
         prefix = outbox_prefix(self.cluster, self.sink)
         rows: list[tuple[int, OutboxEntry]] = []
         count = 0
-        upto = 0
-        expected = 0
+        blocked: set[int] = set()
+        low = top = 0
+        seen: set[int] = set()  # of the rows sent before
+        cut = None
         for k, raw in self.broker.store.scan("outbox", prefix):
             seq = int.from_bytes(k[len(prefix) :], "big")
             if seq < self.cursor:
                 continue
-            if expected and seq != expected:
-                break
+            if seq in self._sent:
+                seen.add(seq)
+                top = seq
+                continue
             e = OutboxEntry.decode(raw)
-            if e.state == OutboxState.PENDING:
-                break
+            if e.state == OutboxState.PENDING or e.lane in blocked:
+                blocked.add(e.lane)
+                low = low or seq
+                continue
             n = len(e.records) or (e.raw.count(b'"value') if e.raw else 0)
             if rows and count + n > MAX_TRANSACTION_RECORDS:
+                low, cut = low or seq, seq
                 break
             rows.append((seq, e))
             count += n
-            upto = seq
-            expected = seq + 1
-        return rows, count, upto
+            top = seq
+        self.waiting = len(blocked)
+        # Rows sent before and not found are trimmed (below where the scan stopped).
+        self._sent = {s for s in self._sent if s in seen or (cut is not None and s > cut)}
+        return rows, low or max(top + 1, self.cursor)
 
     def _send_rows(
-        self, rows: list[tuple[int, OutboxEntry]], upto: int
+        self, rows: list[tuple[int, OutboxEntry]], progress: Progress
     ) -> tuple[int, list[FailedRecord]]:
-        """In the sink's thread: rows to records, one transaction; the records sent and
-        those that could not be encoded."""
+        """In the sink's thread: rows to records, one transaction with the marker
+        ``progress``; the records sent and those that could not be encoded."""
         out, failed = self._records(rows)
-        if out:
+        progress.failed += [(f.seq, f.part, f.reason) for f in failed]
+        if out or failed:
             assert self._kafka is not None
-            self._kafka.send(out, upto)
+            self._kafka.send(out, progress)
         return len(out), failed
 
     def _records(
@@ -345,19 +389,33 @@ class SinkWorker:
             out.append(OutRecord(rec.topic, rec.key, rec.value, headers, seq, i))
 
     async def _step(self, loop: asyncio.AbstractEventLoop) -> bool:
-        rows, _, upto = self._collect()
-        if not upto:
+        rows, cursor = self._collect()
+        if not rows:
+            self.cursor = cursor
             return False
         failed: list[FailedRecord] = []
+        seqs = [seq for seq, _ in rows]
         if any(e.state == OutboxState.READY for _, e in rows):
-            sent, failed = await loop.run_in_executor(self._ex, self._send_rows, rows, upto)
+            lanes = dict(self.progress.lanes)
+            for seq, e in rows:
+                lanes[e.lane] = seq
+            progress = Progress(
+                cursor - 1,
+                {lane: s for lane, s in lanes.items() if s >= cursor},
+                list(self._unconfirmed),
+            )
+            sent, failed = await loop.run_in_executor(self._ex, self._send_rows, rows, progress)
+            self.progress = progress
             if sent:
                 faults.reached("after-egress-commit")
                 self.sent += sent
                 self.transactions += 1
             self.failed += len(failed)
-        self.cursor = upto + 1
+            self._unconfirmed += [(f.seq, f.part, f.reason) for f in failed]
+        self.cursor = cursor
+        self._sent = {s for s in self._sent.union(seqs) if s >= cursor}
         if self._visible:
-            self._visible = {v for v in self._visible if v[0] > upto}
-        self._trim(upto, failed)
+            done = set(seqs)
+            self._visible = {v for v in self._visible if v[0] >= cursor and v[0] not in done}
+        self._trim(seqs, failed)
         return True

@@ -8,9 +8,17 @@ outbox table, one sequence per (cluster, egress partition):
                           3 PENDING  reserved in input order, filled when its invocation ends
                           4 EMPTY    nothing to send (failed, or returned nothing)
 
-The egress connector sends the contiguous prefix that is not PENDING, in one Kafka
-transaction together with its progress marker, then appends EgressCommitted(upto), which
-deletes the rows (so trimming is a log command, replayed alike on every node).
+Every row belongs to a lane: the input it answers (a subscription's partition), or lane 0
+(``kafka_send``, READY at once). A PENDING row holds back the later rows of its own lane
+only: the egress connector sends, in one Kafka transaction together with its progress
+marker, the rows that are not PENDING and have no PENDING row before them in their lane,
+then appends EgressCommitted, which deletes them (so trimming is a log command, replayed
+alike on every node). Results leave in input order per lane; independent inputs do not wait
+for each other.
+
+A PENDING row whose invocation is paused (retries exhausted) is released: it leaves the
+outbox for the ``meta`` table (``released_key``), so that its lane goes on; if an operator
+resumes the invocation and it ends, its result joins the end of its lane as a new row.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sdk.protocol import Header, Message
-from sdk.protocol._proto import BOOL, BYTES, MSG, OPT_BYTES, REP_MSG, STRING, UINT
+from sdk.protocol._proto import BOOL, BYTES, MSG, OPT_BYTES, REP_MSG, REP_UINT, STRING, UINT
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -91,6 +99,7 @@ class OutboxEntry(Message):
     raw: bytes | None = None  # READY batch: the handler's JSON list, split by the connector
     format: OutputFormat | None = None  # values are encoded on their way out (Avro)
     origin: str = ""  # with a format: "topic:partition:offset" of the input, for dead letters
+    lane: int = 0  # the input it answers (0: none, a kafka_send): order is kept per lane
     _schema: ClassVar = (
         (1, "state", UINT),
         (2, "records", REP_MSG, OutboxRecord),
@@ -101,6 +110,7 @@ class OutboxEntry(Message):
         (7, "raw", OPT_BYTES),
         (8, "format", MSG, OutputFormat),
         (9, "origin", STRING),
+        (10, "lane", UINT),
     )
 
 
@@ -179,19 +189,24 @@ class FailedRecord(Message):
 
 @dataclass(slots=True)
 class EgressCommitted(Message):
-    """The sink (cluster, egress partition) committed everything up to ``upto``: trim.
-    ``failed``: records of those rows that were not sent (their value did not fit the
-    row's format); they are dead-lettered in the same write as the trim."""
+    """The sink (cluster, egress partition) committed every row up to ``upto`` and the rows
+    ``seqs`` past it (of lanes that went on past a PENDING row): trim them. ``failed``:
+    records of those rows that were not sent (their value did not fit the row's format);
+    they are dead-lettered in the same write as the trim."""
 
     cluster: str = ""
     sink: int = 0
     upto: int = 0
     failed: list[FailedRecord] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    waiter: int = 0
     _schema: ClassVar = (
         (1, "cluster", STRING),
         (2, "sink", UINT),
         (3, "upto", UINT),
         (4, "failed", REP_MSG, FailedRecord),
+        (5, "seqs", REP_UINT),
+        (6, "waiter", UINT),
     )
 
 
@@ -201,6 +216,11 @@ def outbox_prefix(cluster: str, sink: int) -> bytes:
 
 def outbox_key(cluster: str, sink: int, seq: int) -> bytes:
     return outbox_prefix(cluster, sink) + _U64.pack(seq)
+
+
+def released_key(row: bytes) -> bytes:
+    """The ``meta`` key of a released row (the module's docstring), by its outbox key."""
+    return b"outbox_released\0" + row
 
 
 def parse_outbox_key(key: bytes) -> tuple[str, int, int]:

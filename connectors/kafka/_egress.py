@@ -1,7 +1,14 @@
 """An egress sink: one transactional producer per (cluster, egress partition), exactly once.
 
     one transaction:  records (headers sluice-producer, sluice-seq, sluice-part) ─► flush
-                      ─► marker {"seq": upto, "ends": offsets} on the progress topic ─► commit
+                      ─► marker on the progress topic ─► commit
+
+The marker says what is committed: every outbox row up to ``seq``, and per lane past it the
+last row sent (``lanes``: rows are sent in order within a lane, so that is a prefix of it);
+``failed``, the records that these transactions left out because they did not fit their
+format, with the reason, until the broker's log holds their dead letters (a recovery must
+not encode them again: the registry may have changed since); ``ends``, per output partition
+an offset below our first record not yet covered by a marker.
 
 The marker rides in the same transaction as its records: Kafka shows both or neither. On a
 restart, ``recover`` re-initializes the same transactional id (fencing the old producer and
@@ -22,6 +29,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._client import (
     OFFSET_BEGINNING,
@@ -53,9 +61,25 @@ class OutRecord:
 
 
 @dataclass(slots=True)
+class Progress:
+    """What the last committed marker says (the module's docstring)."""
+
+    seq: int = 0  # every row up to it is committed (0: none)
+    lanes: dict[int, int] = field(default_factory=dict)  # lane -> its last row committed
+    failed: list[tuple[int, int, str]] = field(default_factory=list)  # (seq, part, reason)
+
+    def committed(self, seq: int, lane: int) -> bool:
+        return seq <= self.seq or seq <= self.lanes.get(lane, 0)
+
+
+@dataclass(slots=True)
 class Recovered:
-    seq: int  # the last committed outbox sequence number (0: none)
+    progress: Progress
     visible: set[tuple[int, int]] = field(default_factory=set)  # (seq, part) past it, in Kafka
+
+    @property
+    def seq(self) -> int:
+        return self.progress.seq
 
 
 class EgressSink:
@@ -77,7 +101,7 @@ class EgressSink:
         # Per output partition, an offset at or below our first record there that is not
         # yet in a committed marker; a topic is listed (partition -1) before it is written.
         self.ends: dict[tuple[str, int], int] = {}
-        self.committed = 0  # the sequence number of the last committed marker
+        self.committed = Progress()  # the last committed marker
         self.transactions = 0
         self._p: TransactionalProducer | None = None
         self._wm: Consumer | None = None  # for watermarks, read_uncommitted
@@ -106,10 +130,14 @@ class EgressSink:
         )
         prod = TransactionalProducer(self.properties, self.producer_id)
         prod.init()
-        marker = None if fresh else self._read_marker()
-        seq = int(marker.get("seq", 0)) if marker else 0
-        self.committed = seq
-        self.ends = {(t, int(n)): int(o) for t, n, o in (marker or {}).get("ends", [])}
+        marker: dict[str, Any] = (None if fresh else self._read_marker()) or {}
+        seq = int(marker.get("seq", 0))
+        self.committed = Progress(
+            seq,
+            {int(lane): int(s) for lane, s in marker.get("lanes", [])},
+            [(int(s), int(part), str(why)) for s, part, why in marker.get("failed", [])],
+        )
+        self.ends = {(t, int(n)): int(o) for t, n, o in marker.get("ends", [])}
         visible: set[tuple[int, int]] = set()
         known = {t for t, _ in self.ends}
         tps = []
@@ -124,12 +152,12 @@ class EgressSink:
                 if h.get(H_PRODUCER) != self.producer_id.encode():
                     continue
                 s, part = int(h.get(H_SEQ) or 0), int(h.get(H_PART) or 0)
-                if s > seq:
+                if s > seq:  # (rows of lanes committed past seq are trimmed, not sent)
                     visible.add((s, part))
                     tp = (m.topic, m.partition)
                     self.ends[tp] = max(self.ends.get(tp, 0), m.offset + 1)
         self._p = prod
-        return Recovered(seq, visible)
+        return Recovered(self.committed, visible)
 
     def _consumer(self, isolation: str = "read_committed") -> Consumer:
         return Consumer(
@@ -223,8 +251,17 @@ class EgressSink:
 
     # --- sending -------------------------------------------------------------------------
 
-    def send(self, records: list[OutRecord], upto: int) -> None:
-        """One transaction: the records, then the marker ``upto``; committed or raised."""
+    def _marker(self, progress: Progress) -> bytes:
+        marker = {
+            "seq": progress.seq,
+            "lanes": sorted(progress.lanes.items()),
+            "failed": progress.failed,
+            "ends": [[t, n, o] for (t, n), o in sorted(self.ends.items())],
+        }
+        return json.dumps(marker, separators=(",", ":")).encode()
+
+    def send(self, records: list[OutRecord], progress: Progress) -> None:
+        """One transaction: the records, then the marker ``progress``; committed or raised."""
         prod = self._p
         if prod is None:
             raise KafkaError("the egress sink is not recovered", retriable=True)
@@ -254,18 +291,13 @@ class EgressSink:
             for tp, end in prod.delivered.items():
                 if tp[0] != self.progress_topic:
                     self.ends[tp] = end
-            marker = {"seq": upto, "ends": [[t, n, o] for (t, n), o in sorted(self.ends.items())]}
-            prod.produce(
-                self.progress_topic,
-                json.dumps(marker, separators=(",", ":")).encode(),
-                key=pid,
-                partition=self.marker_partition,
-            )
+            marker = self._marker(progress)
+            prod.produce(self.progress_topic, marker, key=pid, partition=self.marker_partition)
             self.transactions += 1
             prod.flush()
             self._before_commit()
             prod.commit()
-            self.committed = upto
+            self.committed = progress
         except KafkaError:
             self._p = None
             raise
@@ -278,14 +310,10 @@ class EgressSink:
             self.ends[(topic, -1)] = 0
             for n in prod.partitions(topic) or []:
                 self.ends[(topic, n)] = self._watermarks(topic, n)[1]
-        marker = {
-            "seq": self.committed,
-            "ends": [[t, n, o] for (t, n), o in sorted(self.ends.items())],
-        }
         prod.begin()
         prod.produce(
             self.progress_topic,
-            json.dumps(marker, separators=(",", ":")).encode(),
+            self._marker(self.committed),
             key=self.producer_id.encode(),
             partition=self.marker_partition,
         )

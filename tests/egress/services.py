@@ -1,9 +1,12 @@
 """Handlers for the egress tests, written with the Sluice SDK: a stateless map (and an echo),
 a per-key virtual object, handlers that send with ``ctx.kafka_send`` (JSON and Avro), and
-stream handlers (declared on the subscription, and in the SDK)."""
+stream handlers (declared on the subscription, and in the SDK), and one that fails while a
+file exists."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any
 
 import sdk
@@ -86,4 +89,16 @@ async def enrich_batch(ctx: Context, batch: sdk.RecordBatch) -> list[sdk.OutputR
     ]
 
 
-app = sdk.app(enrich, tally, sender, stream, declared)
+held = Service("Held")
+
+
+@held.handler()
+async def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    """Fails (to be retried) while the file named by ``rec["hold"]`` exists."""
+    hold = rec.get("hold")
+    if hold and await asyncio.to_thread(os.path.exists, hold):
+        raise RuntimeError(f"held by {hold}")
+    return rec
+
+
+app = sdk.app(enrich, tally, sender, stream, declared, held)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from connectors.kafka import Consumer, KafkaError, TopicPartitionOffset, TransactionalProducer
-from connectors.kafka._egress import EgressSink, OutRecord
+from connectors.kafka._egress import EgressSink, OutRecord, Progress
 from tests.kafka import Tansu
 
 from .conftest import new_topic
@@ -59,8 +59,8 @@ def test_recovery_resumes_after_the_committed_marker(kafka: Tansu) -> None:
     sink = EgressSink(props, producer_id=f"p-{out}", marker_partition=0, progress_partitions=1)
     sink.recover([out])
     records = [OutRecord(out, f"k{i}".encode(), b"{}", [], seq=i + 1, part=0) for i in range(6)]
-    sink.send(records[:3], upto=3)
-    sink.send(records[3:], upto=6)
+    sink.send(records[:3], Progress(3))
+    sink.send(records[3:], Progress(6))
     sink.close()
 
     again = EgressSink(props, producer_id=f"p-{out}", marker_partition=0, progress_partitions=1)
@@ -108,11 +108,11 @@ def _two_sinks(out: str, sink: Callable[..., EgressSink]) -> None:
     a, b = sink("a"), sink("b", _die)
     a.recover([out], fresh=True)
     b.recover([out], fresh=True)
-    a.send([OutRecord(out, b"a", b"1", [], seq=1, part=0)], upto=1)
+    a.send([OutRecord(out, b"a", b"1", [], seq=1, part=0)], Progress(1))
 
     with pytest.raises(_Died):
-        b.send([OutRecord(out, b"b", b"1", [], seq=1, part=0)], upto=1)
-    a.send([OutRecord(out, b"a", b"2", [], seq=2, part=0)], upto=2)
+        b.send([OutRecord(out, b"b", b"1", [], seq=1, part=0)], Progress(1))
+    a.send([OutRecord(out, b"a", b"2", [], seq=2, part=0)], Progress(2))
 
     again = sink("a")
     with pytest.raises(KafkaError, match="undecided transaction") as err:

@@ -99,11 +99,21 @@ def attempt_failed(
             return
         st.phase = Phase.PAUSED
         ctx.put_status(st)
+        _release_outputs(ctx, st)
         return
     delay = retry_after_ms if retry_after_ms is not None else policy.delay_ms(st.retry_count)
     st.phase = Phase.BACKING_OFF
     ctx.put_status(st)
     ctx.add_timer(ctx.now + delay, Timer(kind=TimerKind.RETRY, id=st.id, epoch=st.epoch))
+
+
+def _release_outputs(ctx: Ctx, st: Status) -> None:
+    """A paused invocation holds back no other input's results (``_outbox``'s docstring)."""
+    from .egress import release  # lazy: egress.py imports the lifecycle
+
+    for sink in st.sinks:
+        if sink.outbox:
+            release(ctx, sink.outbox)
 
 
 def retry_due(ctx: Ctx, timer: Timer) -> None:

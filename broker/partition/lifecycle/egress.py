@@ -36,6 +36,7 @@ from .._outbox import (
     outbox_prefix,
     pack_u64,
     parse_outbox_key,
+    released_key,
 )
 from .._positions import advance, begin
 from .._records import Invoke, KafkaIngest, KafkaRecord, Kind, Sink, SinkKind, Status
@@ -84,10 +85,11 @@ def reserve(
     *,
     batch: bool = False,
     origin: str = "",
+    lane: int = 0,
 ) -> bytes:
-    """A PENDING row for an invocation's result, in input order; returns its key.
-    ``origin`` ("topic:partition:offset" of the input) is kept only with a format, for the
-    dead letters of values that do not fit it."""
+    """A PENDING row for an invocation's result, in input order in its ``lane``; returns
+    its key. ``origin`` ("topic:partition:offset" of the input) is kept only with a format,
+    for the dead letters of values that do not fit it."""
     seq = _next_seq(ctx, target.cluster, sink)
     k = outbox_key(target.cluster, sink, seq)
     entry = OutboxEntry(
@@ -98,16 +100,41 @@ def reserve(
         batch=batch,
         format=target.format,
         origin=origin if target.format is not None else "",
+        lane=lane,
     )
     ctx.tx.put("outbox", k, entry.encode())
     return k
 
 
+def lane_of(producer: bytes) -> int:
+    """The lane of an input (a subscription's partition): never 0, the lane of sends."""
+    return partition_key_of(producer) or 1
+
+
+def release(ctx: Ctx, key: bytes) -> None:
+    """The invocation that reserved ``key`` is paused: its PENDING row leaves the outbox, so
+    that the later rows of its lane go on (``_outbox``'s docstring)."""
+    raw = ctx.tx.get("outbox", key)
+    if raw is None or OutboxEntry.decode(raw).state != OutboxState.PENDING:
+        return
+    ctx.tx.delete("outbox", key)
+    ctx.tx.put("meta", released_key(key), raw)
+    cluster, sink, _ = parse_outbox_key(key)
+    ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+
+
 def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> None:
-    """The invocation that reserved ``key`` ended: its result becomes records (or nothing)."""
+    """The invocation that reserved ``key`` ended: its result becomes records (or nothing).
+    A released row (its invocation was paused) joins the end of its lane now."""
     raw = ctx.tx.get("outbox", key)
     if raw is None:
-        return
+        held = released_key(key)
+        raw = ctx.tx.get("meta", held)
+        if raw is None:
+            return
+        ctx.tx.delete("meta", held)
+        cluster, sink, _ = parse_outbox_key(key)
+        key = outbox_key(cluster, sink, _next_seq(ctx, cluster, sink))
     entry = OutboxEntry.decode(raw)
     if entry.state != OutboxState.PENDING:
         return
@@ -123,7 +150,9 @@ def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> N
         records = [
             OutboxRecord(topic=entry.topic, key=entry.key, value=value, headers=list(entry.headers))
         ]
-    out = OutboxEntry(state=OutboxState.READY if records else OutboxState.EMPTY, records=records)
+    out = OutboxEntry(
+        state=OutboxState.READY if records else OutboxState.EMPTY, records=records, lane=entry.lane
+    )
     if records:
         out.format, out.origin = entry.format, entry.origin
     ctx.tx.put("outbox", key, out.encode())
@@ -212,26 +241,31 @@ def append(
     fmt: OutputFormat | None = None,
 ) -> None:
     seq = _next_seq(ctx, cluster, sink)
-    entry = OutboxEntry(state=OutboxState.READY, records=records, format=fmt)
+    entry = OutboxEntry(state=OutboxState.READY, records=records, format=fmt)  # (lane 0)
     ctx.tx.put("outbox", outbox_key(cluster, sink, seq), entry.encode())
     ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
 
 
 def committed(ctx: Ctx, cmd: EgressCommitted) -> None:
-    """Trim the sink's rows up to ``upto`` (they are in Kafka, with the sink's marker), and
-    dead-letter the records of those rows that could not be encoded: in the same write, and
-    only while their row is here (a repeated EgressCommitted finds none, adds none)."""
+    """Trim the sink's rows up to ``upto`` and those in ``seqs`` (they are in Kafka, with the
+    sink's marker), and dead-letter the records of those rows that could not be encoded: in
+    the same write, and only while their row is here (a repeated EgressCommitted finds none,
+    adds none)."""
     prefix = outbox_prefix(cmd.cluster, cmd.sink)
+    trimmed = set(cmd.seqs)
     for f in cmd.failed:
         raw = ctx.tx.get("outbox", outbox_key(cmd.cluster, cmd.sink, f.seq))
-        if raw is not None and f.seq <= cmd.upto:
+        if raw is not None and (f.seq <= cmd.upto or f.seq in trimmed):
             _unsendable(ctx, outbox_key(cmd.cluster, cmd.sink, f.seq), OutboxEntry.decode(raw), f)
+    for seq in cmd.seqs:
+        ctx.tx.delete("outbox", outbox_key(cmd.cluster, cmd.sink, seq))
     for k, _ in ctx.tx.scan("outbox", prefix):
         if len(k) != len(prefix) + 8:
             continue
         if _U64.unpack_from(k, len(prefix))[0] > cmd.upto:
             break
         ctx.tx.delete("outbox", k)
+    ctx.reply(cmd.waiter, "ok")
 
 
 def _unsendable(ctx: Ctx, row: bytes, entry: OutboxEntry, f: FailedRecord) -> None:
@@ -337,7 +371,9 @@ def reserve_for(ctx: Ctx, cmd: KafkaIngest, rec: KafkaRecord) -> bytes:
     has_key = any(h.key == "kafka.key" for h in rec.headers)
     key = decode_key(rec.key) if has_key else None
     origin = f"{cmd.topic}:{cmd.partition}:{rec.offset}"
-    return reserve(ctx, cmd.output, sink_of(cmd.producer), key, origin=origin)
+    return reserve(
+        ctx, cmd.output, sink_of(cmd.producer), key, origin=origin, lane=lane_of(cmd.producer)
+    )
 
 
 def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
@@ -379,7 +415,10 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
         out = b""
         if cmd.output is not None:
             origin = f"{cmd.topic}:{cmd.partition}:{end}"
-            out = reserve(ctx, cmd.output, sink_of(cmd.producer), None, batch=True, origin=origin)
+            out = reserve(
+                ctx, cmd.output, sink_of(cmd.producer), None,
+                batch=True, origin=origin, lane=lane_of(cmd.producer),
+            )  # fmt: skip
         head = json.dumps({"topic": cmd.topic, "partition": cmd.partition})[:-1].encode()
         invoke(
             ctx,
