@@ -282,3 +282,75 @@ async def test_death_around_the_commit_of_the_transaction_that_skipped_misfits(
     log = proc.log.read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
     assert f"{len(bad)} records of rows committed before a restart did not fit" in log, log[-3000:]
+
+
+@pytest.mark.timeout(240)
+async def test_misfits_of_a_committed_transaction_stay_dead_letters_when_the_subject_changes(
+    kafka: Tansu, tmp_path: Path, egress_services: ServiceProcess
+) -> None:
+    """The broker dies right after committing its first egress transaction, which left out
+    misfits (the subscription encodes with the registry subject's latest version). Before the
+    restart, a new version of the subject makes them fit. The rows of that transaction are
+    committed: the restart must dead-letter its misfits as the marker names them, not encode
+    them again with the new version (which would drop them: neither sent nor dead-lettered).
+    Every input ends once in the output or among the dead letters, never both."""
+    src, out, dlq = new_topic(kafka, 1), new_topic(kafka, 1), new_topic(kafka, 1)
+    n = 200
+    keys = {i: f"k{i % 11}".encode() for i in range(n)}
+    # (The first record is a misfit: the first transaction holds the first row of its lane.)
+    records = [
+        (keys[i].decode(), {"i": i, "by": 7 if i % 10 == 0 else f"b{i}"}, None) for i in range(n)
+    ]
+    subject = f"{out}-value"
+    with RegistryServer() as server:
+        reg = HttpSchemaRegistry(server.url)
+        reg.register(subject, SCHEMA)
+        proc = BrokerProcess(tmp_path / "data")
+        proc.start({"SLUICE_FAULTS": "after-egress-commit=1"})
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{proc.admin}", timeout=30
+            ) as c:
+                r = await c.post(
+                    "/deployments", json={"uri": egress_services.uri, "use_http_11": True}
+                )
+                assert r.status_code == 201, r.text
+                cluster = {"bootstrap.servers": kafka.bootstrap}
+                r = await c.post(
+                    "/kafka-clusters",
+                    json={"name": "local", "properties": cluster, "schema_registry": server.url},
+                )
+                assert r.status_code == 201, r.text
+                options = {
+                    "name": "avro-subject",
+                    "output_topic": out,
+                    "output_serde": "avro",
+                    "output_schema": subject,
+                    "dead_letter_topic": dlq,
+                }
+                body = {"source": f"kafka://local/{src}", "sink": "service://Enrich/echo"}
+                r = await c.post("/subscriptions", json={**body, "options": options})
+                assert r.status_code == 201, r.text
+                produce(kafka, src, records)
+                assert proc.proc is not None
+                await asyncio.to_thread(proc.proc.wait, 120)  # it kills itself at the point
+            assert "SIGKILL at after-egress-commit" in proc.log.read_text(errors="replace")
+            v2 = {
+                **SCHEMA,
+                "fields": [SCHEMA["fields"][0], {"name": "by", "type": ["string", "long"]}],
+            }
+            reg.register(subject, v2)
+            await asyncio.to_thread(proc.start)
+            got = await asyncio.to_thread(
+                read_output, kafka, out, 1, decode=avro_reader(reg, subject, set())
+            )
+            sent = [o.value["i"] for o in got]
+            dead = {d.value["i"] for d in await asyncio.to_thread(read_output, kafka, dlq, 1, 30)}
+        finally:
+            proc.stop()
+    assert len(sent) == len(set(sent)), "an output was sent twice"
+    assert dead, "no misfit was dead-lettered: the committed transaction left some out"
+    assert not dead & set(sent), f"sent and dead-lettered: {sorted(dead & set(sent))}"
+    lost = sorted(set(range(n)) - dead - set(sent))
+    assert not lost, f"neither sent nor dead-lettered: {lost}"
+    assert dead <= {i for i in range(n) if i % 10 == 0}
