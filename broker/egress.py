@@ -17,10 +17,13 @@ import functools
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker import faults
+from broker.files import write_durably
 from broker.partition._outbox import (
     EgressCommitted,
     FailedRecord,
@@ -43,29 +46,48 @@ from .egress_encoding import OutputEncoder
 
 if TYPE_CHECKING:
     from broker.server import Broker
+    from broker.storage import Store
 
 log = logging.getLogger("sluice.egress")
 
 MAX_TRANSACTION_RECORDS = 5000  # a row's records never split across transactions
 
 
-def node_id(data_dir: Any) -> tuple[str, bool]:
+_NODE_KEY = b"egress_node\0"  # in the ``meta`` table: the second copy of the file
+_NODE_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def node_id(data_dir: Path, store: Store) -> tuple[str, bool]:
     """This data directory's egress identity, created on first use; and whether it was
-    created now (then no earlier process used it)."""
+    created now (then no earlier process used it).
+
+    It is kept twice, each copy durable before any record is sent under it: in the file
+    ``egress-id`` and in the tables. A copy that is missing or not an identity (a power
+    loss took it) is written again from the other: a new identity would send the rows
+    committed under the old one once more, under another ``sluice-producer``."""
     path = data_dir / "egress-id"
-    if path.exists():
-        return path.read_text().strip(), False
-    ident = os.urandom(6).hex()
-    tmp = data_dir / "egress-id.tmp"
-    tmp.write_text(ident)
-    tmp.replace(path)
-    return ident, True
+    text = path.read_text().strip() if path.exists() else ""
+    in_file = text if _NODE_ID.fullmatch(text) else ""
+    in_store = (store.get("meta", _NODE_KEY) or b"").decode("ascii", "replace")
+    in_store = in_store if _NODE_ID.fullmatch(in_store) else ""
+    ident = in_store or in_file
+    created = not ident
+    if created:
+        ident = os.urandom(6).hex()
+    elif text and not in_file:
+        log.warning("egress-id held %r, not an identity: %s restored from the tables", text, ident)
+    if in_store != ident:
+        store.write({("meta", _NODE_KEY): ident.encode()})
+        store.sync()
+    if in_file != ident:
+        write_durably(path, ident.encode())
+    return ident, created
 
 
 class Egress:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.node, self.new_node = node_id(broker.settings.data_dir)
+        self.node, self.new_node = node_id(broker.settings.data_dir, broker.store)
         self.workers: dict[tuple[str, int], SinkWorker] = {}
 
     async def start(self) -> None:
