@@ -22,6 +22,7 @@ fail with ENOSPC; without ``:ERRNO`` the error is EIO.
 
     log-fsync             the log's fdatasync of one group commit
     storage-write         one write batch of the tables (RocksDB)
+    dead-letter-produce   one delivery of dead letters to Kafka (a cluster that refuses them)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import signal
 
 ENV = "SLUICE_FAULTS"
 POINTS = ("after-kafka-poll", "after-log-append", "before-egress-commit", "after-egress-commit")
-ERROR_POINTS = ("log-fsync", "storage-write")
+ERROR_POINTS = ("log-fsync", "storage-write", "dead-letter-produce")
 
 
 def parse(spec: str) -> dict[str, int]:

@@ -115,12 +115,13 @@ class Controller:
             return subs[ref]
         return next((s for s in subs.values() if s.id == ref), None)
 
-    def _lookup(self, name: str) -> tuple[Subscription, KafkaCluster] | None:
-        sub = self.subscriptions().get(name)
-        if sub is None:
-            return None
-        cluster = self.clusters().get(sub.cluster)
-        return (sub, cluster) if cluster is not None else None
+    def _lookup(self, name: str, cluster: str) -> KafkaCluster | None:
+        """The cluster of a dead letter: its subscription's, else the one the row names."""
+        raw = self.broker.store.get("subscriptions", name.encode())
+        if raw is not None:
+            cluster = Subscription.model_validate_json(raw).cluster
+        raw = self.broker.store.get("kafka_clusters", cluster.encode()) if cluster else None
+        return KafkaCluster.model_validate_json(raw) if raw is not None else None
 
     def _kind(self, sub: Subscription) -> tuple[int | None, str]:
         svc = self.broker.registry.services.get(sub.service)

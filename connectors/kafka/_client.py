@@ -271,6 +271,11 @@ class Producer:
             errors, self._errors = self._errors, []
             raise KafkaError(f"{len(errors)} records failed: {errors[0]}", retriable=True)
 
+    def close(self) -> None:
+        """Drop what is not delivered yet (the caller produces it again, to a new producer)."""
+        self._p.purge()
+        self._p.flush(0)
+
 
 class TopicAdmin:
     def __init__(self, properties: Mapping[str, str]) -> None:

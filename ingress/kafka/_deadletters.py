@@ -3,6 +3,12 @@ batch that decided them, produced here, then deleted through the log.
 
 At least once: a crash after the produce and before the deletion is durable sends the row
 again on restart; its headers (subscription, topic, partition, offset) identify duplicates.
+
+A row goes to its subscription's cluster, or, once the subscription is deleted, to the
+cluster the row names: a dead letter decided is delivered, whatever happens to its
+subscription. A row whose cluster is not defined (any more) stays in the table and is tried
+again every ``RETRY_UNKNOWN_S``. After a failed delivery the producers are built anew: an
+idempotent producer that hit a fatal error refuses everything after it.
 """
 
 from __future__ import annotations
@@ -13,24 +19,27 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from broker import faults
 from broker.partition._records import DeadLettered
 from broker.partition.lifecycle.kafka import H_PARTITION, H_SUBSCRIPTION, DeadLetter
-from connectors.kafka import KafkaError, Producer
+from connectors.kafka import Producer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from broker.server import Broker
-    from subscriptions._models import KafkaCluster, Subscription
+    from subscriptions._models import KafkaCluster
 
 log = logging.getLogger("sluice.kafka")
+
+RETRY_UNKNOWN_S = 10.0
 
 
 class DeadLetterSender:
     def __init__(
         self,
         broker: Broker,
-        lookup: Callable[[str], tuple[Subscription, KafkaCluster] | None],
+        lookup: Callable[[str, str], KafkaCluster | None],
         count: Callable[[str, int], None],
     ) -> None:
         self.broker = broker
@@ -74,12 +83,16 @@ class DeadLetterSender:
                 done = await loop.run_in_executor(self._ex, self._produce, rows)
             except Exception as e:
                 log.warning("dead-letter delivery failed (%s); retrying in 2s", e)
+                await loop.run_in_executor(self._ex, self._close_producers)
                 await asyncio.sleep(2.0)
                 for k in keys:
                     self._queue.put_nowait(k)
                 continue
             for k in keys:
                 self._queued.discard(k)
+            left = {k for k, _ in rows} - {k for k, _ in done}
+            for k in left:  # (no cluster to send it to, now)
+                loop.call_later(RETRY_UNKNOWN_S, self.add, k)
             if done:
                 self.broker.submit(DeadLettered(keys=[k for k, _ in done]))
                 for _, row in done:
@@ -91,15 +104,19 @@ class DeadLetterSender:
                     self._count(h.get(H_SUBSCRIPTION, ""), part)
 
     def _produce(self, rows: list[tuple[bytes, DeadLetter]]) -> list[tuple[bytes, DeadLetter]]:
+        faults.check("dead-letter-produce")
         done = []
         used: set[str] = set()
         for k, row in rows:
             sub_name = next((h.value for h in row.headers if h.key == H_SUBSCRIPTION), "")
-            found = self._lookup(sub_name)
-            if found is None:
-                log.warning("dead letter for unknown subscription %r kept in the table", sub_name)
+            cluster = self._lookup(sub_name, row.cluster)
+            if cluster is None:
+                log.warning(
+                    "dead letter of subscription %r: cluster %r is not defined; kept in the"
+                    " table, tried again in %gs",
+                    sub_name, row.cluster, RETRY_UNKNOWN_S,
+                )  # fmt: skip
                 continue
-            _, cluster = found
             prod = self._producers.get(cluster.name)
             if prod is None:
                 prod = Producer({**cluster.properties, "message.max.bytes": 64 * 1024 * 1024})
@@ -113,8 +130,11 @@ class DeadLetterSender:
             used.add(cluster.name)
             done.append((k, row))
         for name in used:
-            try:
-                self._producers[name].flush(30.0)
-            except KafkaError:
-                raise
+            self._producers[name].flush(30.0)
         return done
+
+    def _close_producers(self) -> None:
+        producers, self._producers = self._producers, {}
+        for prod in producers.values():
+            with contextlib.suppress(Exception):
+                prod.close()

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
 from connectors.kafka._client import OFFSET_BEGINNING
+from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.kafka import Tansu
+from tests.quiet import until_quiet
 
-from .conftest import Admin, new_topic, produce
+from .conftest import Admin, deploy_with_kafka, new_topic, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -151,3 +155,49 @@ async def test_non_utf8_key_is_encoded_by_default(
     # Not UTF-8 (and UTF-8 that starts with the prefix): "b64:" + base64 of the bytes.
     assert (await _wait_count(admin, "b64:/wA=", 1)) == {"count": 1, "sum": 7, "last": 0}
     assert (await _wait_count(admin, "b64:YjY0Ong=", 1)) == {"count": 1, "sum": 8, "last": 1}
+
+
+async def test_dead_letters_outlive_their_deleted_subscription(
+    kafka: Tansu, tmp_path: Path, restate_counter: ServiceProcess
+) -> None:
+    """Dead letters decided while the cluster refused them (an injected fault) are still
+    delivered, after a restart, once their subscription is deleted: a decided dead letter is
+    accepted data. The broker is quiet at the end: no row is left behind."""
+    topic, dlq = new_topic(kafka, 1), new_topic(kafka, 1)
+    produce(
+        kafka, topic, [(k, v, 0) for k, v, _ in RECORDS[:8]], **{"message.max.bytes": 4_000_000}
+    )
+    bad = [i for i, why in BAD if i < 8 and "handler" not in why]
+    proc = BrokerProcess(tmp_path / "data")
+    proc.start({"SLUICE_FAULTS": "dead-letter-produce=1"})
+    try:
+        admin = f"http://127.0.0.1:{proc.admin}"
+        async with httpx.AsyncClient(base_url=admin, timeout=30) as c:
+            await deploy_with_kafka(c, admin, restate_counter.uri, kafka)
+            r = await c.post(
+                "/subscriptions",
+                json={
+                    "source": f"kafka://local/{topic}",
+                    "sink": "service://KafkaCounter/add",
+                    "options": {
+                        "name": "doomed",
+                        "dead_letter_topic": dlq,
+                        "key_encoding": "strict",
+                    },
+                },
+            )
+            assert r.status_code == 201, r.text
+            deadline = time.monotonic() + 30
+            while (await c.get("/activity")).json()["dead_letters"] < len(bad):
+                assert time.monotonic() < deadline, (await c.get("/activity")).json()
+                await asyncio.sleep(0.1)
+            r = await c.delete("/subscriptions/doomed")
+            assert r.status_code in (200, 202, 204), r.text
+        assert "injected at dead-letter-produce" in proc.stop()
+        await asyncio.to_thread(proc.start)
+        dead = await asyncio.to_thread(_read_all, kafka, dlq, len(bad), 30)
+        offsets = sorted({int(dict(m.headers)["sluice-dlq-offset"] or b"-1") for m in dead})
+        assert offsets == bad, [m.headers for m in dead]
+        await until_quiet([proc.admin])
+    finally:
+        proc.stop()

@@ -12,6 +12,7 @@ dead letters.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -57,17 +58,20 @@ H_INVOCATION = "sluice-dlq-invocation-id"
 
 @dataclass(slots=True)
 class DeadLetter(p.Message):
-    """A ``kafka_dlq`` row: the record to produce."""
+    """A ``kafka_dlq`` row: the record to produce, and the cluster to produce it to (its
+    subscription's, kept here: the row outlives a deleted subscription)."""
 
     topic: str = ""
     key: bytes | None = None
     value: bytes | None = None
     headers: list[p.Header] = field(default_factory=list)
+    cluster: str = ""
     _schema: ClassVar = (
         (1, "topic", STRING),
         (2, "key", OPT_BYTES),
         (3, "value", OPT_BYTES),
         (4, "headers", REP_MSG, p.Header),
+        (5, "cluster", STRING),
     )
 
 
@@ -218,6 +222,12 @@ def dlq_headers(sub: str, topic: str, partition: str, offset: str, reason: str) 
 
 
 def put_dead_letter(ctx: Ctx, key: bytes, row: DeadLetter) -> None:
+    if not row.cluster:
+        name = next((h.value for h in row.headers if h.key == H_SUBSCRIPTION), "")
+        sub = ctx.tx.get("subscriptions", name.encode())
+        if sub is not None:  # (its source: kafka://CLUSTER/TOPIC)
+            row.cluster = str(json.loads(sub).get("source", "")).removeprefix("kafka://")
+            row.cluster = row.cluster.split("/", 1)[0]
     ctx.tx.put("kafka_dlq", key, row.encode())
     ctx.actions.append(a.DeadLetterPending(key))
 
