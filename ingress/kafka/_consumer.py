@@ -104,6 +104,15 @@ class PartitionStats:
         }
 
 
+def outside_log(at: int, lo: int, hi: int) -> tuple[int, str]:
+    """A position ``at`` that a partition's log (offsets ``lo`` to ``hi``) does not hold:
+    (records deleted before they were read, "") for a retention gap, read on from ``lo``;
+    (0, why) for a topic deleted and created again. Never (0, "")."""
+    if at < lo:
+        return lo - at, ""
+    return 0, f"its end {hi} is below the position {at}"
+
+
 class SubscriptionConsumer:
     def __init__(self, broker: Broker, sub: Subscription, cluster: KafkaCluster, kind: int) -> None:
         self.broker = broker
@@ -316,8 +325,9 @@ class SubscriptionConsumer:
             out.add(e.partition)
             at = e.offset if e.offset >= 0 else stats.durable
             lo, hi = await self._call(consumer.watermarks, self.sub.topic, e.partition)
-            if at < lo:
-                stats.skipped += lo - at
+            gap, recreated_why = outside_log(at, lo, hi)
+            if gap:
+                stats.skipped += gap
                 log.error(
                     "subscription %s: %s[%d]: offsets %d to %d were deleted (retention) before"
                     " Sluice read them: %d records skipped; reading on from %d",
@@ -328,7 +338,7 @@ class SubscriptionConsumer:
                     consumer.seek, TopicPartitionOffset(self.sub.topic, e.partition, lo)
                 )
             else:
-                recreated[e.partition] = f"its end {hi} is below the position {at}"
+                recreated[e.partition] = recreated_why
         return out
 
     async def _reassign(self, consumer: Consumer, recreated: dict[int, str]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from connectors.kafka import TopicAdmin
+from ingress.kafka._consumer import outside_log
 from tests.broker.conftest import ServiceProcess
 from tests.conftest import running_broker
 from tests.kafka import Tansu
@@ -144,3 +145,16 @@ async def test_on_topic_reset_stop_waits_for_an_operator(
             assert (part["resets"], part["epoch"]) == (1, 1), part
         finally:
             await admin.close()
+
+
+def test_a_position_outside_the_log_is_a_counted_gap_or_a_recreated_topic() -> None:
+    """The pure decision behind an out-of-range position (a retention gap cannot be made on
+    Tansu: reliability test 1, test_tansu_cannot_add_partitions): below the log start, the
+    records between are counted as skipped and reading goes on at the start; at or past
+    the end, the topic was created again. Nothing is ever neither."""
+    assert outside_log(at=10, lo=25, hi=40) == (15, "")
+    assert outside_log(at=0, lo=1, hi=1) == (1, "")
+    skipped, why = outside_log(at=150, lo=0, hi=50)
+    assert skipped == 0 and why == "its end 50 is below the position 150"
+    for at, lo, hi in [(5, 5, 5), (7, 0, 7), (0, 0, 0)]:
+        assert outside_log(at, lo, hi)[1], (at, lo, hi)

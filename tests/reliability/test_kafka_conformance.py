@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka as ck  # only for abort_transaction, which the wrapper lacks
+import confluent_kafka as ck  # for what the wrapper lacks: abort_transaction, CreatePartitions
 import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from connectors.kafka import Consumer, KafkaError, TopicPartitionOffset, TransactionalProducer
 from tests.kafka import Tansu
@@ -287,3 +288,21 @@ def test_deleting_a_topic_under_a_consumer_crashes_librdkafka(
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert child.returncode == -11, (child.returncode, child.stdout, child.stderr[-2000:])
+
+
+def test_tansu_cannot_add_partitions(kafka: Tansu, rng: random.Random) -> None:
+    """Tansu has no CreatePartitions (KIP-195): partitions added to a topic under a
+    subscription (picked up by the consumer's metadata check, ingress/kafka/_consumer.py)
+    cannot be exercised here. Nor can a retention gap: DeleteRecords panics inside Tansu
+    (DESIGN.md), so its handling is covered by a unit test of ``outside_log`` only
+    (tests/ingress_kafka/test_positions.py). If Tansu learns CreatePartitions, this fails:
+    then test the added partitions for real."""
+    topic = f"conf-grow-{rng.getrandbits(32):08x}"
+    kafka.create_topic(topic, 1)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    (future,) = admin.create_partitions([NewPartitions(topic, 2)]).values()
+    with pytest.raises(ck.KafkaException) as refused:
+        future.result(15)
+    assert refused.value.args[0].code() == ck.KafkaError._UNSUPPORTED_FEATURE, refused.value
+    md = admin.list_topics(topic, timeout=10)
+    assert len(md.topics[topic].partitions) == 1
