@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.load import LoadResult, run_load
-from sdk.testing import free_port
+from sluice.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESTATE = ROOT / ".tools/restate-server-1.7.12/bin/restate-server"
@@ -104,7 +104,7 @@ def start_sluice() -> Broker:
         [
             sys.executable,
             "-m",
-            "broker",
+            "sluice.broker",
             "server",
             "--data-dir",
             str(work / "data"),

@@ -1,5 +1,5 @@
 """The Sluice SDK handlers of bench/kafka_egress.py: a stream handler (declared with
-``sdk.Batch``: up to 500 records of one partition in, a list of records out) and a
+``sluice.Batch``: up to 500 records of one partition in, a list of records out) and a
 per-record map, both stateless. ``GET /first``
 (outside the endpoint) gives, per input topic, when the first record reached a handler."""
 
@@ -9,15 +9,15 @@ import json
 import time
 from typing import Any
 
-import sdk
-from sdk import Context, OutputRecord, RecordBatch, Service
+import sluice
+from sluice import Context, OutputRecord, RecordBatch, Service
 
 first: dict[str, float] = {}
 
 stream = Service("BenchStream")
 
 
-@stream.handler(batch=sdk.Batch(max_records=500, max_ms=100))
+@stream.handler(batch=sluice.Batch(max_records=500, max_ms=100))
 async def batch(ctx: Context, batch: RecordBatch) -> list[OutputRecord]:
     first.setdefault(batch.topic, time.time())
     return [
@@ -34,7 +34,7 @@ async def map(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     return {"i": rec["i"], "by": "sluice-record"}
 
 
-_endpoint = sdk.app(stream, per_record)
+_endpoint = sluice.app(stream, per_record)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -38,8 +38,8 @@ from typing import Any
 
 from bench.compare import ROOT, free_port, start_sluice, wait_http
 from bench.kafka_ingest import http, start_tansu
-from connectors.kafka import Consumer, Producer, TopicAdmin, TopicPartitionOffset
-from connectors.kafka._client import OFFSET_BEGINNING
+from sluice.connectors.kafka import Consumer, Producer, TopicAdmin, TopicPartitionOffset
+from sluice.connectors.kafka._client import OFFSET_BEGINNING
 
 QUIX_VENV = ROOT / ".venv-quix"
 QUIX_REQUIREMENT = "quixstreams>=3.28,<3.29"

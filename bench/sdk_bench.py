@@ -22,7 +22,7 @@ Scenarios (one virtual-object handler each, the same on both sides):
   marginal CPU per step (RunCommand + proposal + notification), fake broker included on
   both sides (a few microseconds of header parsing).
 
-Every invocation's output frames are decoded with `sdk.protocol` and checked, so a failing
+Every invocation's output frames are decoded with `sluice.protocol` and checked, so a failing
 handler cannot pass as a fast one. Rounds alternate which SDK goes first; the table gives
 medians over the rounds and the ratio Sluice / restate-sdk. JSON goes to
 bench/results/sdk.json.
@@ -51,10 +51,10 @@ from typing import Any
 import restate
 from restate.serde import JsonSerde
 
-import sdk
-from sdk import protocol as p
+import sluice
+from sluice import protocol as p
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sdk.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "sluice.json"
 SERVICE = "Bench"
 KEY = "bench"
 INVOCATION_ID = b"\x00" * 8 + b"0123456789abcdef"
@@ -85,11 +85,11 @@ _step: Callable[[int], Any] = _step_async
 
 # --- the handlers, written once per SDK ----------------------------------------------------
 
-sluice_obj = sdk.VirtualObject(SERVICE)
+sluice_obj = sluice.VirtualObject(SERVICE)
 
 
 @sluice_obj.handler(name="replay")
-async def sluice_replay(ctx: sdk.ObjectContext, n: int) -> int:
+async def sluice_replay(ctx: sluice.ObjectContext, n: int) -> int:
     total = 0
     for i in range(1, n + 1):
         total += await ctx.run("step", _step, i)
@@ -97,11 +97,11 @@ async def sluice_replay(ctx: sdk.ObjectContext, n: int) -> int:
     return total
 
 
-_SLUICE_JSON: sdk.JsonSerde[int] = sdk.JsonSerde()
+_SLUICE_JSON: sluice.JsonSerde[int] = sluice.JsonSerde()
 
 
 @sluice_obj.handler(name="replay_serde")
-async def sluice_replay_serde(ctx: sdk.ObjectContext, n: int) -> int:
+async def sluice_replay_serde(ctx: sluice.ObjectContext, n: int) -> int:
     total = 0
     for i in range(1, n + 1):
         total += await ctx.run("step", _step, i, serde=_SLUICE_JSON)
@@ -110,14 +110,14 @@ async def sluice_replay_serde(ctx: sdk.ObjectContext, n: int) -> int:
 
 
 @sluice_obj.handler(name="sets")
-async def sluice_sets(ctx: sdk.ObjectContext, n: int) -> int:
+async def sluice_sets(ctx: sluice.ObjectContext, n: int) -> int:
     for i in range(n):
         ctx.set(f"k{i}", i)
     return n
 
 
 @sluice_obj.handler(name="runs")
-async def sluice_runs(ctx: sdk.ObjectContext, n: int) -> int:
+async def sluice_runs(ctx: sluice.ObjectContext, n: int) -> int:
     total = 0
     for i in range(1, n + 1):
         total += await ctx.run("step", _step, i)
@@ -165,7 +165,7 @@ async def restate_runs(ctx: restate.ObjectContext, n: int) -> int:
 
 
 APPS: dict[str, AsgiApp] = {
-    "sluice": sdk.app(sluice_obj, always_replay=False),
+    "sluice": sluice.app(sluice_obj, always_replay=False),
     "restate-sdk": restate.app(services=[restate_obj]),
 }
 
@@ -231,7 +231,7 @@ _ENDINGS = (0x0001, 0x0002, 0x0003)  # suspension, error, end
 async def bidi(app: AsgiApp, handler: str, body: bytes) -> bytes:
     """One HTTP/2 attempt with a fake broker that completes every proposed run step.
 
-    The fake broker parses frame headers, decodes each proposal with `sdk.protocol` and
+    The fake broker parses frame headers, decodes each proposal with `sluice.protocol` and
     answers with a RunCompletionNotification carrying the proposed value; it closes the
     request side on End/Suspension/Error, as restate-server does. Its cost (a few
     microseconds per step) is the same for both SDKs.

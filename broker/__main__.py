@@ -1,3 +1,3 @@
-from broker.cli import main
+from sluice.broker.cli import main
 
 main()

@@ -1,6 +1,8 @@
 """``sluice``: run the broker, and talk to a running one through its admin API.
 
-Errors are one line on stderr and exit code 1; never a traceback.
+Errors are one line on stderr and exit code 1; never a traceback. The commands that talk to
+an admin API need only the SDK install (``pip install sluice``); ``server`` needs the broker
+extra, and without it says so in one line and exits 2.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import importlib.metadata
 import json
 import logging
 import os
@@ -25,13 +28,21 @@ class CliError(Exception):
     pass
 
 
+EXIT_MISSING_EXTRA = 2
+# Import names of the broker extra's distributions (pyproject.toml).
+BROKER_EXTRA = {
+    "pydantic", "rocksdict", "h2", "rich", "confluent_kafka", "orjson", "fastavro", "tomli_w",
+    "yaml", "uvloop",
+}  # fmt: skip
+
+
 def _server(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from broker.config import BrokerSettings
-    from broker.errors import EXIT_FATAL, Fatal
-    from broker.server import Broker
-    from subscriptions import DeclarationError
+    from sluice.broker.config import BrokerSettings
+    from sluice.broker.errors import EXIT_FATAL, Fatal
+    from sluice.broker.server import Broker
+    from sluice.subscriptions import DeclarationError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -143,11 +154,15 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -
 
 
 def _progress(text: str) -> Any:
-    """A spinner on a terminal; nothing when piped."""
+    """A spinner on a terminal (rich, from the broker extra; without it, the text once);
+    nothing when piped."""
     if not sys.stderr.isatty():
         return contextlib.nullcontext()
-    from rich.console import Console
-
+    try:
+        from rich.console import Console
+    except ImportError:
+        print(text, file=sys.stderr)
+        return contextlib.nullcontext()
     return Console(stderr=True).status(text)
 
 
@@ -210,8 +225,16 @@ def _state(args: argparse.Namespace) -> None:
         print(f"{k} = {json.dumps(v)}")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sluice")
+    except importlib.metadata.PackageNotFoundError:  # (run from a checkout, not installed)
+        return "(not installed)"
+
+
 def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per option
     ap = argparse.ArgumentParser(prog="sluice", description="Sluice durable execution broker")
+    ap.add_argument("--version", action="version", version=f"sluice {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("server", help="run the broker")
@@ -306,7 +329,7 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
     g.add_argument("key")
     st.set_defaults(fn=_state)
 
-    from subscriptions._cli import add_commands
+    from sluice.subscriptions._cli import add_commands
 
     add_commands(client)
     return ap
@@ -319,5 +342,14 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as e:
         print(f"sluice: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in BROKER_EXTRA:
+            raise
+        print(
+            f"sluice: error: '{args.command}' needs the broker extra ({e.name} is not"
+            " installed): pip install 'sluice[broker]'",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_MISSING_EXTRA)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -19,13 +19,14 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker import faults
-from broker.files import write_durably
-from broker.partition._outbox import (
+from sluice.broker import faults
+from sluice.broker.files import write_durably
+from sluice.broker.partition._outbox import (
+    EGRESS_NODE_KEY,
     EgressCommitted,
+    EgressIdentity,
     FailedRecord,
     OutboxEntry,
     OutboxReady,
@@ -33,42 +34,41 @@ from broker.partition._outbox import (
     outbox_prefix,
     parse_outbox_key,
 )
-from broker.partition.lifecycle.egress import (
+from sluice.broker.partition.lifecycle.egress import (
     EGRESS_PARTITIONS,
     batch_item,
     inline_value,
     records_of,
 )
-from connectors.kafka._egress import EgressSink, OutRecord, Progress
-from connectors.serde import DecodeError
+from sluice.connectors.kafka._egress import EgressSink, OutRecord, Progress
+from sluice.connectors.serde import DecodeError
 
 from .egress_encoding import OutputEncoder
 
 if TYPE_CHECKING:
-    from broker.server import Broker
-    from broker.storage import Store
+    from sluice.broker.server import Broker
 
 log = logging.getLogger("sluice.egress")
 
 MAX_TRANSACTION_RECORDS = 5000  # a row's records never split across transactions
 
 
-_NODE_KEY = b"egress_node\0"  # in the ``meta`` table: the second copy of the file
 _NODE_ID = re.compile(r"[0-9a-f]{12}")
 
 
-def node_id(data_dir: Path, store: Store) -> tuple[str, bool]:
+async def node_id(broker: Broker) -> tuple[str, bool]:
     """This data directory's egress identity, created on first use; and whether it was
     created now (then no earlier process used it).
 
     It is kept twice, each copy durable before any record is sent under it: in the file
-    ``egress-id`` and in the tables. A copy that is missing or not an identity (a power
-    loss took it) is written again from the other: a new identity would send the rows
-    committed under the old one once more, under another ``sluice-producer``."""
-    path = data_dir / "egress-id"
+    ``egress-id`` and in the tables, through the log (``EgressIdentity``). A copy that is
+    missing or not an identity (a power loss took it) is written again from the other: a new
+    identity would send the rows committed under the old one once more, under another
+    ``sluice-producer``."""
+    path = broker.settings.data_dir / "egress-id"
     text = path.read_text().strip() if path.exists() else ""
     in_file = text if _NODE_ID.fullmatch(text) else ""
-    in_store = (store.get("meta", _NODE_KEY) or b"").decode("ascii", "replace")
+    in_store = (broker.store.get("meta", EGRESS_NODE_KEY) or b"").decode("ascii", "replace")
     in_store = in_store if _NODE_ID.fullmatch(in_store) else ""
     ident = in_store or in_file
     created = not ident
@@ -77,8 +77,9 @@ def node_id(data_dir: Path, store: Store) -> tuple[str, bool]:
     elif text and not in_file:
         log.warning("egress-id held %r, not an identity: %s restored from the tables", text, ident)
     if in_store != ident:
-        store.write({("meta", _NODE_KEY): ident.encode()})
-        store.sync()
+        reply = await broker.request(EgressIdentity(node=ident))
+        if reply.kind != "ok":
+            raise RuntimeError(f"the log did not take the egress identity: {reply.message}")
     if in_file != ident:
         write_durably(path, ident.encode())
     return ident, created
@@ -87,10 +88,12 @@ def node_id(data_dir: Path, store: Store) -> tuple[str, bool]:
 class Egress:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.node, self.new_node = node_id(broker.settings.data_dir, broker.store)
+        self.node = ""  # (start)
+        self.new_node = False
         self.workers: dict[tuple[str, int], SinkWorker] = {}
 
     async def start(self) -> None:
+        self.node, self.new_node = await node_id(self.broker)
         self.broker.action_hooks[OutboxReady] = self._ready
         seen = set()
         for k, _ in self.broker.store.scan("outbox", b""):

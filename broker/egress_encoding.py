@@ -10,8 +10,8 @@ retriable ``RegistryError``: the sink retries, nothing is dead-lettered for it.
 
 from __future__ import annotations
 
-from broker.partition._outbox import OutputFormat
-from connectors.serde import (
+from sluice.broker.partition._outbox import OutputFormat
+from sluice.connectors.serde import (
     AvroSerde,
     DecodeError,
     SchemaRegistry,

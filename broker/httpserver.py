@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from broker.errors import Fatal
+from sluice.broker.errors import Fatal
 
 _REASONS = {
     200: "OK",

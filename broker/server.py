@@ -11,20 +11,20 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from broker.config import BrokerSettings
-from broker.errors import Fatal
-from broker.files import write_durably
-from broker.invoker import Invoker, InvokerOptions
-from broker.log import EmbeddedLog
-from broker.partition import actions as a
-from broker.partition._context import Config, RetryPolicy
-from broker.partition._records import Expire
-from broker.partition.processor import Processor
-from broker.partition.state_machine import StateMachine
-from broker.schema import Registry
-from broker.storage import RocksDBStore
-from broker.timers import TimerService
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.config import BrokerSettings
+from sluice.broker.errors import Fatal
+from sluice.broker.files import write_durably
+from sluice.broker.invoker import Invoker, InvokerOptions
+from sluice.broker.log import EmbeddedLog
+from sluice.broker.partition import actions as a
+from sluice.broker.partition._context import Config, RetryPolicy
+from sluice.broker.partition._records import Expire
+from sluice.broker.partition.processor import Processor
+from sluice.broker.partition.state_machine import StateMachine
+from sluice.broker.schema import Registry
+from sluice.broker.storage import RocksDBStore
+from sluice.broker.timers import TimerService
 
 log = logging.getLogger("sluice.broker")
 
@@ -91,9 +91,9 @@ class Broker:
         self.invoker.start_sweeper()
         self._expiry = asyncio.ensure_future(self._expire_loop())
 
-        from broker.admin import AdminApi
-        from broker.httpserver import Handler, serve
-        from ingress.http import Ingress
+        from sluice.broker.admin import AdminApi
+        from sluice.broker.httpserver import Handler, serve
+        from sluice.ingress.http import Ingress
 
         async def listen(handler: Handler, port: int) -> int:
             """Serve `handler` on `port` (0: any free one); return the port bound."""
@@ -106,12 +106,12 @@ class Broker:
         self.ingress_port = await listen(Ingress(self).handle, s.ingress_port)
         self.admin_port = await listen(AdminApi(self).handle, s.admin_port)
 
-        from broker.egress import Egress
+        from sluice.broker.egress import Egress
 
         self.egress = Egress(self)  # before the consumers: results may come back at once
         await self.egress.start()
 
-        from subscriptions import Controller
+        from sluice.subscriptions import Controller
 
         self.subscriptions = Controller(self)
         await self.subscriptions.start()

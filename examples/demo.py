@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.kafka import Consumer, TopicAdmin, TopicPartitionOffset
 from examples.orders import sample
+from sluice.connectors.kafka import Consumer, TopicAdmin, TopicPartitionOffset
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -234,7 +234,7 @@ def _sluice(procs: Processes, work: Path, bootstrap: str) -> tuple[str, str]:
         [
             python,
             "-m",
-            "broker",
+            "sluice.broker",
             "server",
             "--data-dir",
             str(work / "sluice-data"),

@@ -9,13 +9,13 @@ from typing import Any
 
 
 def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    from broker.cli import _admin as call  # lazy: broker.cli imports this module
+    from sluice.broker.cli import _admin as call  # lazy: broker.cli imports this module
 
     return call(args, method, path, body)
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
-    from broker.cli import CliError  # lazy: broker.cli imports this module
+    from sluice.broker.cli import CliError  # lazy: broker.cli imports this module
 
     out = {}
     for item in items or []:

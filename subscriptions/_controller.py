@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from broker.httpserver import Request, Response, json_response
-from broker.partition import actions as a
-from broker.partition._records import SubscriptionUpdate
-from broker.partition.lifecycle.kafka import subscription_prefix
-from ingress.kafka import DeadLetterSender, PartitionStats, SubscriptionConsumer
+from sluice.broker.httpserver import Request, Response, json_response
+from sluice.broker.partition import actions as a
+from sluice.broker.partition._records import SubscriptionUpdate
+from sluice.broker.partition.lifecycle.kafka import subscription_prefix
+from sluice.ingress.kafka import DeadLetterSender, PartitionStats, SubscriptionConsumer
 
 from ._declarations import load_declarations
 from ._models import KafkaCluster, Subscription
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from sluice.broker.server import Broker
 
 log = logging.getLogger("sluice.subscriptions")
 

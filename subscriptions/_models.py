@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from broker.partition._outbox import EgressTarget, OutputFormat
-from connectors.serde import AvroSerde, Serde, load_schema, redacted, registry_at, serde_for
-from sdk.protocol import Header
+from sluice.broker.partition._outbox import EgressTarget, OutputFormat
+from sluice.connectors.serde import AvroSerde, Serde, load_schema, redacted, registry_at, serde_for
+from sluice.protocol import Header
 
 _HOSTNAME = re.compile(
     r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"

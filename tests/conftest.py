@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.server import Broker
-from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from sluice.broker.config import BrokerSettings
+from sluice.broker.server import Broker
+from sluice.connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
 from tests import quiet
 from tests.broker.conftest import ServiceProcess
 from tests.connectors.registry_server import RegistryServer

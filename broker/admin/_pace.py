@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
-from broker.httpserver import Response
+from sluice.broker.httpserver import Response
 
 T = TypeVar("T")
 

@@ -12,9 +12,9 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from broker.ids import InvocationId
-from broker.partition._records import Phase, Status
-from broker.storage import Store
+from sluice.broker.ids import InvocationId
+from sluice.broker.partition._records import Phase, Status
+from sluice.broker.storage import Store
 
 from ._pace import paced
 

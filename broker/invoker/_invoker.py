@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from broker.partition._records import Effects
-from broker.partition.actions import AbortAttempt, SendToAttempt, StartAttempt
-from broker.schema import Registry
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.partition._records import Effects
+from sluice.broker.partition.actions import AbortAttempt, SendToAttempt, StartAttempt
+from sluice.broker.schema import Registry
 
 from ._h2 import H2Client, StreamHandler, _Conn
 from ._http1 import Http1Pool

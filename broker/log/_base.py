@@ -4,8 +4,8 @@ import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from broker.errors import Fatal
-from broker.ids import Lsn
+from sluice.broker.errors import Fatal
+from sluice.broker.ids import Lsn
 
 
 @dataclass(slots=True, frozen=True)

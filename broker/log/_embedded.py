@@ -36,9 +36,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from broker import faults
-from broker.errors import Fatal, LogError
-from broker.ids import Lsn
+from sluice.broker import faults
+from sluice.broker.errors import Fatal, LogError
+from sluice.broker.ids import Lsn
 
 from ._base import Log, Record
 

@@ -10,8 +10,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from broker.schema import Registry
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.schema import Registry
 
 from . import actions as a
 from ._records import Phase, Status, Timer

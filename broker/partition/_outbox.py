@@ -29,8 +29,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sdk.protocol import Header, Message
-from sdk.protocol._proto import BOOL, BYTES, MSG, OPT_BYTES, REP_MSG, REP_UINT, STRING, UINT
+from sluice.protocol import Header, Message
+from sluice.protocol._proto import BOOL, BYTES, MSG, OPT_BYTES, REP_MSG, REP_UINT, STRING, UINT
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -208,6 +208,19 @@ class EgressCommitted(Message):
         (5, "seqs", REP_UINT),
         (6, "waiter", UINT),
     )
+
+
+@dataclass(slots=True)
+class EgressIdentity(Message):
+    """The node's egress identity (``broker/egress.py``), kept in the ``meta`` table through
+    the log: durable like any command, and the same when the tables are rebuilt from it."""
+
+    node: str = ""
+    waiter: int = 0
+    _schema: ClassVar = ((1, "node", STRING), (2, "waiter", UINT))
+
+
+EGRESS_NODE_KEY = b"egress_node\0"  # in ``meta``
 
 
 def outbox_prefix(cluster: str, sink: int) -> bytes:

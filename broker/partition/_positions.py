@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from broker.storage import Store, Transaction
+from sluice.broker.storage import Store, Transaction
 
 _U64 = struct.Struct(">Q")
 _POSITION = struct.Struct(">QQ")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sdk.protocol import Failure, Header, Message
-from sdk.protocol._proto import (
+from sluice.protocol import Failure, Header, Message
+from sluice.protocol._proto import (
     BOOL,
     BYTES,
     MSG,
@@ -22,7 +22,7 @@ from sdk.protocol._proto import (
     UINT,
 )
 
-from ._outbox import EgressCommitted, EgressTarget, KafkaBatch
+from ._outbox import EgressCommitted, EgressIdentity, EgressTarget, KafkaBatch
 
 # --- shared pieces ---------------------------------------------------------------------------
 
@@ -302,6 +302,7 @@ COMMANDS: dict[int, type[Message]] = {
     21: SubscriptionUpdate,
     22: DeadLettered,
     30: EgressCommitted,
+    31: EgressIdentity,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
 

@@ -13,11 +13,11 @@ import struct
 import time
 from collections.abc import Callable
 
-from broker.errors import Fatal
-from broker.ids import Lsn
-from broker.log import Log, LogCorrupted, Record
-from broker.storage import Store, Transaction
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.errors import Fatal
+from sluice.broker.ids import Lsn
+from sluice.broker.log import Log, LogCorrupted, Record
+from sluice.broker.storage import Store, Transaction
 
 from . import actions as a
 from ._context import Config, Ctx

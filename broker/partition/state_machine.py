@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from broker.schema import Deployment, Registry
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.schema import Deployment, Registry
 
 from . import actions as a
 from ._context import Config, Ctx
-from ._outbox import EgressCommitted
+from ._outbox import EgressCommitted, EgressIdentity
 from ._records import (
     Attach,
     DeadLettered,
@@ -114,6 +114,8 @@ class StateMachine:
             kafka.dead_lettered(ctx, cmd)
         elif isinstance(cmd, EgressCommitted):
             egress.committed(ctx, cmd)
+        elif isinstance(cmd, EgressIdentity):
+            egress.identity(ctx, cmd)
 
     def _effects(self, ctx: Ctx, cmd: Effects) -> None:
         st = ctx.status(cmd.id)

@@ -6,7 +6,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from sdk import protocol as p
+from sluice import protocol as p
 
 MANIFEST_VERSIONS = (4, 3, 2, 1)
 _ACCEPT = ", ".join(
@@ -32,8 +32,8 @@ async def discover(
     """Return (manifest, negotiated protocol version, manifest version)."""
     import asyncio
 
-    from broker.invoker import H2Client, http1_request
-    from broker.invoker._h2 import h2_request
+    from sluice.broker.invoker import H2Client, http1_request
+    from sluice.broker.invoker._h2 import h2_request
 
     url = urlsplit(uri)
     if url.scheme not in ("http", "https") or not url.hostname:

@@ -4,7 +4,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from broker.partition._records import Kind
+from sluice.broker.partition._records import Kind
 
 SERVICE_TYPES = ("SERVICE", "VIRTUAL_OBJECT", "WORKFLOW")
 

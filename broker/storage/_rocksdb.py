@@ -7,8 +7,8 @@ from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from broker import faults
-from broker.errors import StorageError
+from sluice.broker import faults
+from sluice.broker.errors import StorageError
 
 from ._base import COLUMN_FAMILIES, Store
 

@@ -7,7 +7,7 @@ import heapq
 import time
 from collections.abc import Callable
 
-from broker.partition._records import TimerFired
+from sluice.broker.partition._records import TimerFired
 
 
 class TimerService:

@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from connectors.kafka import Producer  # Sluice's Kafka module (confluent-kafka inside)
+from sluice.connectors.kafka import Producer  # Sluice's Kafka module (confluent-kafka inside)
 
 SKUS = {"tea": 4.5, "mug": 12.0, "kettle": 39.0, "beans": 9.75, "grinder": 89.0}
 

@@ -10,7 +10,7 @@ import os
 
 from pydantic import BaseModel
 
-import sdk
+import sluice
 
 
 class Line(BaseModel):
@@ -40,11 +40,11 @@ class CustomerTotals(BaseModel):
     last_order: str
 
 
-enricher = sdk.Service("OrderEnricher", description="Stateless: prices an order and tiers it.")
+enricher = sluice.Service("OrderEnricher", description="Stateless: prices an order and tiers it.")
 
 
 @enricher.handler()
-async def enrich(ctx: sdk.Context, order: Order) -> EnrichedOrder:
+async def enrich(ctx: sluice.Context, order: Order) -> EnrichedOrder:
     """Total and tier of one order (a pure function of the record)."""
     total = round(sum(line.quantity * line.unit_price for line in order.lines), 2)
     tier = "gold" if total >= 100 else "silver" if total >= 30 else "bronze"
@@ -57,11 +57,11 @@ async def enrich(ctx: sdk.Context, order: Order) -> EnrichedOrder:
     )
 
 
-customers = sdk.VirtualObject("Customer", description="Per-customer running totals.")
+customers = sluice.VirtualObject("Customer", description="Per-customer running totals.")
 
 
 @customers.handler()
-async def add_order(ctx: sdk.ObjectContext, order: Order) -> CustomerTotals:
+async def add_order(ctx: sluice.ObjectContext, order: Order) -> CustomerTotals:
     """Count one order for the customer (the record key); exactly once per record."""
     totals = await ctx.get("totals", type_hint=CustomerTotals) or CustomerTotals(
         customer=ctx.key(), orders=0, spent=0.0, last_order=""
@@ -78,16 +78,16 @@ async def add_order(ctx: sdk.ObjectContext, order: Order) -> CustomerTotals:
 
 
 @customers.handler(kind="shared")
-async def totals(ctx: sdk.ObjectSharedContext) -> CustomerTotals | None:
+async def totals(ctx: sluice.ObjectSharedContext) -> CustomerTotals | None:
     """The customer's totals so far."""
     result: CustomerTotals | None = await ctx.get("totals", type_hint=CustomerTotals)
     return result
 
 
-app = sdk.app(enricher, customers)
+app = sluice.app(enricher, customers)
 
 if __name__ == "__main__":
-    sdk.serve(
+    sluice.serve(
         enricher,
         customers,
         host=os.environ.get("HOST", "127.0.0.1"),

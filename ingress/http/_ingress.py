@@ -14,17 +14,25 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from broker.httpserver import Request, Response, json_response, unavailable
-from broker.ids import InvocationId, parse_awakeable_id, partition_key_of
-from broker.partition._records import Attach, AttachMode, Invoke, Kind, Signal, Sink, SinkKind
-from broker.partition.actions import Reply
-from broker.partition.entries.calls import target_id
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.httpserver import Request, Response, json_response, unavailable
+from sluice.broker.ids import InvocationId, parse_awakeable_id, partition_key_of
+from sluice.broker.partition._records import (
+    Attach,
+    AttachMode,
+    Invoke,
+    Kind,
+    Signal,
+    Sink,
+    SinkKind,
+)
+from sluice.broker.partition.actions import Reply
+from sluice.broker.partition.entries.calls import target_id
 
 from ._validate import validate
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from sluice.broker.server import Broker
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 _HUMAN = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)")

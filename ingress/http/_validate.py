@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from broker.schema import HandlerInfo
+from sluice.broker.schema import HandlerInfo
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),

@@ -36,12 +36,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from broker import faults
-from broker.partition._positions import read_position
-from broker.partition._records import KafkaIngest, KafkaRecord, Kind
-from broker.partition.lifecycle.egress import pack_batches, pack_messages
-from broker.partition.lifecycle.kafka import producer_id
-from connectors.kafka import (
+from sluice import protocol as p
+from sluice.broker import faults
+from sluice.broker.partition._positions import read_position
+from sluice.broker.partition._records import KafkaIngest, KafkaRecord, Kind
+from sluice.broker.partition.lifecycle.egress import pack_batches, pack_messages
+from sluice.broker.partition.lifecycle.kafka import producer_id
+from sluice.connectors.kafka import (
     Consumer,
     KafkaError,
     KafkaMessage,
@@ -49,15 +50,17 @@ from connectors.kafka import (
     TopicAdmin,
     TopicPartitionOffset,
 )
-from connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
-from connectors.serde import DecodeError, JsonSerde, RegistryError, Serde, encode_key
-from sdk import protocol as p
+from sluice.connectors.kafka._client import OFFSET_BEGINNING, OFFSET_END
+from sluice.connectors.serde import DecodeError, JsonSerde, RegistryError, Serde, encode_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from broker.server import Broker
-    from subscriptions._models import KafkaCluster, Subscription  # (subscriptions imports us)
+    from sluice.broker.server import Broker
+    from sluice.subscriptions._models import (  # (subscriptions imports us)
+        KafkaCluster,
+        Subscription,
+    )
 
 log = logging.getLogger("sluice.kafka")
 T = TypeVar("T")

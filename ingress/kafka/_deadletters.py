@@ -19,16 +19,16 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from broker import faults
-from broker.partition._records import DeadLettered
-from broker.partition.lifecycle.kafka import H_PARTITION, H_SUBSCRIPTION, DeadLetter
-from connectors.kafka import Producer
+from sluice.broker import faults
+from sluice.broker.partition._records import DeadLettered
+from sluice.broker.partition.lifecycle.kafka import H_PARTITION, H_SUBSCRIPTION, DeadLetter
+from sluice.connectors.kafka import Producer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from broker.server import Broker
-    from subscriptions._models import KafkaCluster
+    from sluice.broker.server import Broker
+    from sluice.subscriptions._models import KafkaCluster
 
 log = logging.getLogger("sluice.kafka")
 

@@ -255,7 +255,8 @@ bind-port = {self.ingress_port}
 
 
 class SluiceBroker(Broker):
-    """The Sluice broker, `python -m broker server`, run from the checkout that holds `broker/`."""
+    """The Sluice broker, `python -m sluice.broker server`, run from the checkout that holds
+    `broker/`."""
 
     name = "sluice-broker"
 
@@ -277,7 +278,7 @@ class SluiceBroker(Broker):
         return [
             self.python,
             "-m",
-            "broker",
+            "sluice.broker",
             "server",
             "--data-dir",
             str(self.data_dir),

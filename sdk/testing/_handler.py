@@ -60,7 +60,7 @@ class HandlerProcess(Supervised):
         )
 
     def _argv(self) -> list[str]:
-        serve = [self.python, "-m", "sdk.testing._serve", self.target]
+        serve = [self.python, "-m", "sluice.testing._serve", self.target]
         return [*serve, "--host", self.host, "--port", str(self.port)]
 
     @property

@@ -1,4 +1,4 @@
-"""Serve an ASGI app under hypercorn: `python -m sdk.testing._serve module:attr --port P`.
+"""Serve an ASGI app under hypercorn: `python -m sluice.testing._serve module:attr --port P`.
 
 One port answers both HTTP/2 cleartext with prior knowledge (bidirectional streaming) and
 HTTP/1.1 (request/response); which one a broker uses is chosen when the deployment is
@@ -46,7 +46,7 @@ async def _serve(app: Any, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sdk.testing._serve")
+    parser = argparse.ArgumentParser(prog="python -m sluice.testing._serve")
     parser.add_argument("target", help="the ASGI app, as module:attr")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

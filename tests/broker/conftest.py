@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.server import Broker
-from sdk.testing import free_port
+from sluice.broker.server import Broker
+from sluice.testing import free_port
 from tests import quiet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,8 +56,8 @@ def log_holds(data: Path, needle: bytes) -> bool:
 
 
 class BrokerProcess:
-    """A real ``python -m broker server`` on free ports, for crash tests: SIGKILL it and start
-    it again on the same ports and data. ``args``: more ``server`` flags. Its stderr goes to
+    """A real ``python -m sluice.broker server`` on free ports, for crash tests: SIGKILL it and
+    start it again on the same ports and data. ``args``: more ``server`` flags. Its stderr goes to
     ``log``, beside the data directory, appended across restarts."""
 
     def __init__(self, data: Path, *args: str) -> None:
@@ -73,7 +73,7 @@ class BrokerProcess:
         self.data.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "broker", "server", "--data-dir", str(self.data),
+                [sys.executable, "-m", "sluice.broker", "server", "--data-dir", str(self.data),
                  "--ingress-port", str(self.ingress), "--admin-port", str(self.admin),
                  *self.args],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})},

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from broker.admin._activity import activity
-from broker.partition._records import Expire
-from broker.server import Broker
+from sluice.broker.admin._activity import activity
+from sluice.broker.partition._records import Expire
+from sluice.broker.server import Broker
 from tests.ingress_kafka.conftest import Admin, new_topic, produce
 from tests.kafka import Tansu
 from tests.quiet import until_quiet

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from broker.server import Broker
+from sluice.broker.server import Broker
 
 from .conftest import ROOT, Client, ServiceProcess, free_port, wait_port
 
@@ -17,7 +17,7 @@ async def sluice(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "broker",
+        "sluice.broker",
         *args,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -107,7 +107,7 @@ async def test_server_subcommand(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "broker",
+        "sluice.broker",
         "server",
         "--data-dir",
         str(tmp_path / "d"),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from broker.admin._pace import EVERY, JsonRows
+from sluice.broker.admin._pace import EVERY, JsonRows
 
 
 @pytest.mark.parametrize("count", [0, 1, EVERY - 1, EVERY, EVERY + 1, 3 * EVERY + 5])

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import broker.invoker
-import broker.log
-import broker.schema
-import broker.storage
-import ingress.http
+import sluice.broker.invoker
+import sluice.broker.log
+import sluice.broker.schema
+import sluice.broker.storage
+import sluice.ingress.http
 
 
 def test_exported_names() -> None:
-    assert sorted(broker.log.__all__) == ["EmbeddedLog", "Log", "LogCorrupted", "Record"]
-    assert sorted(broker.storage.__all__) == [
+    assert sorted(sluice.broker.log.__all__) == ["EmbeddedLog", "Log", "LogCorrupted", "Record"]
+    assert sorted(sluice.broker.storage.__all__) == [
         "COLUMN_FAMILIES",
         "MemoryStore",
         "RocksDBStore",
         "Store",
         "Transaction",
     ]
-    assert sorted(broker.invoker.__all__) == [
+    assert sorted(sluice.broker.invoker.__all__) == [
         "H2Client",
         "H2Response",
         "Invoker",
         "InvokerOptions",
         "http1_request",
     ]
-    assert sorted(broker.schema.__all__) == [
+    assert sorted(sluice.broker.schema.__all__) == [
         "Deployment",
         "DiscoveryError",
         "HandlerInfo",
@@ -33,4 +33,4 @@ def test_exported_names() -> None:
         "ServiceInfo",
         "discover",
     ]
-    assert sorted(ingress.http.__all__) == ["Ingress", "parse_delay"]
+    assert sorted(sluice.ingress.http.__all__) == ["Ingress", "parse_delay"]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from broker.faults import ENV, POINTS, parse
+from sluice.broker.faults import ENV, POINTS, parse
 from tests.broker.conftest import ROOT
 
 

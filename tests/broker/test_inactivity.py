@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.server import Broker
+from sluice.broker.server import Broker
 from tests.conftest import running_broker
 
 from .conftest import Client, ServiceProcess

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.invoker._invoker import MalformedFrame, split_frames, version_mismatch
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.invoker._invoker import MalformedFrame, split_frames, version_mismatch
 
 
 def test_complete_frames_are_cut_off_and_a_partial_one_waits() -> None:

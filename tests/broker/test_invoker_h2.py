@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.server import Broker
+from sluice.broker.server import Broker
 from tests.conftest import running_broker
 from tests.scenarios.support import eventually
 

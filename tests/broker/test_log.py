@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import LogError
-from broker.ids import Lsn
-from broker.log import EmbeddedLog, LogCorrupted, Record
+from sluice.broker.errors import LogError
+from sluice.broker.ids import Lsn
+from sluice.broker.log import EmbeddedLog, LogCorrupted, Record
 
 
 async def test_group_commit_one_sync_per_turn(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

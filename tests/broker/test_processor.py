@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from broker.errors import Fatal, LogError, StorageError
-from broker.log import EmbeddedLog, LogCorrupted, Record
-from broker.partition import actions as a
-from broker.partition._context import Config
-from broker.partition._records import (
+from sluice import protocol as p
+from sluice.broker.errors import Fatal, LogError, StorageError
+from sluice.broker.log import EmbeddedLog, LogCorrupted, Record
+from sluice.broker.partition import actions as a
+from sluice.broker.partition._context import Config
+from sluice.broker.partition._records import (
     KafkaIngest,
     KafkaRecord,
     Kind,
@@ -23,12 +24,11 @@ from broker.partition._records import (
     Terminate,
     encode_command,
 )
-from broker.partition.lifecycle.kafka import DeadLetter
-from broker.partition.processor import APPLIED, RUNNING_INDEXED, Processor
-from broker.partition.state_machine import StateMachine
-from broker.schema import Registry
-from broker.storage import MemoryStore, RocksDBStore
-from sdk import protocol as p
+from sluice.broker.partition.lifecycle.kafka import DeadLetter
+from sluice.broker.partition.processor import APPLIED, RUNNING_INDEXED, Processor
+from sluice.broker.partition.state_machine import StateMachine
+from sluice.broker.schema import Registry
+from sluice.broker.storage import MemoryStore, RocksDBStore
 
 
 async def test_a_poison_entry_is_skipped_not_fatal(
@@ -160,7 +160,7 @@ async def test_an_unappliable_kafka_batch_dead_letters_its_records_and_replies(
     """A KafkaIngest the state machine cannot apply (a bug) is skipped, but each of its
     records above the dedup position still ends as a dead letter with the reason, the
     position moves past them, and the consumer gets its reply so that its offsets move."""
-    from broker.partition.lifecycle import kafka
+    from sluice.broker.partition.lifecycle import kafka
 
     def broken(ctx: object, cmd: object) -> None:
         raise ZeroDivisionError("a bug in applying it")
@@ -194,7 +194,7 @@ async def test_an_unappliable_kafka_batch_dead_letters_its_records_and_replies(
 async def test_an_unappliable_request_gets_an_error_reply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker.partition import state_machine
+    from sluice.broker.partition import state_machine
 
     monkeypatch.setattr(
         state_machine.StateMachine, "apply", lambda self, ctx, cmd: 1 / 0, raising=True

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from broker.ids import InvocationId, awakeable_id, partition_key_of
-from broker.partition import actions as a
-from broker.partition._context import Config, Ctx, RetryPolicy
-from broker.partition._records import (
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId, awakeable_id, partition_key_of
+from sluice.broker.partition import actions as a
+from sluice.broker.partition._context import Config, Ctx, RetryPolicy
+from sluice.broker.partition._records import (
     Effects,
     Expire,
     Invoke,
@@ -20,10 +21,9 @@ from broker.partition._records import (
     Terminate,
     TimerFired,
 )
-from broker.partition.state_machine import StateMachine
-from broker.schema import Deployment, Registry
-from broker.storage import MemoryStore, Transaction
-from sdk import protocol as p
+from sluice.broker.partition.state_machine import StateMachine
+from sluice.broker.schema import Deployment, Registry
+from sluice.broker.storage import MemoryStore, Transaction
 
 DEPLOYMENT = Deployment(
     id="dp_test",

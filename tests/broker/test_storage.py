@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.storage import MemoryStore, RocksDBStore, Store, Transaction
+from sluice.broker.storage import MemoryStore, RocksDBStore, Store, Transaction
 
 
 @pytest.fixture(params=["memory", "rocksdb"])

@@ -14,7 +14,7 @@ import fastavro
 import pytest
 from pydantic import BaseModel
 
-from connectors.serde import (
+from sluice.connectors.serde import (
     AvroSerde,
     DecodeError,
     FileSchemaRegistry,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
-from connectors.kafka._client import OFFSET_BEGINNING
-from connectors.serde import AvroSerde, SchemaRegistry
+from sluice.connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
+from sluice.connectors.kafka._client import OFFSET_BEGINNING
+from sluice.connectors.serde import AvroSerde, SchemaRegistry
 from tests.broker.conftest import ServiceProcess
 from tests.ingress_kafka.conftest import Admin, admin, new_topic, produce  # noqa: F401
 from tests.kafka import Tansu

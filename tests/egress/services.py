@@ -9,8 +9,8 @@ import asyncio
 import os
 from typing import Any
 
-import sdk
-from sdk import Context, ObjectContext, Service, VirtualObject
+import sluice
+from sluice import Context, ObjectContext, Service, VirtualObject
 
 enrich = Service("Enrich")
 
@@ -68,13 +68,13 @@ async def batch(ctx: Context, batch: dict[str, Any]) -> list[dict[str, Any]]:
 declared = Service("Declared")
 
 
-@declared.handler(batch=sdk.Batch(max_records=7, max_ms=50))
-async def enrich_batch(ctx: Context, batch: sdk.RecordBatch) -> list[sdk.OutputRecord]:
+@declared.handler(batch=sluice.Batch(max_records=7, max_ms=50))
+async def enrich_batch(ctx: Context, batch: sluice.RecordBatch) -> list[sluice.OutputRecord]:
     """A stream handler declared in the SDK; each output names its batch (input partition,
     first offset, size) so that the test can check how records were batched."""
     first, size = batch.records[0].offset, len(batch.records)
     return [
-        sdk.OutputRecord(
+        sluice.OutputRecord(
             {
                 "i": r.value["i"],
                 "offset": r.offset,
@@ -101,4 +101,4 @@ async def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-app = sdk.app(enrich, tally, sender, stream, declared, held)
+app = sluice.app(enrich, tally, sender, stream, declared, held)

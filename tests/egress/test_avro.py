@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.server import Broker
-from connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from sluice.broker.server import Broker
+from sluice.connectors.serde import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
 from tests.broker.conftest import BrokerProcess, ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
 from tests.kafka import Tansu

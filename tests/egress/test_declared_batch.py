@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from broker.server import Broker
+from sluice.broker.server import Broker
 from tests.broker.conftest import ServiceProcess
 from tests.kafka import Tansu
 

@@ -8,10 +8,11 @@ import json
 from types import SimpleNamespace
 from typing import cast
 
-from broker.egress import SinkWorker
-from broker.ids import InvocationId
-from broker.partition import actions as a
-from broker.partition._outbox import (
+from sluice import protocol as p
+from sluice.broker.egress import SinkWorker
+from sluice.broker.ids import InvocationId
+from sluice.broker.partition import actions as a
+from sluice.broker.partition._outbox import (
     EgressCommitted,
     EgressTarget,
     OutboxEntry,
@@ -19,11 +20,10 @@ from broker.partition._outbox import (
     OutboxState,
     parse_outbox_key,
 )
-from broker.partition._records import KafkaIngest, KafkaRecord, Kind, Status
-from broker.partition.lifecycle.egress import pack_batches, pack_messages, records_of
-from connectors.kafka import KafkaMessage
-from connectors.kafka._egress import OutRecord
-from sdk import protocol as p
+from sluice.broker.partition._records import KafkaIngest, KafkaRecord, Kind, Status
+from sluice.broker.partition.lifecycle.egress import pack_batches, pack_messages, records_of
+from sluice.connectors.kafka import KafkaMessage
+from sluice.connectors.kafka._egress import OutRecord
 from tests.broker.test_state_machine import Harness, of
 
 

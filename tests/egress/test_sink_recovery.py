@@ -15,8 +15,13 @@ from collections.abc import Callable
 
 import pytest
 
-from connectors.kafka import Consumer, KafkaError, TopicPartitionOffset, TransactionalProducer
-from connectors.kafka._egress import EgressSink, OutRecord, Progress
+from sluice.connectors.kafka import (
+    Consumer,
+    KafkaError,
+    TopicPartitionOffset,
+    TransactionalProducer,
+)
+from sluice.connectors.kafka._egress import EgressSink, OutRecord, Progress
 from tests.kafka import Tansu
 
 from .conftest import new_topic

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.server import Broker
-from ingress.http import parse_delay
+from sluice.broker.config import BrokerSettings
+from sluice.broker.server import Broker
+from sluice.ingress.http import parse_delay
 from tests.broker.conftest import Client, ServiceProcess, log_holds
 
 

@@ -14,8 +14,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from broker.server import Broker
-from connectors.kafka import Producer
+from sluice.broker.server import Broker
+from sluice.connectors.kafka import Producer
 from tests.broker.conftest import ServiceProcess
 from tests.kafka import Tansu
 from tests.quiet import until_quiet

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import sdk
-from sdk import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
+import sluice
+from sluice import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
 
 counter = VirtualObject("KafkaCounter")
 
@@ -36,4 +36,4 @@ async def get(ctx: ObjectSharedContext) -> dict[str, Any]:
     }
 
 
-app = sdk.app(counter)
+app = sluice.app(counter)

@@ -21,8 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.server import Broker
-from connectors.serde import AvroSerde, FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from sluice.broker.server import Broker
+from sluice.connectors.serde import (
+    AvroSerde,
+    FileSchemaRegistry,
+    HttpSchemaRegistry,
+    SchemaRegistry,
+)
 from tests.broker.conftest import ROOT, BrokerProcess, ServiceProcess, free_port
 from tests.connectors.registry_server import RegistryServer
 from tests.egress.conftest import Out, avro_reader, check_exactly_once, read_output
@@ -369,7 +374,7 @@ async def test_avro_subscription_settings(
     avsc = tmp_path / "order.avsc"
     avsc.write_text(json.dumps(SCHEMA))
     cmd = [
-        sys.executable, "-m", "broker", "subscriptions", "--admin-url",
+        sys.executable, "-m", "sluice.broker", "subscriptions", "--admin-url",
         f"http://127.0.0.1:{broker.admin_port}", "create", "--name", "avro-cli",
         "--source", f"kafka://local/{src}", "--sink", "service://Enrich/echo",
         "--serde", "avro", "--input-schema", str(avsc), "--schema-registry", reg,

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
-from connectors.kafka._client import OFFSET_BEGINNING
+from sluice.connectors.kafka import Consumer, KafkaMessage, TopicPartitionOffset
+from sluice.connectors.kafka._client import OFFSET_BEGINNING
 from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.kafka import Tansu
 from tests.quiet import until_quiet

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from broker.server import Broker
-from connectors.kafka import Consumer, Producer, TopicPartitionOffset
+from sluice.broker.server import Broker
+from sluice.connectors.kafka import Consumer, Producer, TopicPartitionOffset
 from tests.broker.conftest import ServiceProcess
 from tests.kafka import Tansu
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka import TopicAdmin
-from ingress.kafka._consumer import outside_log
+from sluice.connectors.kafka import TopicAdmin
+from sluice.ingress.kafka._consumer import outside_log
 from tests.broker.conftest import ServiceProcess
 from tests.conftest import running_broker
 from tests.kafka import Tansu

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import struct
 
-from broker.ids import InvocationId
-from broker.partition import actions as a
-from broker.partition._records import (
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId
+from sluice.broker.partition import actions as a
+from sluice.broker.partition._records import (
     DeadLettered,
     KafkaIngest,
     KafkaRecord,
@@ -18,8 +19,7 @@ from broker.partition._records import (
     Status,
     SubscriptionUpdate,
 )
-from broker.partition.lifecycle.kafka import DeadLetter, producer_id, subscription_prefix
-from sdk import protocol as p
+from sluice.broker.partition.lifecycle.kafka import DeadLetter, producer_id, subscription_prefix
 from tests.broker.test_state_machine import Harness
 
 PRODUCER = producer_id("sub", "orders", 0)

@@ -1,7 +1,7 @@
 """What the kill tests share: a broker that gets SIGKILLed on a schedule, and a client that
 retries until it gets an answer.
 
-The broker and the handler service are ``sdk.testing`` processes (a real ``python -m broker
+The broker and the handler service are ``sdk.testing`` processes (a real ``python -m sluice.broker
 server`` and hypercorn over HTTP/2); the handler service is never killed here, only the broker.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sdk.testing import HandlerProcess, SluiceBroker, TestEnvironment
+from sluice.testing import HandlerProcess, SluiceBroker, TestEnvironment
 
 from .conftest import peak_rss_mb
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from connectors.kafka import TransactionalProducer
+from sluice.connectors.kafka import TransactionalProducer
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import sdk
-from sdk import Context, Service
+import sluice
+from sluice import Context, Service
 
 bulk = Service("Bulk")
 
@@ -28,4 +28,4 @@ async def spread(ctx: Context, span: list[int]) -> int:
     return span[1] - span[0]
 
 
-app = sdk.app(bulk)
+app = sluice.app(bulk)

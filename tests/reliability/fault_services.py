@@ -14,8 +14,8 @@ import asyncio
 import os
 import time
 
-import sdk
-from sdk import ObjectContext, VirtualObject
+import sluice
+from sluice import ObjectContext, VirtualObject
 
 HOLD_S = 30.0  # how long a faulty key's attempt stays in the handler (killed or timed out first)
 
@@ -59,5 +59,5 @@ async def hang(ctx: ObjectContext, payload: str) -> str:
     return payload
 
 
-kill_app = sdk.app(killable)
-hang_app = sdk.app(hanging)
+kill_app = sluice.app(killable)
+hang_app = sluice.app(hanging)

@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from connectors.kafka import Consumer, TopicPartitionOffset
-from connectors.kafka._client import OFFSET_BEGINNING
+from sluice.connectors.kafka import Consumer, TopicPartitionOffset
+from sluice.connectors.kafka._client import OFFSET_BEGINNING
 from tests.egress.conftest import Out
 from tests.ingress_kafka.conftest import deploy_with_kafka
 from tests.kafka import Tansu

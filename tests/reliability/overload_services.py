@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import sdk
-from sdk import ObjectContext, VirtualObject
+import sluice
+from sluice import ObjectContext, VirtualObject
 
 ledger = VirtualObject("Ledger")
 
@@ -33,4 +33,4 @@ async def slow_add(ctx: ObjectContext, rec: dict[str, Any]) -> int:
     return await _count(ctx, rec["job"])
 
 
-app = sdk.app(ledger)
+app = sluice.app(ledger)

@@ -16,8 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from sdk import protocol as p
-from sdk.testing import harness
+from sluice import protocol as p
+from sluice.testing import harness
 
 HERE = Path(__file__).parent
 NAMES = ["ada", "grace", "edsger"]

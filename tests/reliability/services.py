@@ -13,8 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import sdk
-from sdk import Context, ObjectContext, Service, VirtualObject
+import sluice
+from sluice import Context, ObjectContext, Service, VirtualObject
 
 echo = Service("Echo")
 
@@ -56,7 +56,7 @@ async def trip(ctx: ObjectContext, name: str) -> dict[str, Any]:
     }
 
 
-app = sdk.app(echo, journey)
+app = sluice.app(echo, journey)
 
 
 def _recording(inner: Any) -> Any:

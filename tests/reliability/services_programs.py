@@ -17,8 +17,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
-import sdk
-from sdk import ObjectContext, ObjectSharedContext, VirtualObject
+import sluice
+from sluice import ObjectContext, ObjectSharedContext, VirtualObject
 
 program = VirtualObject("Program")
 
@@ -68,8 +68,8 @@ async def execute(ctx: ObjectContext, prog: dict[str, Any]) -> dict[str, Any]:
         elif op == "run":
             runs[str(i)] = await ctx.run(f"run-{i}", _mark, "run", pid, i, os.urandom(8).hex())
         else:
-            raise sdk.TerminalError(f"unknown step {op!r}", status_code=400)
+            raise sluice.TerminalError(f"unknown step {op!r}", status_code=400)
     return {"id": pid, "runs": runs}
 
 
-app = sdk.app(program)
+app = sluice.app(program)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import sdk
-from sdk import ObjectContext, VirtualObject
+import sluice
+from sluice import ObjectContext, VirtualObject
 
 from .services import echo, length
 
@@ -25,4 +25,4 @@ async def trip(ctx: ObjectContext, name: str) -> dict[str, Any]:
     return {"packed": packed, "n": n, "went": went, "visits": visits + 1}
 
 
-app = sdk.app(echo, journey)
+app = sluice.app(echo, journey)

@@ -12,8 +12,8 @@ import os
 import time
 from datetime import timedelta
 
-import sdk
-from sdk import ObjectContext, VirtualObject
+import sluice
+from sluice import ObjectContext, VirtualObject
 
 timer = VirtualObject("Timer")
 
@@ -33,4 +33,4 @@ async def nap(ctx: ObjectContext, ms: int) -> dict[str, object]:
     return {"start": started, "ms": ms, **woke}
 
 
-app = sdk.app(timer)
+app = sluice.app(timer)

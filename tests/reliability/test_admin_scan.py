@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk.testing import HandlerProcess, SluiceBroker, TestEnvironment
+from sluice.testing import HandlerProcess, SluiceBroker, TestEnvironment
 
 from .conftest import peak_rss_mb, sized
 

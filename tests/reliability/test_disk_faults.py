@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.errors import EXIT_FATAL
+from sluice.broker.errors import EXIT_FATAL
 from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.ingress_kafka.conftest import deploy_with_kafka, new_topic, produce
 from tests.kafka import Tansu

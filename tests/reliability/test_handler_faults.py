@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk.testing import HandlerProcess, SluiceBroker
+from sluice.testing import HandlerProcess, SluiceBroker
 from tests.broker.conftest import ROOT
 
 from .conftest import sized

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk.testing import TestEnvironment
+from sluice.testing import TestEnvironment
 
 from ._chaos import ClosedLoop, Killer, Retrying, environment, open_invocations, spread
 from .conftest import sized

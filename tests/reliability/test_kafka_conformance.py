@@ -18,7 +18,12 @@ import confluent_kafka as ck  # for what the wrapper lacks: abort_transaction, C
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from connectors.kafka import Consumer, KafkaError, TopicPartitionOffset, TransactionalProducer
+from sluice.connectors.kafka import (
+    Consumer,
+    KafkaError,
+    TopicPartitionOffset,
+    TransactionalProducer,
+)
 from tests.kafka import Tansu
 
 pytestmark = pytest.mark.kafka
@@ -254,7 +259,7 @@ def test_tansu_group_join_delay(kafka: Tansu, rng: random.Random, figures: dict[
 _DELETED_UNDER_A_CONSUMER = """
 import sys, time
 import confluent_kafka as ck
-from connectors.kafka import TopicAdmin
+from sluice.connectors.kafka import TopicAdmin
 boot, topic = sys.argv[1], sys.argv[2]
 c = ck.Consumer({"bootstrap.servers": boot, "group.id": topic, "auto.offset.reset": "error"})
 c.assign([ck.TopicPartition(topic, 0, 0)])

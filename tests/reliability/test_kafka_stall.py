@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.kafka import Consumer, Producer, TopicPartitionOffset
-from connectors.kafka._client import OFFSET_BEGINNING
+from sluice.connectors.kafka import Consumer, Producer, TopicPartitionOffset
+from sluice.connectors.kafka._client import OFFSET_BEGINNING
 from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.egress.conftest import Out, check_exactly_once
 from tests.kafka import Tansu

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.faults import POINTS
+from sluice.broker.faults import POINTS
 from tests.broker.conftest import BrokerProcess, ServiceProcess
 from tests.egress.conftest import (
     check_exactly_once,

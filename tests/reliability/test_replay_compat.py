@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import sdk
-from sdk import protocol as p
+import sluice
+from sluice import protocol as p
 from tests.sdk.journal import post
 
 from .services import app as current
@@ -24,7 +24,7 @@ from .services_reordered import app as reordered
 JOURNALS = sorted((Path(__file__).parent / "journals").glob("*.json"))
 
 
-async def replay(app: sdk.Endpoint, fixture: dict[str, Any]) -> bytes:
+async def replay(app: sluice.Endpoint, fixture: dict[str, Any]) -> bytes:
     """One request/response attempt of the saved request, in-process; the response body."""
     body = bytes.fromhex(fixture["request"])
     return await post(app, fixture["path"], fixture["content_type"], body)

@@ -20,13 +20,13 @@ from typing import Any
 
 import httpx
 
-from broker.config import BrokerSettings
-from broker.log import EmbeddedLog, LogCorrupted
-from broker.partition._context import Config, RetryPolicy
-from broker.partition.processor import Processor
-from broker.partition.state_machine import StateMachine
-from broker.schema import Registry
-from broker.storage import COLUMN_FAMILIES, RocksDBStore
+from sluice.broker.config import BrokerSettings
+from sluice.broker.log import EmbeddedLog, LogCorrupted
+from sluice.broker.partition._context import Config, RetryPolicy
+from sluice.broker.partition.processor import Processor
+from sluice.broker.partition.state_machine import StateMachine
+from sluice.broker.schema import Registry
+from sluice.broker.storage import COLUMN_FAMILIES, RocksDBStore
 from tests.broker.conftest import BrokerProcess, Client, ServiceProcess
 from tests.conftest import running_broker
 from tests.reliability.conftest import sized

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from sdk.testing import HandlerProcess, HarnessError, TestEnvironment, Transport, make_broker
+from sluice.testing import HandlerProcess, HarnessError, TestEnvironment, Transport, make_broker
 
 from .effects import EFFECTS_ENV
 from .support import BROKERS, REPO, SDKS, Scenario, Setup

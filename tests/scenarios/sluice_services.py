@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import sdk
-from sdk import (
+import sluice
+from sluice import (
     Context,
     ObjectContext,
     ObjectSharedContext,
@@ -307,7 +307,7 @@ async def book(ctx: Context, req: dict[str, Any]) -> list[str]:
                 # by now, since the await above returned, and the sleep comes next.
                 record("paying", trip)
                 await ctx.sleep(timedelta(milliseconds=req["wait_ms"]))
-    except TerminalError:  # a failed booking, or sdk.CancelledError from the pending await
+    except TerminalError:  # a failed booking, or sluice.CancelledError from the pending await
         for item in reversed(booked):
             await ctx.run(f"cancel {item}", compensate, item)
         raise
@@ -373,4 +373,4 @@ SERVICES = [
 ]
 
 # Always-replay mode comes from the environment (SLUICE_ALWAYS_REPLAY=1), set by the harness.
-app = sdk.app(*SERVICES)
+app = sluice.app(*SERVICES)

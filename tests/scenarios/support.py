@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-import sdk
-from sdk.testing import TestEnvironment, Transport, read_json_lines
+import sluice
+from sluice.testing import TestEnvironment, Transport, read_json_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 _MISSING = [
     what
     for present, what in (
-        (hasattr(sdk, "app"), "the Sluice SDK's sdk.app (its example services import it)"),
+        (hasattr(sluice, "app"), "the Sluice SDK's sluice.app (its example services import it)"),
         (
             (REPO / "broker" / "__main__.py").is_file(),
-            "the Sluice broker's entry point broker/__main__.py (python -m broker server)",
+            "the Sluice broker's entry point broker/__main__.py (python -m sluice.broker server)",
         ),
     )
     if not present

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-import sdk.testing
-from sdk.testing import HarnessError, Transport, harness, restate_server_binary
+import sluice.testing
+from sluice.testing import HarnessError, Transport, harness, restate_server_binary
 
 from .effects import EFFECTS_ENV
 from .support import BROKERS, REPO
 
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(sdk.testing.__all__) == [
+    assert sorted(sluice.testing.__all__) == [
         "ALWAYS_REPLAY_ENV",
         "Broker",
         "BrokerKind",
@@ -36,8 +36,8 @@ def test_public_names_are_pinned() -> None:
         "read_json_lines",
         "restate_server_binary",
     ]
-    for name in sdk.testing.__all__:
-        assert getattr(sdk.testing, name) is not None
+    for name in sluice.testing.__all__:
+        assert getattr(sluice.testing, name) is not None
 
 
 def test_missing_restate_server_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,17 +92,17 @@ async def test_both_processes_restart_on_the_same_ports_with_their_state(
 
 
 def test_always_replay_switch_reaches_the_handler_environment() -> None:
-    handler = sdk.testing.HandlerProcess(
+    handler = sluice.testing.HandlerProcess(
         "tests.scenarios.sluice_services:app", always_replay=True, cwd=REPO
     )
     try:
-        assert handler.env[sdk.testing.ALWAYS_REPLAY_ENV] == "1"
+        assert handler.env[sluice.testing.ALWAYS_REPLAY_ENV] == "1"
     finally:
         handler.close()
 
 
 def test_a_handler_that_cannot_start_fails_with_its_log() -> None:
-    handler = sdk.testing.HandlerProcess("tests.scenarios.no_such_module:app", cwd=REPO)
+    handler = sluice.testing.HandlerProcess("tests.scenarios.no_such_module:app", cwd=REPO)
     with pytest.raises(
         HarnessError, match=re.escape("No module named 'tests.scenarios.no_such_module'")
     ):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from sdk.testing import Transport
+from sluice.testing import Transport
 
 from .support import Scenario, call_json, eventually, send
 

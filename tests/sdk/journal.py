@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import sdk
-from sdk import protocol as p
+import sluice
+from sluice import protocol as p
 
 
 async def invoke(
-    app: sdk.Endpoint,
+    app: sluice.Endpoint,
     service: str,
     handler: str,
     entries: list[p.Message],
@@ -38,7 +38,7 @@ async def invoke(
 
 
 async def post(
-    app: sdk.Endpoint, path: str, content_type: str, body: bytes, *, http2: bool = False
+    app: sluice.Endpoint, path: str, content_type: str, body: bytes, *, http2: bool = False
 ) -> bytes:
     """One request/response exchange with the endpoint, in-process: the 200 answer's body."""
     sent: list[dict[str, Any]] = []

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import sdk
-from sdk import Batch, Context, OutputRecord, Record, RecordBatch, Service
-from sdk._service import handler_of
+import sluice
+from sluice import Batch, Context, OutputRecord, Record, RecordBatch, Service
+from sluice._service import handler_of
 
 svc = Service("Batched")
 
@@ -25,7 +25,7 @@ async def untyped(ctx: Context, batch: dict) -> list:  # type: ignore[type-arg]
 
 
 def test_the_declaration_is_handler_metadata_in_the_manifest() -> None:
-    manifest = sdk.app(svc).manifest(bidi=False, version=3)
+    manifest = sluice.app(svc).manifest(bidi=False, version=3)
     handlers = {h["name"]: h for h in manifest["services"][0]["handlers"]}
     assert handlers["transform"]["metadata"] == {
         "sluice.batch.max_records": "250",
@@ -66,7 +66,7 @@ def test_the_input_is_a_typed_record_batch() -> None:
         records=[Record(10, "a", {"i": 1}, {"h": "x"}), Record(11, None, b"\x00\x01", {})],
     )
     assert serde.deserialize(serde.serialize(batch)) == batch
-    with pytest.raises(sdk.SerdeError, match="not a record batch"):
+    with pytest.raises(sluice.SerdeError, match="not a record batch"):
         serde.deserialize(b'{"topic": "orders"}')
     # Without the RecordBatch hint the handler gets the JSON as it is.
     assert handler_of(untyped).input_serde.deserialize(json.dumps(wire).encode()) == wire

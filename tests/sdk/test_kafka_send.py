@@ -6,21 +6,21 @@ from __future__ import annotations
 import base64
 import json
 
-import sdk
-from sdk import protocol as p
+import sluice
+from sluice import protocol as p
 
 from .journal import invoke, json_input
 
-svc = sdk.Service("Out")
+svc = sluice.Service("Out")
 
 
 @svc.handler()
-async def emit(ctx: sdk.Context, n: int) -> None:
+async def emit(ctx: sluice.Context, n: int) -> None:
     ctx.kafka_send("orders-out", "k1", {"n": n}, headers={"h": "v"})
     ctx.kafka_send("raw-out", b"\xff", b"bytes", cluster="other")
 
 
-app = sdk.app(svc)
+app = sluice.app(svc)
 
 
 async def test_kafka_send_is_a_one_way_call_to_the_builtin_service() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sdk import protocol as p
+from sluice import protocol as p
 
 
 def test_varint_and_strings_match_protobuf_encoding() -> None:

@@ -4,58 +4,58 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import sdk
-from sdk import protocol as p
+import sluice
+from sluice import protocol as p
 
 from .journal import invoke, json_input
 
 calls: list[str] = []
 
-svc = sdk.Service("Steps")
+svc = sluice.Service("Steps")
 
 
 @svc.handler()
-async def three_steps(ctx: sdk.Context, name: str) -> str:
+async def three_steps(ctx: sluice.Context, name: str) -> str:
     a = await ctx.run("one", lambda: calls.append("one") or f"{name}-1")
     b = await ctx.run("two", lambda: calls.append("two") or f"{a}-2")
     return b
 
 
 @svc.handler()
-async def sleepy(ctx: sdk.Context) -> str:
+async def sleepy(ctx: sluice.Context) -> str:
     await ctx.sleep(timedelta(seconds=5))
     return "woke"
 
 
 @svc.handler()
-async def racer(ctx: sdk.Context) -> str:
+async def racer(ctx: sluice.Context) -> str:
     a = ctx.sleep(timedelta(seconds=1))
     b = ctx.sleep(timedelta(seconds=2))
-    name, _ = await sdk.select(a=a, b=b)
+    name, _ = await sluice.select(a=a, b=b)
     return name
 
 
 @svc.handler()
-async def failing(ctx: sdk.Context) -> None:
-    raise sdk.TerminalError("nope", status_code=422)
+async def failing(ctx: sluice.Context) -> None:
+    raise sluice.TerminalError("nope", status_code=422)
 
 
 @svc.handler()
-async def flaky(ctx: sdk.Context) -> None:
+async def flaky(ctx: sluice.Context) -> None:
     raise RuntimeError("try again")
 
 
-obj = sdk.VirtualObject("Counter")
+obj = sluice.VirtualObject("Counter")
 
 
 @obj.handler()
-async def add(ctx: sdk.ObjectContext, delta: int) -> int:
+async def add(ctx: sluice.ObjectContext, delta: int) -> int:
     n = (await ctx.get("count", type_hint=int)) or 0
     ctx.set("count", n + delta)
     return n + delta
 
 
-app = sdk.app(svc, obj)
+app = sluice.app(svc, obj)
 
 
 async def test_new_run_is_executed_and_proposed() -> None:
@@ -195,7 +195,7 @@ async def test_version_outside_5_to_6_gets_415() -> None:
 
 
 def test_public_names_are_pinned() -> None:
-    assert set(sdk.__all__) >= {
+    assert set(sluice.__all__) >= {
         "Service",
         "VirtualObject",
         "Workflow",
@@ -212,8 +212,8 @@ def test_public_names_are_pinned() -> None:
         "RecordBatch",
         "OutputRecord",
     }
-    assert all(hasattr(sdk, name) for name in sdk.__all__)
+    assert all(hasattr(sluice, name) for name in sluice.__all__)
 
 
 def test_suspension_cannot_be_swallowed_by_except_exception() -> None:
-    assert not issubclass(sdk.SuspendedError, Exception)
+    assert not issubclass(sluice.SuspendedError, Exception)

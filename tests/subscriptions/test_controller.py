@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.server import Broker
-from subscriptions import DeclarationError
+from sluice.broker.config import BrokerSettings
+from sluice.broker.server import Broker
+from sluice.subscriptions import DeclarationError
 from tests.broker.conftest import ROOT, ServiceProcess
 from tests.ingress_kafka.conftest import Admin, new_topic, produce
 from tests.kafka import Tansu
@@ -142,7 +142,7 @@ async def test_cli_manages_clusters_and_subscriptions(
     url = f"http://127.0.0.1:{broker.admin_port}"
 
     async def sluice(*args: str) -> str:
-        cmd = [sys.executable, "-m", "broker", *args[:1], "--admin-url", url, *args[1:]]
+        cmd = [sys.executable, "-m", "sluice.broker", *args[:1], "--admin-url", url, *args[1:]]
         p = await asyncio.to_thread(
             subprocess.run, cmd, cwd=ROOT, capture_output=True, text=True, timeout=30
         )
@@ -176,7 +176,7 @@ async def test_cli_manages_clusters_and_subscriptions(
     # Errors are one line and exit code 1.
     p = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "broker", "subscriptions", "--admin-url", url, "create",
+        [sys.executable, "-m", "sluice.broker", "subscriptions", "--admin-url", url, "create",
          "--source", "kafka://local/x", "--sink", "service://KafkaCounter/add"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from subscriptions import DeclarationError, Subscription, load_declarations
+from sluice.subscriptions import DeclarationError, Subscription, load_declarations
 
 TOML = """\
 [[kafka_clusters]]

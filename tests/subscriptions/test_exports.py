@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import connectors.kafka
-import ingress.kafka
-import subscriptions
+import sluice.connectors.kafka
+import sluice.ingress.kafka
+import sluice.subscriptions
 
 
 def test_exported_names() -> None:
-    assert sorted(subscriptions.__all__) == [
+    assert sorted(sluice.subscriptions.__all__) == [
         "Controller",
         "DeclarationError",
         "Declarations",
@@ -16,11 +16,11 @@ def test_exported_names() -> None:
         "Subscription",
         "load_declarations",
     ]
-    assert sorted(ingress.kafka.__all__) == [
+    assert sorted(sluice.ingress.kafka.__all__) == [
         "DeadLetterSender",
         "PartitionStats",
         "SubscriptionConsumer",
     ]
-    for mod in (subscriptions, ingress.kafka, connectors.kafka):
+    for mod in (sluice.subscriptions, sluice.ingress.kafka, sluice.connectors.kafka):
         for name in mod.__all__:
             assert getattr(mod, name) is not None, (mod.__name__, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from subscriptions import Subscription
+from sluice.subscriptions import Subscription
 
 DECLARED = {"sluice.batch.max_records": "250", "sluice.batch.max_ms": "40"}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.ids import InvocationId, partition_key_of
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId, partition_key_of
 
 from .._context import Ctx, failure
 from .._records import Phase, Status

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.ids import InvocationId, parse_awakeable_id
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId, parse_awakeable_id
 
 from .._context import Ctx
 from .._records import Phase, Signal, Status

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdk import protocol as p
+from sluice import protocol as p
 
 from .._context import Ctx
 from .._records import Status, Timer, TimerKind

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdk import protocol as p
+from sluice import protocol as p
 
 from .._context import Ctx, key_prefix
 from .._records import Status

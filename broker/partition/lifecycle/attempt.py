@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.ids import InvocationId
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId
 
 from .. import actions as a
 from .._context import Ctx, RetryPolicy, key_prefix

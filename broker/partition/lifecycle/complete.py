@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from sdk import protocol as p
+from sluice import protocol as p
 
 from .. import actions as a
 from .._context import Ctx, key_prefix

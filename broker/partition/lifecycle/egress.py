@@ -17,13 +17,15 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from broker.ids import InvocationId, partition_key_of
-from connectors.serde import KEY_PREFIX, decode_key, encode_key, is_json
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId, partition_key_of
+from sluice.connectors.serde import KEY_PREFIX, decode_key, encode_key, is_json
 
 from .._context import Ctx, failure
 from .._outbox import (
+    EGRESS_NODE_KEY,
     EgressCommitted,
+    EgressIdentity,
     EgressTarget,
     FailedRecord,
     KafkaBatch,
@@ -244,6 +246,13 @@ def append(
     entry = OutboxEntry(state=OutboxState.READY, records=records, format=fmt)  # (lane 0)
     ctx.tx.put("outbox", outbox_key(cluster, sink, seq), entry.encode())
     ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+
+
+def identity(ctx: Ctx, cmd: EgressIdentity) -> None:
+    """The first identity written stays (a later one, from a damaged file, does not win)."""
+    if ctx.tx.get("meta", EGRESS_NODE_KEY) is None:
+        ctx.tx.put("meta", EGRESS_NODE_KEY, cmd.node.encode())
+    ctx.reply(cmd.waiter, "ok")
 
 
 def committed(ctx: Ctx, cmd: EgressCommitted) -> None:

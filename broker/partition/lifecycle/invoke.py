@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from sdk import protocol as p
+from sluice import protocol as p
 
 from .._context import Ctx, failure, key_prefix
 from .._records import Invoke, Kind, Phase, Sink, SinkKind, Status, Timer, TimerKind

@@ -17,10 +17,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from broker.ids import InvocationId, partition_key_of
-from connectors.serde import decode_key
-from sdk import protocol as p
-from sdk.protocol._proto import OPT_BYTES, REP_MSG, STRING
+from sluice import protocol as p
+from sluice.broker.ids import InvocationId, partition_key_of
+from sluice.connectors.serde import decode_key
+from sluice.protocol._proto import OPT_BYTES, REP_MSG, STRING
 
 from .. import actions as a
 from .._context import Ctx, failure

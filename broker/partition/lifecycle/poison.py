@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import json
 
-from connectors.serde import decode_key
-from sdk import protocol as p
+from sluice import protocol as p
+from sluice.connectors.serde import decode_key
 
 from .._context import Ctx
 from .._outbox import KafkaBatch
