@@ -219,7 +219,7 @@ class SinkWorker:
             progress_partitions=EGRESS_PARTITIONS,
             before_commit=functools.partial(faults.reached, "before-egress-commit"),
         )
-        topics = set()
+        topics: set[str] = set()
         rows: list[tuple[int, OutboxEntry]] = []
         prefix = outbox_prefix(self.cluster, self.sink)
         for k, raw in self.broker.store.scan("outbox", prefix):
@@ -247,8 +247,8 @@ class SinkWorker:
             # changed since), and dead-lettered by the trim that did not happen.
             failed = []
             for seq, part, why in rec.progress.failed:
-                e = done.get(seq)
-                records = records_of(e) if e is not None else []
+                row = done.get(seq)
+                records = records_of(row) if row is not None else []
                 if part < len(records):
                     r = records[part]
                     failed.append(FailedRecord(seq, part, r.key, r.value, why))

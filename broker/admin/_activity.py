@@ -65,9 +65,9 @@ def activity(broker: Broker) -> dict[str, Any]:
     invocations["inboxed"] = sum(1 for _ in store.scan("inbox", b""))
     for k, _ in store.scan("timers", b""):
         # key: u64 fire time, invocation id, u32 kind, u32 completion id (partition/_context)
-        name = _TIMER_NAMES.get(_U32.unpack_from(k, len(k) - 8)[0])
-        if name is not None and _unfinished(store, k[8:-8]):
-            invocations[name] += 1
+        timer = _TIMER_NAMES.get(_U32.unpack_from(k, len(k) - 8)[0])
+        if timer is not None and _unfinished(store, k[8:-8]):
+            invocations[timer] += 1
     sinks: dict[tuple[str, int], int] = {}
     for k, _ in store.scan("outbox", b""):
         cluster, sink, _ = parse_outbox_key(k)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -28,6 +29,14 @@ class StreamHandler:
     def on_refused(self) -> None:
         """The endpoint never processed the stream (GOAWAY): safe to open it again."""
         self.on_reset("the endpoint refused the stream (GOAWAY)")
+
+
+def _text(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
+    """Response headers as text (h2 decodes them already: ``header_encoding``)."""
+    return {
+        (k if isinstance(k, str) else k.decode()): (v if isinstance(v, str) else v.decode())
+        for k, v in headers
+    }
 
 
 class _Conn(asyncio.Protocol):
@@ -53,7 +62,8 @@ class _Conn(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        # uvloop's transport is no asyncio.Transport subclass, but has its methods.
+        self.transport = tr = cast(asyncio.Transport, transport)
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -68,7 +78,7 @@ class _Conn(asyncio.Protocol):
         self.h2.max_inbound_frame_size = self.h2.local_settings.max_frame_size
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(_WINDOW)
-        transport.write(self.h2.data_to_send())
+        tr.write(self.h2.data_to_send())
         if not self.ready.done():
             self.ready.set_result(None)
 
@@ -88,7 +98,7 @@ class _Conn(asyncio.Protocol):
                     handler.on_data(ev.data)
             elif isinstance(ev, h2.events.ResponseReceived):
                 if handler is not None:
-                    hdrs = {k: v for k, v in ev.headers}
+                    hdrs = _text(ev.headers)
                     handler.on_headers(int(hdrs.get(":status", "0")), hdrs)
             elif isinstance(ev, h2.events.StreamEnded):
                 if handler is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._outbox import OutboxReady
+
 
 @dataclass(slots=True)
 class StartAttempt:
@@ -62,9 +64,6 @@ class SchemaChanged:
     pass
 
 
-Action = StartAttempt | SendToAttempt | AbortAttempt | RegisterTimer | Reply | SchemaChanged
-
-
 @dataclass(slots=True)
 class KafkaDone:
     """An invocation created from a Kafka record finished (frees a backpressure slot)."""
@@ -85,3 +84,8 @@ class SubscriptionsChanged:
 
 
 KafkaAction = KafkaDone | DeadLetterPending | SubscriptionsChanged
+# Everything the state machine may ask for (OutboxReady: egress rows became sendable).
+Action = (
+    StartAttempt | SendToAttempt | AbortAttempt | RegisterTimer | Reply | SchemaChanged
+    | KafkaAction | OutboxReady
+)  # fmt: skip

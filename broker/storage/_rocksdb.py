@@ -24,7 +24,7 @@ class RocksDBStore(Store):
     fault, not the command's, so the processor must not skip the command for it.
     """
 
-    def __init__(self, path: Path, *, disable_wal: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.create_missing_column_families(True)
@@ -33,7 +33,6 @@ class RocksDBStore(Store):
         self._cf: dict[str, Any] = {cf: self._db.get_column_family(cf) for cf in COLUMN_FAMILIES}
         self._handles = {cf: self._db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
         self._wopts = WriteOptions()
-        self._wopts.disable_wal = disable_wal
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         try:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import confluent_kafka as ck
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+Headers = list[tuple[str, bytes | str | None]]  # (as librdkafka takes them)
 
 # Offsets with a meaning before a partition has a position.
 OFFSET_BEGINNING = ck.OFFSET_BEGINNING
@@ -177,20 +181,29 @@ class Consumer:
                     if err.code() in _UNKNOWN
                     else ""
                 )
-                if kind and m.topic() is not None:
+                topic, part, offset = m.topic(), m.partition(), m.offset()
+                if kind and topic is not None:
                     self.errors.append(
-                        PartitionError(m.topic(), m.partition(), m.offset(), kind, err.str())
+                        PartitionError(
+                            topic,
+                            part if part is not None else -1,
+                            offset if offset is not None else -1,
+                            kind,
+                            err.str(),
+                        )
                     )
                 continue  # else transient: librdkafka retries by itself
             ts_type, ts = m.timestamp()
+            # A record that is no error has its topic, partition and offset, and its headers
+            # as a list of (name, bytes) (librdkafka's typing allows for the error event).
             out.append(
                 KafkaMessage(
-                    topic=m.topic(),
-                    partition=m.partition(),
-                    offset=m.offset(),
+                    topic=cast(str, m.topic()),
+                    partition=cast(int, m.partition()),
+                    offset=cast(int, m.offset()),
                     key=m.key(),
                     value=m.value(),
-                    headers=list(m.headers() or ()),
+                    headers=cast(list[tuple[str, bytes | None]], m.headers() or []),
                     timestamp=ts if ts_type != ck.TIMESTAMP_NOT_AVAILABLE else 0,
                 )
             )
@@ -231,28 +244,31 @@ class Producer:
         headers: Sequence[tuple[str, bytes | str | None]] = (),
         partition: int | None = None,
     ) -> None:
-        kw: dict[str, object] = {"on_delivery": self._on_delivery}
-        if headers:
-            kw["headers"] = list(headers)
-        if partition is not None:
-            kw["partition"] = partition
-        self._enqueue(topic, key, value, kw)
+        self._enqueue(
+            topic, key, value, list(headers) or None, -1 if partition is None else partition
+        )
 
     def produce_many(
-        self, records: Iterable[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]
+        self, records: Iterable[tuple[str, bytes | None, bytes | None, Headers]]
     ) -> None:
         """``produce`` for many (topic, key, value, headers) records, without its argument
         handling per record: egress sends thousands per transaction."""
-        on_delivery = self._on_delivery
         for topic, key, value, headers in records:
-            self._enqueue(topic, key, value, {"on_delivery": on_delivery, "headers": headers})
+            self._enqueue(topic, key, value, headers, -1)
 
     def _enqueue(
-        self, topic: str, key: bytes | None, value: bytes | None, kw: dict[str, object]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        partition: int,  # (-1: by the key)
     ) -> None:
         while True:
             try:
-                self._p.produce(topic, value, key, **kw)
+                self._p.produce(
+                    topic, value, key, partition, on_delivery=self._on_delivery, headers=headers
+                )
                 return
             except BufferError:
                 self._p.poll(0.05)  # the local queue is full: let deliveries drain
@@ -357,8 +373,9 @@ class TransactionalProducer(Producer):
         if err is not None:
             self._errors.append(err.str())
             return
-        tp = (msg.topic(), msg.partition())
-        end = msg.offset() + 1
+        # (a delivered record has its topic, partition and offset)
+        tp = (cast(str, msg.topic()), cast(int, msg.partition()))
+        end = cast(int, msg.offset()) + 1
         if end > self.delivered.get(tp, -1):
             self.delivered[tp] = end
 

@@ -35,6 +35,7 @@ from ._client import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaMessage,
     TopicAdmin,
     TopicPartitionOffset,
     TransactionalProducer,
@@ -177,7 +178,7 @@ class EgressSink:
             self._wm = self._consumer("read_uncommitted")
         return self._wm.watermarks(topic, partition)
 
-    def _read_marker(self) -> dict[str, object] | None:
+    def _read_marker(self) -> dict[str, Any] | None:
         c = self._consumer()
         try:
             lo, hi = self._watermarks(self.progress_topic, self.marker_partition)
@@ -190,7 +191,7 @@ class EgressSink:
                     if m.key == self.producer_id.encode() and m.value:
                         found = m.value
                 if found is not None:
-                    value: dict[str, object] = json.loads(found)
+                    value: dict[str, Any] = json.loads(found)
                     return value
                 if start <= lo:
                     return None
@@ -203,7 +204,7 @@ class EgressSink:
         tps: list[TopicPartitionOffset],
         c: Consumer | None = None,
         highs: dict[tuple[str, int], int] | None = None,
-    ) -> list[object]:
+    ) -> list[KafkaMessage]:
         """Every committed record from the given offsets to the end of each partition.
 
         Raises a retriable KafkaError if a partition cannot be read to its end: another
@@ -224,7 +225,7 @@ class EgressSink:
                 if highs[(t.topic, t.partition)] > max(t.offset, 0)
             }
             c.assign(tps)
-            out: list[object] = []
+            out: list[KafkaMessage] = []
             moved, last = time.monotonic(), None
             while todo:
                 msgs = c.consume(1000, 0.05)

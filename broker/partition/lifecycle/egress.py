@@ -122,7 +122,7 @@ def release(ctx: Ctx, key: bytes) -> None:
     ctx.tx.delete("outbox", key)
     ctx.tx.put("meta", released_key(key), raw)
     cluster, sink, _ = parse_outbox_key(key)
-    ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+    ctx.actions.append(OutboxReady(cluster, sink))
 
 
 def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> None:
@@ -147,7 +147,7 @@ def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> N
             entry.raw = value
             ctx.tx.put("outbox", key, entry.encode())
             cluster, sink, _ = parse_outbox_key(key)
-            ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+            ctx.actions.append(OutboxReady(cluster, sink))
             return
         records = [
             OutboxRecord(topic=entry.topic, key=entry.key, value=value, headers=list(entry.headers))
@@ -159,7 +159,7 @@ def fill(ctx: Ctx, key: bytes, value: bytes | None, fail: p.Failure | None) -> N
         out.format, out.origin = entry.format, entry.origin
     ctx.tx.put("outbox", key, out.encode())
     cluster, sink, _ = parse_outbox_key(key)
-    ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+    ctx.actions.append(OutboxReady(cluster, sink))
 
 
 def records_of(entry: OutboxEntry) -> list[OutboxRecord]:
@@ -245,7 +245,7 @@ def append(
     seq = _next_seq(ctx, cluster, sink)
     entry = OutboxEntry(state=OutboxState.READY, records=records, format=fmt)  # (lane 0)
     ctx.tx.put("outbox", outbox_key(cluster, sink, seq), entry.encode())
-    ctx.actions.append(OutboxReady(cluster, sink))  # type: ignore[arg-type]
+    ctx.actions.append(OutboxReady(cluster, sink))
 
 
 def identity(ctx: Ctx, cmd: EgressIdentity) -> None:
@@ -325,7 +325,7 @@ def _unsendable(ctx: Ctx, row: bytes, entry: OutboxEntry, f: FailedRecord) -> No
 
 def default_cluster(ctx: Ctx) -> str:
     """The cluster of a send that names none: the only one, or the one named "default"."""
-    names = [k.decode() for k, _ in ctx.tx.scan("kafka_clusters", b"")]
+    names: list[str] = [k.decode() for k, _ in ctx.tx.scan("kafka_clusters", b"")]
     if len(names) == 1:
         return names[0]
     return "default"
