@@ -16,8 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +183,28 @@ def test_a_wheel_built_and_installed_from_a_read_only_tree_by_a_user_serves(
         proc.terminate()
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_the_sdist_builds_a_whole_wheel(tmp_path: Path) -> None:
+    """``python -m build``: an sdist, and the wheel built from it, hold every module of the
+    package once (the checkout's symlinks are not in the sdist: the wheel maps the folders)."""
+    out = tmp_path / "dist"
+    _run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], cwd=tmp_path)
+    (sdist,) = out.glob("sluice-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        links = [m.name for m in tar.getmembers() if m.issym()]
+    assert not links, links
+    (wheel,) = out.glob("sluice-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    modules = sorted(  # (os.walk follows the links)
+        os.path.relpath(os.path.join(d, f), ROOT)
+        for d, _, files in os.walk(ROOT / "sluice", followlinks=True)
+        for f in files
+        if f.endswith(".py")
+    )
+    assert len(modules) > 90, modules
+    missing = [m for m in modules if m not in names]
+    assert not missing, missing
+    assert len(names) == len(set(names)), "a file is in the wheel twice"
+    assert {n.split("/")[0] for n in names} == {"sluice", "sluice-0.1.0.dist-info"}
