@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluice.broker.partition._outbox import EgressTarget, OutputFormat
+from sluice.broker.partition.lifecycle.kafka import source_cluster
 from sluice.connectors.serde import AvroSerde, Serde, load_schema, redacted, registry_at, serde_for
 from sluice.protocol import Header
 
@@ -301,7 +302,7 @@ class Subscription(BaseModel):
 
     @property
     def cluster(self) -> str:
-        return self.source[len("kafka://") :].split("/", 1)[0]
+        return source_cluster(self.source)
 
     @property
     def topic(self) -> str:

@@ -221,13 +221,17 @@ def dlq_headers(sub: str, topic: str, partition: str, offset: str, reason: str) 
     ]
 
 
+def source_cluster(source: str) -> str:
+    """The cluster of a subscription's source, ``kafka://CLUSTER/TOPIC``."""
+    return source.removeprefix("kafka://").split("/", 1)[0]
+
+
 def put_dead_letter(ctx: Ctx, key: bytes, row: DeadLetter) -> None:
     if not row.cluster:
         name = next((h.value for h in row.headers if h.key == H_SUBSCRIPTION), "")
         sub = ctx.tx.get("subscriptions", name.encode())
-        if sub is not None:  # (its source: kafka://CLUSTER/TOPIC)
-            row.cluster = str(json.loads(sub).get("source", "")).removeprefix("kafka://")
-            row.cluster = row.cluster.split("/", 1)[0]
+        if sub is not None:
+            row.cluster = source_cluster(str(json.loads(sub).get("source", "")))
     ctx.tx.put("kafka_dlq", key, row.encode())
     ctx.actions.append(a.DeadLetterPending(key))
 
