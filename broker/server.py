@@ -8,8 +8,8 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice import protocol as p
 from sluice.broker.config import BrokerSettings
@@ -19,14 +19,18 @@ from sluice.broker.invoker import Invoker, InvokerOptions
 from sluice.broker.log import EmbeddedLog
 from sluice.broker.partition import actions as a
 from sluice.broker.partition._context import Config, RetryPolicy
-from sluice.broker.partition._records import Expire
+from sluice.broker.partition._records import Expire, RequestCommand
 from sluice.broker.partition.processor import Processor
 from sluice.broker.partition.state_machine import StateMachine
 from sluice.broker.schema import Registry
 from sluice.broker.storage import RocksDBStore
 from sluice.broker.timers import TimerService
 
+if TYPE_CHECKING:
+    from asyncio import _CoroutineLike  # typeshed's: what the loop hands a task factory
+
 log = logging.getLogger("sluice.broker")
+T = TypeVar("T")
 
 
 class Broker:
@@ -136,7 +140,7 @@ class Broker:
         """Sync the tables, then drop log segments they fully cover; return how many."""
         applied = self.processor.applied
         await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
-        return self.log.trim(applied)  # type: ignore[arg-type]
+        return self.log.trim(applied)
 
     # --- the failure policy (broker/errors.py) --------------------------------------------
 
@@ -168,13 +172,13 @@ class Broker:
         loop = asyncio.get_running_loop()
 
         def factory(
-            loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kw: Any
-        ) -> asyncio.Task[Any]:
+            loop: asyncio.AbstractEventLoop, coro: _CoroutineLike[T], **kw: Any
+        ) -> asyncio.Task[T]:
             task = asyncio.Task(coro, loop=loop, **kw)
             task.add_done_callback(self._task_done)
             return task
 
-        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        loop.set_task_factory(factory)
         default = loop.get_exception_handler()
 
         def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -256,10 +260,10 @@ class Broker:
     def forget(self, wid: int) -> None:
         self._waiters.pop(wid, None)
 
-    async def request(self, cmd: p.Message) -> a.Reply:
+    async def request(self, cmd: RequestCommand) -> a.Reply:
         """Append a command carrying a fresh waiter id and wait for its reply."""
         wid, fut = self.waiter()
-        cmd.waiter = wid  # type: ignore[attr-defined]
+        cmd.waiter = wid
         self.submit(cmd)
         try:
             return await fut
@@ -271,20 +275,21 @@ class Broker:
     def _act(self, actions: Iterable[a.Action]) -> None:
         inv = self.invoker
         for act in actions:
-            t = type(act)
-            if t is a.SendToAttempt:
-                inv.send(act)  # type: ignore[arg-type]
-            elif t is a.Reply:
-                fut = self._waiters.pop(act.waiter, None)  # type: ignore[union-attr]
+            # ``type(act) is``, not isinstance: half the cost, on a path taken per action, and
+            # mypy narrows the union on it as well.
+            if type(act) is a.SendToAttempt:
+                inv.send(act)
+            elif type(act) is a.Reply:
+                fut = self._waiters.pop(act.waiter, None)
                 if fut is not None and not fut.done():
-                    fut.set_result(act)  # type: ignore[arg-type]
-            elif t is a.StartAttempt:
-                inv.start(act)  # type: ignore[arg-type]
-            elif t is a.AbortAttempt:
-                inv.abort(act)  # type: ignore[arg-type]
-            elif t is a.RegisterTimer:
-                self.timers.register(act.fire_at, act.key)  # type: ignore[union-attr]
+                    fut.set_result(act)
+            elif type(act) is a.StartAttempt:
+                inv.start(act)
+            elif type(act) is a.AbortAttempt:
+                inv.abort(act)
+            elif type(act) is a.RegisterTimer:
+                self.timers.register(act.fire_at, act.key)
             else:
-                hook = self.action_hooks.get(t)
+                hook = self.action_hooks.get(type(act))
                 if hook is not None:
                     hook(act)

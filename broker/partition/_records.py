@@ -305,6 +305,11 @@ COMMANDS: dict[int, type[Message]] = {
     31: EgressIdentity,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
+# The commands a request can wait on (``Broker.request``): each names it in ``waiter``.
+RequestCommand = (
+    Signal | Manage | Attach | SchemaUpdate | KafkaIngest | SubscriptionUpdate
+    | EgressCommitted | EgressIdentity
+)  # fmt: skip
 
 
 def encode_command(cmd: Message) -> bytes:

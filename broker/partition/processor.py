@@ -54,7 +54,7 @@ class Processor:
         self.sm = sm
         self._act = act
         self._failed = on_failed  # the log or the tables failed (see broker/errors.py)
-        self.applied = 0
+        self.applied = Lsn(0)
 
     @property
     def config(self) -> Config:
@@ -70,7 +70,7 @@ class Processor:
         self.sm.load(self.store.scan("schema", b""))
         self._index_running()
         raw = self.store.get("meta", APPLIED)
-        self.applied = _U64.unpack(raw)[0] if raw else 0
+        self.applied = Lsn(_U64.unpack(raw)[0] if raw else 0)
         batch: list[Record] = []
         expect = self.applied + 1
         for rec in self.log.read_from(Lsn(self.applied + 1)):
