@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote
 
 from sluice.broker.errors import Fatal
@@ -87,6 +87,15 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Stream(Protocol):
+    """What a connection uses of its transport. asyncio's and uvloop's TCP transports both
+    have it, though uvloop's does not derive from asyncio.Transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "_buf",
@@ -107,7 +116,7 @@ class _Conn(asyncio.Protocol):
         self._limit = limit
         self._buf = bytearray()
         self._busy = False
-        self._transport: asyncio.Transport | None = None
+        self._transport: _Stream | None = None
         self._closing = False
         self._eof = False
         self._loop = asyncio.get_running_loop()
@@ -116,7 +125,8 @@ class _Conn(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        # asyncio.Protocol declares a BaseTransport (no write); a stream server's is a stream.
+        self._transport = cast(_Stream, transport)
         self._deadline = self._loop.time() + self._timeout
         self._timer = self._loop.call_later(self._timeout, self._check_deadline)
 
