@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from sluice import protocol as p
 from sluice.broker.schema import Registry
+from sluice.broker.storage import Transaction
 
 from . import actions as a
 from ._records import Phase, Status, Timer
@@ -60,7 +61,7 @@ class Ctx:
         "tx",
     )
 
-    def __init__(self, tx, registry: Registry, config: Config) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tx: Transaction, registry: Registry, config: Config) -> None:
         self.tx = tx
         self.registry = registry
         self.config = config
@@ -164,9 +165,20 @@ class Ctx:
             start_attempt(self, st)
         self.put_status(st)
 
-    def reply(self, waiter: int, kind: str, **kw: object) -> None:
+    def reply(
+        self,
+        waiter: int,
+        kind: str,
+        *,
+        id: bytes = b"",
+        value: bytes | None = None,
+        code: int = 0,
+        message: str = "",
+    ) -> None:
         if waiter:
-            self.actions.append(a.Reply(waiter, kind, **kw))  # type: ignore[arg-type]
+            self.actions.append(
+                a.Reply(waiter, kind, id=id, value=value, code=code, message=message)
+            )
 
 
 def wakes(st: Status, n: p.Message) -> bool:

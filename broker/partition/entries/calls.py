@@ -40,19 +40,17 @@ def _resolve(ctx: Ctx, service: str, handler: str) -> tuple[int, p.Failure | Non
 
 
 def call(ctx: Ctx, st: Status, cmd: p.CallCommand) -> None:
-    _dispatch(ctx, st, cmd, one_way=False)
+    _dispatch(ctx, st, cmd)
 
 
 def one_way(ctx: Ctx, st: Status, cmd: p.OneWayCallCommand) -> None:
     if cmd.service_name == egress.KAFKA_SERVICE and cmd.handler_name == egress.KAFKA_SEND:
         egress.kafka_send(ctx, st, cmd)  # a built-in: the record joins the outbox
         return
-    _dispatch(ctx, st, cmd, one_way=True)
+    _dispatch(ctx, st, cmd)
 
 
-def _dispatch(
-    ctx: Ctx, st: Status, cmd: p.CallCommand | p.OneWayCallCommand, *, one_way: bool
-) -> None:
+def _dispatch(ctx: Ctx, st: Status, cmd: p.CallCommand | p.OneWayCallCommand) -> None:
     kind, fail = _resolve(ctx, cmd.service_name, cmd.handler_name)
     seed = st.id + st.journal_len.to_bytes(4, "big")
     callee = target_id(kind, cmd.service_name, cmd.handler_name, cmd.key, cmd.idempotency_key, seed)
@@ -62,7 +60,12 @@ def _dispatch(
             completion_id=cmd.invocation_id_notification_idx, invocation_id=str(callee)
         ),
     )
-    sink = None if one_way else caller_sink(st.id, cmd.result_completion_id, 0x800D)  # type: ignore[union-attr]
+    # A call's result goes back into the caller's journal; a one-way call's goes nowhere.
+    sink = (
+        caller_sink(st.id, cmd.result_completion_id, 0x800D)
+        if isinstance(cmd, p.CallCommand)
+        else None
+    )
     if fail is not None:
         if sink is not None:
             answer_sink(ctx, sink, callee.raw, None, fail)
@@ -72,7 +75,7 @@ def _dispatch(
         retention = ctx.config.workflow_retention_ms
     elif cmd.idempotency_key is not None:
         retention = ctx.config.idempotency_retention_ms
-    if not one_way:
+    if isinstance(cmd, p.CallCommand):
         st.children.append(callee.raw)
         ctx.put_status(st)
     invoke(

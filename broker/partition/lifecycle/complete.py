@@ -23,8 +23,8 @@ def answer_sink(
             ctx.reply(sink.waiter, "result", id=id, value=value if value is not None else b"")
     elif sink.kind == SinkKind.CALLER:
         cls = p.MESSAGE_TYPES[sink.notification_type]
-        n = cls(completion_id=sink.completion_id)  # type: ignore[call-arg]
-        assert isinstance(n, p.Notification)
+        assert issubclass(cls, p.Notification)  # a caller sink names a completion's type
+        n = cls(completion_id=sink.completion_id)
         if fail is not None:
             n.failure = fail
         else:
