@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from sluice.connectors.kafka import Producer  # Sluice's Kafka module (confluent-kafka inside)
+from sluice.connectors.kafka import Producer, TopicAdmin  # confluent-kafka inside
 
 SKUS = {"tea": 4.5, "mug": 12.0, "kettle": 39.0, "beans": 9.75, "grinder": 89.0}
 
@@ -26,7 +26,12 @@ def orders(count: int, customers: int, seed: int) -> list[tuple[str, dict[str, A
     return out
 
 
-def produce(bootstrap: str, topic: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
+def produce(
+    bootstrap: str, topic: str, batch: list[tuple[str, dict[str, Any]]], partitions: int = 4
+) -> None:
+    """Produce ``batch`` to ``topic``, creating it with ``partitions`` first if it is missing
+    (a broker that does not create topics on first use, such as Tansu, needs this)."""
+    TopicAdmin({"bootstrap.servers": bootstrap}).create_topic(topic, partitions)
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
     )
@@ -42,8 +47,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--partitions", type=int, default=4, help="if the topic is created")
     args = parser.parse_args()
-    produce(args.bootstrap, args.topic, orders(args.records, args.customers, args.seed))
+    batch = orders(args.records, args.customers, args.seed)
+    produce(args.bootstrap, args.topic, batch, args.partitions)
     print(f"produced {args.records} orders to {args.topic} on {args.bootstrap}")
 
 
