@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,9 +28,12 @@ async def test_idle_stream_suspends_then_resumes(
     try:
         await c.register(restate_service.uri)
         call = asyncio.ensure_future(c.call("/Greeter/sleepy", 2500))
-        seen = set()
-        for _ in range(40):
-            await asyncio.sleep(0.05)
+        # Looked at until it is seen suspended or the call is answered: a fixed number of
+        # looks could all come before the invocation even started, on a busy machine.
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        while "suspended" not in seen and not call.done():
+            assert time.monotonic() < deadline, f"neither suspended nor answered: {seen}"
             q = await c.admin.post(
                 "/query",
                 json={
@@ -38,6 +42,7 @@ async def test_idle_stream_suspends_then_resumes(
                 },
             )
             seen.update(r["status"] for r in q.json()["rows"])
+            await asyncio.sleep(0.05)
         assert "suspended" in seen, seen
         r = await call
         assert r.status_code == 200 and r.json() == "rested"
