@@ -8,15 +8,16 @@ pluggable per handler.
 from __future__ import annotations
 
 import json
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 T = TypeVar("T")
 
 try:  # pydantic is optional: a handler service without it gets plain JSON.
     from pydantic import TypeAdapter, ValidationError
+
+    _PYDANTIC = True
 except ImportError:  # pragma: no cover - exercised only without pydantic installed
-    TypeAdapter = None  # type: ignore[assignment,misc]
-    ValidationError = ValueError  # type: ignore[assignment,misc]
+    _PYDANTIC = False  # then TypedSerde, the only user of the two names, is never built
 
 
 class SerdeError(ValueError):
@@ -24,13 +25,14 @@ class SerdeError(ValueError):
 
 
 class Serde(Protocol[T]):
-    """Turns values into bytes and back."""
+    """Turns values into bytes and back; ``deserialize`` may give None for no value (an
+    empty body), as the JSON serdes do."""
 
     content_type: str
 
     def serialize(self, value: T) -> bytes: ...
 
-    def deserialize(self, data: bytes) -> T: ...
+    def deserialize(self, data: bytes) -> T | None: ...
 
     def json_schema(self) -> dict[str, Any] | None: ...
 
@@ -48,11 +50,11 @@ class JsonSerde(Generic[T]):
         except (TypeError, ValueError) as exc:
             raise SerdeError(f"not JSON-serializable: {exc}") from exc
 
-    def deserialize(self, data: bytes) -> T:
+    def deserialize(self, data: bytes) -> T | None:
         if not data:
-            return None  # type: ignore[return-value]
+            return None
         try:
-            return json.loads(data)  # type: ignore[no-any-return]
+            return cast(T, json.loads(data))  # not validated: T is taken on trust
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SerdeError(f"invalid JSON: {exc}") from exc
 
@@ -81,30 +83,30 @@ class TypedSerde(Generic[T]):
     content_type = "application/json"
 
     def __init__(self, type_hint: Any) -> None:
-        if TypeAdapter is None:  # pragma: no cover
+        if not _PYDANTIC:  # pragma: no cover
             raise SerdeError("typed serialization needs pydantic: pip install 'sluice[pydantic]'")
         self._type = type_hint
-        self._adapter: Any = TypeAdapter(type_hint)
+        self._adapter: TypeAdapter[T] = TypeAdapter(type_hint)
 
     def serialize(self, value: T) -> bytes:
         if value is None:
             return b""
         try:
-            return self._adapter.dump_json(value)  # type: ignore[no-any-return]
+            return self._adapter.dump_json(value)
         except Exception as exc:
             raise SerdeError(f"cannot encode as {self._name}: {exc}") from exc
 
-    def deserialize(self, data: bytes) -> T:
+    def deserialize(self, data: bytes) -> T | None:
         if not data:
-            return None  # type: ignore[return-value] # no body: the handler decides
+            return None  # no body: the handler decides
         try:
-            return self._adapter.validate_json(data)  # type: ignore[no-any-return]
+            return self._adapter.validate_json(data)
         except ValidationError as exc:
             raise SerdeError(f"invalid {self._name}: {_short(exc)}") from exc
 
     def json_schema(self) -> dict[str, Any] | None:
         try:
-            return self._adapter.json_schema()  # type: ignore[no-any-return]
+            return self._adapter.json_schema()
         except Exception:
             return None
 
@@ -134,7 +136,7 @@ def serde_for(type_hint: Any) -> Serde[Any]:
     """The default serde for a type hint: bytes raw, untyped as plain JSON, others validated."""
     if type_hint is bytes:
         return _BYTES
-    if type_hint in _UNTYPED or TypeAdapter is None:
+    if type_hint in _UNTYPED or not _PYDANTIC:
         return _JSON
     try:
         serde = _CACHE.get(type_hint)
