@@ -9,7 +9,7 @@ import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -26,6 +26,9 @@ from ._errors import ProtocolError, SuspendedError, TerminalError
 from ._serde import BytesSerde, SerdeError
 from ._service import AnyService, HandlerDef
 from ._vm import Invocation
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -347,4 +350,7 @@ def serve(
     config.bind = [f"{host}:{port}"]
     config.keep_alive_timeout = 75
     config.accesslog = None
-    asyncio.run(hypercorn_serve(app(*services, always_replay=always_replay), config))  # type: ignore[arg-type]
+    # The endpoint's messages are typed as Starlette types them (mutable mappings), hypercorn's
+    # as TypedDicts: the same dicts, but neither typing accepts the other's app.
+    endpoint = cast("ASGIFramework", app(*services, always_replay=always_replay))
+    asyncio.run(hypercorn_serve(endpoint, config))
