@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import protocol as p
 from ._errors import TerminalError, TimeoutError
-from ._futures import CallFuture, DurableFuture, SendHandle, select
+from ._futures import CallFuture, DurableFuture, SendHandle, first_completed
 from ._serde import Serde, serde_for
 from ._service import handler_of
 from ._vm import Invocation
@@ -151,10 +151,11 @@ class Context:
 
     async def with_timeout(self, future: DurableFuture[T], after: timedelta) -> T:
         """Await `future`, or raise `TimeoutError` if a durable timer fires first."""
-        name, result = await select(result=future, timeout=self.sleep(after))
-        if name == "timeout":
+        timer = self.sleep(after)
+        if await first_completed(future, timer) is timer:
+            timer._outcome()  # raises if the timer failed rather than fired
             raise TimeoutError(f"timed out after {after}")
-        return result  # type: ignore[no-any-return]
+        return future._outcome()
 
     # --- calls and sends -----------------------------------------------------------------
 

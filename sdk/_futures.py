@@ -119,17 +119,19 @@ async def gather(*futures: DurableFuture[Any]) -> list[Any]:
     return [f._outcome() for f in futures]
 
 
+async def first_completed(*futures: DurableFuture[Any]) -> DurableFuture[Any]:
+    """Wait for the first to complete and return it (if several have, the first to arrive)."""
+    vm = _vm_of(futures)
+    for f in futures:
+        await f._begin()
+    await vm.wait((f._leaf for f in futures), lambda: any(f.done() for f in futures))
+    return min((f for f in futures if f.done()), key=lambda f: vm.arrival(f._leaf))
+
+
 async def select(**futures: DurableFuture[Any]) -> tuple[str, Any]:
     """Wait for the first to complete; return its name and result (or raise its failure)."""
-    vm = _vm_of(tuple(futures.values()))
-    for f in futures.values():
-        await f._begin()
-    await vm.wait(
-        (f._leaf for f in futures.values()), lambda: any(f.done() for f in futures.values())
-    )
-    name, first = min(
-        ((n, f) for n, f in futures.items() if f.done()), key=lambda item: vm.arrival(item[1]._leaf)
-    )
+    first = await first_completed(*futures.values())
+    name = next(n for n, f in futures.items() if f is first)
     return name, first._outcome()
 
 
