@@ -15,6 +15,9 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 ServiceKind = Literal["SERVICE", "VIRTUAL_OBJECT", "WORKFLOW"]
 HandlerKind = Literal["EXCLUSIVE", "SHARED", "WORKFLOW"] | None
+# The attribute a decorated function carries its HandlerDef in (the function is the user's:
+# its type cannot declare it, hence setattr and getattr).
+_HANDLER_ATTR = "__sluice_handler__"
 
 
 @dataclass(slots=True)
@@ -91,7 +94,7 @@ class _ServiceBase:
         )
         self.handlers[handler_name] = handler
         # The decorated function stays callable as is, and knows its target for ctx calls.
-        fn.__sluice_handler__ = handler  # type: ignore[attr-defined]
+        setattr(fn, _HANDLER_ATTR, handler)
         return typing.cast(F, fn)
 
 
@@ -205,7 +208,7 @@ AnyService = Service | VirtualObject | Workflow
 
 def handler_of(target: Any) -> HandlerDef:
     """The definition behind a decorated handler function, for typed calls."""
-    handler = getattr(target, "__sluice_handler__", None)
-    if handler is None:
+    handler = getattr(target, _HANDLER_ATTR, None)
+    if not isinstance(handler, HandlerDef):
         raise TypeError(f"{target!r} is not a handler declared with @service.handler()")
-    return handler  # type: ignore[no-any-return]
+    return handler
