@@ -1,6 +1,6 @@
 # The Sluice broker: `docker build -t sluice .` then
 #   docker run -p 8080:8080 -p 9070:9070 -v sluice-data:/data sluice
-# (arguments after the image name go to `sluice server`; see `sluice server --help`).
+# (arguments after the image name are added to `sluice server`'s; see `sluice server --help`).
 #
 # BASE is any Debian-based image with python3 and its venv module: python:3.11-slim for
 # users. The tests build one from Debian's packages, since no image registry is reachable on
@@ -36,5 +36,5 @@ VOLUME /data
 EXPOSE 8080 9070
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=12 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9070/health', timeout=2)"]
-ENTRYPOINT ["sluice", "server"]
-CMD ["--host", "0.0.0.0", "--data-dir", "/data"]
+# Listening beyond loopback, the log in the volume; `docker run IMAGE --flag ...` adds flags.
+ENTRYPOINT ["sluice", "server", "--host", "0.0.0.0", "--data-dir", "/data"]

@@ -6,7 +6,7 @@ TOOLS := .tools
 RESTATE_VERSION := 1.7.12
 RESTATE_SERVER := $(TOOLS)/restate-server-$(RESTATE_VERSION)/bin/restate-server
 
-.PHONY: all venv peers test test-fast lint bench demo soak clean
+.PHONY: all venv peers test test-fast lint bench demo soak compose-test clean
 
 all: test
 
@@ -37,6 +37,10 @@ test: peers
 soak: peers
 	SLUICE_SOAK=1 SLUICE_RESTATE_SERVER=$(abspath $(RESTATE_SERVER)) $(PY) -m pytest -q \
 		--timeout 3600 tests/reliability
+
+# docker-compose.yml for real, with podman (also part of `make test`; README, "Containers").
+compose-test: venv
+	$(PY) -m pytest -q tests/packaging/test_compose_run.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
