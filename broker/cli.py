@@ -79,6 +79,11 @@ def _server(args: argparse.Namespace) -> None:
         raise CliError(f"--{flag}: {err['msg']}") from None
 
     async def run() -> None:
+        # Signals first: a stop asked for while the broker starts is a clean stop once it has.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         broker = Broker(settings)
         try:
             await broker.start()
@@ -99,10 +104,6 @@ def _server(args: argparse.Namespace) -> None:
         # its pauses went from 80-140 ms to 13-20 ms).
         gc.collect()
         gc.freeze()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(broker.dead.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if broker.fatal is not None:
