@@ -24,8 +24,11 @@ async def test_delayed_send_chain_arrives_after_the_delay(
         ingress, "/ChainA/send_later", {"key": key, "value": "y", "delay_ms": 800}
     )
     assert isinstance(callee, str) and callee.startswith("inv_"), callee
-    # ChainA returned at once; nothing has reached ChainC yet.
-    assert await call_json(ingress, f"/ChainC/{key}/get") == []
+    # ChainA returned at once; nothing has reached ChainC yet, when looked at before the send
+    # could be due (a busy machine may only get to look later: then arriving is no fault).
+    early = await call_json(ingress, f"/ChainC/{key}/get")
+    if time.monotonic() - started < 0.8:
+        assert early == [], early
     values = await eventually(
         lambda: call_json(ingress, f"/ChainC/{key}/get"), what="the delayed send to arrive"
     )
@@ -40,7 +43,9 @@ async def test_ingress_send_with_a_delay(ingress: httpx.AsyncClient, key: str) -
     started = time.monotonic()
     response = await ingress.post(f"/Counter/{key}/add/send?delay=700ms", json=5)
     assert response.status_code == 202, response.text
-    assert await call_json(ingress, f"/Counter/{key}/get") == 0
+    early = await call_json(ingress, f"/Counter/{key}/get")
+    if time.monotonic() - started < 0.7:  # looked before the add could be due
+        assert early == 0, early
     value = await eventually(
         lambda: call_json(ingress, f"/Counter/{key}/get"), what="the delayed add to run"
     )
