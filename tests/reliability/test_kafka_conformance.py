@@ -32,8 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BEGINNING = -2  # librdkafka's OFFSET_BEGINNING; the wrapper keeps its constant private
 
 
-def _read(tansu: Tansu, topic: str, isolation: str, want: int, wait: float) -> list[bytes]:
-    """Values visible on partition 0 of ``topic`` at ``isolation``, up to ``want`` or ``wait``."""
+def _read(
+    tansu: Tansu, topic: str, isolation: str, want: int, *, wait: float = 30.0, more: float = 0.0
+) -> list[bytes]:
+    """Values visible on partition 0 of ``topic`` at ``isolation``: until ``want`` arrived (or
+    ``wait`` seconds passed), then for ``more`` seconds, in which records that must stay
+    hidden would show. A record that must show is waited for, not given a window: on a busy
+    machine a fresh consumer can take seconds to fetch."""
     c = Consumer(
         {
             "bootstrap.servers": tansu.bootstrap,
@@ -46,6 +51,9 @@ def _read(tansu: Tansu, topic: str, isolation: str, want: int, wait: float) -> l
         out: list[bytes] = []
         deadline = time.monotonic() + wait
         while len(out) < want and time.monotonic() < deadline:
+            out += [m.value or b"" for m in c.consume(500, 0.2)]
+        deadline = time.monotonic() + more
+        while time.monotonic() < deadline:
             out += [m.value or b"" for m in c.consume(500, 0.2)]
         return out
     finally:
@@ -98,12 +106,12 @@ def test_tansu_transactions(  # noqa: PLR0915 (one story, five cases in order)
     for v in pending:
         p.produce(topic, v, partition=0)
     p.flush()  # the open transaction's records are on the broker
-    rc = _read(kafka, topic, "read_committed", 40, 1.5)
-    ru = _read(kafka, topic, "read_uncommitted", 40, 5)
+    rc = _read(kafka, topic, "read_committed", len(committed), more=1.5)
+    ru = _read(kafka, topic, "read_uncommitted", 40)
     assert rc == committed, "read_committed must stop at the open transaction"
     assert ru == committed + pending
     p.commit()
-    assert _read(kafka, topic, "read_committed", 40, 5) == committed + pending
+    assert _read(kafka, topic, "read_committed", 40) == committed + pending
     p.close()
     seen["open_transaction_hidden_from_read_committed"] = True
 
@@ -126,7 +134,7 @@ def test_tansu_transactions(  # noqa: PLR0915 (one story, five cases in order)
     for v in fresh:
         new.produce(topic, v, partition=0)
     new.commit()
-    got = _read(kafka, topic, "read_committed", 6, 5)
+    got = _read(kafka, topic, "read_committed", 6)
     assert b"zombie" not in got, "a fenced producer's record became visible"
     # Tansu: the fenced producer's open transaction (b"before-fence") is made visible when the
     # same transactional.id re-initializes; Kafka would abort it. Either way nothing after the
@@ -152,7 +160,7 @@ def test_tansu_transactions(  # noqa: PLR0915 (one story, five cases in order)
     for v in after:
         raw.produce(topic, v, partition=0)
     raw.commit_transaction(30)
-    got = _read(kafka, topic, "read_committed", 20, 5)
+    got = _read(kafka, topic, "read_committed", 20)
     seen["aborted_records_visible_to_read_committed"] = got[: len(aborted)] == aborted
     # Tansu: an aborted transaction's records stay visible to read_committed readers (Kafka
     # hides them with the abort marker). Hence egress never aborts: it drops the producer
@@ -169,7 +177,7 @@ def test_tansu_transactions(  # noqa: PLR0915 (one story, five cases in order)
     proc.kill()
     proc.wait()
     figures["faults_injected"] += 1
-    assert _read(kafka, topic, "read_committed", 10, 1.5) == [], "open: hidden while unresolved"
+    assert _read(kafka, topic, "read_committed", 0, more=1.5) == [], "open: hidden while unresolved"
     t0 = time.monotonic()
     heir = _producer(kafka, tid)
     heir.begin()
@@ -177,7 +185,7 @@ def test_tansu_transactions(  # noqa: PLR0915 (one story, five cases in order)
     for v in later:
         heir.produce(topic, v, partition=0)
     heir.commit()
-    got = _read(kafka, topic, "read_committed", 20, 5)
+    got = _read(kafka, topic, "read_committed", 20)
     figures["dead_transaction_resolved_s"] = round(time.monotonic() - t0, 3)
     # Tansu: re-initializing the transactional.id makes the dead transaction's records
     # visible, as if committed. Kafka aborts them (they would be hidden here).
@@ -202,9 +210,9 @@ def test_tansu_transactions(  # noqa: PLR0915 (one story, five cases in order)
         other.produce(topic, v, partition=0)
     other.commit()
     other.close()
-    ru = _read(kafka, topic, "read_uncommitted", 20, 5)
+    ru = _read(kafka, topic, "read_uncommitted", 20)
     assert ru == dead + later
-    rc = _read(kafka, topic, "read_committed", 20, 3)
+    rc = _read(kafka, topic, "read_committed", 0, more=3)
     # Tansu: the orphaned transaction is never resolved (no transaction timeout fires within
     # the test), so the last stable offset stays before it and read_committed readers see
     # nothing after it. Kafka would abort it after transaction.timeout.ms (60 s here) and then
@@ -252,8 +260,11 @@ def test_tansu_group_join_delay(kafka: Tansu, rng: random.Random, figures: dict[
     # (1 s for 1 s, 2 s for 3 s, 3 s for 6 s), whatever max.poll.interval.ms (the rebalance
     # timeout, 8 s here) says; DESIGN.md attributes the wait to the rebalance timeout. Kafka
     # completes a lone member's join after group.initial.rebalance.delay.ms (3 s by default).
-    assert a < 2.0
-    assert 2.5 <= b < 6.0
+    # Asserted as that difference: the longer session waits about 2 s longer (Kafka's fixed
+    # delay would make them equal), neither waits the rebalance timeout, and the 6 s one at
+    # least half of it. Not "the 1 s one under 2 s": a busy machine adds to both joins.
+    assert b - a >= 1.0, (a, b)
+    assert 2.5 <= b < 8.0, (a, b)
 
 
 _DELETED_UNDER_A_CONSUMER = """
