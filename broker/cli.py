@@ -36,6 +36,16 @@ BROKER_EXTRA = {
 }  # fmt: skip
 
 
+def _properties(pairs: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise CliError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
 def _server(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
@@ -72,6 +82,9 @@ def _server(args: argparse.Namespace) -> None:
             completion_retention_s=args.completion_retention,
             max_concurrent_invocations=args.max_concurrent_invocations,
             admission_limit=args.admission_limit,
+            log=args.log,
+            log_properties=_properties(args.log_property, "--log-property"),
+            log_replication_factor=args.log_replication_factor,
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -280,6 +293,24 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
     )
     s.add_argument(
         "--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions"
+    )
+    s.add_argument(
+        "--log",
+        metavar="kafka://HOST:PORT[,HOST:PORT]/TOPIC",
+        help="keep the log in a Kafka topic instead of the data directory (created on first "
+        "start with one partition per --partitions)",
+    )
+    s.add_argument(
+        "--log-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka property for the log's clients (SASL, TLS, ...); repeatable",
+    )
+    s.add_argument(
+        "--log-replication-factor",
+        type=int,
+        help="of a log topic the broker creates (default: 3 on 3 or more Kafka brokers, else 1)",
     )
     s.add_argument(
         "--log-level",

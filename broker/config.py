@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class RetrySettings(BaseModel):
@@ -15,6 +15,15 @@ class RetrySettings(BaseModel):
 
 
 class BrokerSettings(BaseModel):
+    @field_validator("log")
+    @classmethod
+    def _kafka_log(cls, url: str | None) -> str | None:
+        if url is not None:
+            from sluice.broker.log import KafkaLogAddress
+
+            KafkaLogAddress.parse(url)  # a ValueError says what is wrong with it
+        return url
+
     data_dir: Path = Path("./sluice-data")
     host: str = "127.0.0.1"
     ingress_port: int = Field(8080, ge=0, le=65535)
@@ -53,6 +62,14 @@ class BrokerSettings(BaseModel):
     completion_retention_s: float = Field(
         86_400.0, ge=0, description="how long any completed invocation stays attachable"
     )
+    log: str | None = Field(
+        None,
+        description="kafka://HOST:PORT[,HOST:PORT]/TOPIC: the log in Kafka; None: embedded",
+    )
+    log_properties: dict[str, str] = Field(
+        default_factory=dict, description="librdkafka properties for the log's clients"
+    )
+    log_replication_factor: int | None = Field(None, ge=1, le=32)
     declarations: Path | None = Field(
         None, description="sluice.toml or YAML: Kafka clusters and subscriptions, applied at start"
     )

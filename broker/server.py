@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice import protocol as p
 from sluice.broker.config import BrokerSettings
-from sluice.broker.errors import Fatal
+from sluice.broker.errors import Fatal, LogError
 from sluice.broker.files import write_durably
 from sluice.broker.invoker import Invoker, InvokerOptions
-from sluice.broker.log import EmbeddedLog
+from sluice.broker.log import EmbeddedLog, KafkaLog, KafkaLogAddress, Log, ensure_topic
 from sluice.broker.partition import actions as a
 from sluice.broker.partition._context import Config, RetryPolicy
 from sluice.broker.partition._records import Expire, RequestCommand
@@ -61,12 +61,21 @@ class Broker:
         data.mkdir(parents=True, exist_ok=True)
         self._watch_tasks()
         meta = data / "sluice.json"
+        where = s.log or "embedded"
         if meta.exists():
-            self.partitions = int(json.loads(meta.read_text())["partitions"])
+            known = json.loads(meta.read_text())
+            self.partitions = int(known["partitions"])
+            if known.get("log", "embedded") != where:
+                raise LogError(
+                    f"the data directory {data} holds the tables of "
+                    f"{_describe(known.get('log', 'embedded'))}, not of {_describe(where)}: "
+                    "give each log a data directory of its own"
+                )
         else:
-            write_durably(meta, json.dumps({"partitions": s.partitions, "format": 1}).encode())
+            body = {"partitions": s.partitions, "format": 1, "log": where}
+            write_durably(meta, json.dumps(body).encode())
         self.store = RocksDBStore(data / "db")
-        self.log = EmbeddedLog(data / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
+        self.log = await self._open_log()
         config = Config(
             partitions=self.partitions,
             retry=RetryPolicy(
@@ -119,6 +128,19 @@ class Broker:
 
         self.subscriptions = Controller(self)
         await self.subscriptions.start()
+
+    async def _open_log(self) -> Log:
+        s = self.settings
+        if s.log is None:
+            return EmbeddedLog(s.data_dir / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
+        where = KafkaLogAddress.parse(s.log)
+        props = {"bootstrap.servers": where.bootstrap, **s.log_properties}
+        await asyncio.to_thread(
+            ensure_topic, props, where.topic, self.partitions, s.log_replication_factor
+        )
+        # Until the partitions are physical (a processor per partition), one processor runs
+        # them all on the topic's first partition.
+        return await asyncio.to_thread(KafkaLog, props, where.topic, 0)
 
     async def _expire_loop(self, every: float = 5.0) -> None:
         """Ask the state machine (through the log) to forget invocations past retention, and
@@ -293,3 +315,7 @@ class Broker:
                 hook = self.action_hooks.get(type(act))
                 if hook is not None:
                     hook(act)
+
+
+def _describe(log: str) -> str:
+    return "the embedded log" if log == "embedded" else f"the log {log}"

@@ -2,5 +2,15 @@
 
 from ._base import Log, Record
 from ._embedded import EmbeddedLog, LogCorrupted
+from ._kafka import KafkaLog, KafkaLogAddress, KafkaLogError, ensure_topic
 
-__all__ = ["EmbeddedLog", "Log", "LogCorrupted", "Record"]
+__all__ = [
+    "EmbeddedLog",
+    "KafkaLog",
+    "KafkaLogAddress",
+    "KafkaLogError",
+    "Log",
+    "LogCorrupted",
+    "Record",
+    "ensure_topic",
+]

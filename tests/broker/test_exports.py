@@ -10,7 +10,16 @@ import sluice.ingress.http
 
 
 def test_exported_names() -> None:
-    assert sorted(sluice.broker.log.__all__) == ["EmbeddedLog", "Log", "LogCorrupted", "Record"]
+    assert sorted(sluice.broker.log.__all__) == [
+        "EmbeddedLog",
+        "KafkaLog",
+        "KafkaLogAddress",
+        "KafkaLogError",
+        "Log",
+        "LogCorrupted",
+        "Record",
+        "ensure_topic",
+    ]
     assert sorted(sluice.broker.storage.__all__) == [
         "COLUMN_FAMILIES",
         "MemoryStore",

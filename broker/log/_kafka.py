@@ -1,0 +1,372 @@
+"""The log on Kafka: one partition of a topic that only Sluice writes (DESIGN.md, "Scale-out").
+
+    append ──produce──► Kafka (idempotent producer, acks=all)
+                            │ replicated, below the high watermark
+    on_durable ◄──batch── reader thread (consumes the partition in offset order)
+
+A record is applied once it is *read back* from the partition, not when its produce is
+acknowledged: a record below the high watermark is replicated to every in-sync replica, so
+acting on it keeps the acknowledgement invariant, and every node that reads the partition
+applies the same records in the same order, whoever wrote them (the cluster issue's
+followers). The LSN of the record at offset ``o`` is ``o + 1``, so that LSN 0 still means
+"nothing applied".
+
+Records carry the header ``sluice-log: 1``: a topic whose first record lacks it is not a
+Sluice log (or is one of a newer format), and the log refuses to open on it.
+
+A produce that fails (librdkafka has retried it until ``message.timeout.ms``) has an unknown
+outcome: the log fails for good, as the embedded log does after a failed sync, and the owner
+is told through ``on_failed``; the next process reads what Kafka holds and goes on from there.
+
+The log is never trimmed yet: with no snapshot to restore from, replaying the whole partition
+is how a broker that lost its disk rebuilds its tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import confluent_kafka as ck
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from sluice.broker.errors import Fatal, LogError
+from sluice.broker.ids import Lsn
+
+from ._base import Log, Record
+
+FORMAT_HEADER = "sluice-log"
+FORMAT = b"1"
+_HEADERS: list[tuple[str, str | bytes | None]] = [(FORMAT_HEADER, FORMAT)]
+log = logging.getLogger("sluice.log.kafka")
+# Reader errors that mean the partition's records are gone from under the reader, not that a
+# connection dropped (librdkafka reconnects by itself): the log cannot go on.
+_LOST = frozenset(
+    {
+        ck.KafkaError.OFFSET_OUT_OF_RANGE,
+        ck.KafkaError._AUTO_OFFSET_RESET,
+        ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        ck.KafkaError._UNKNOWN_PARTITION,
+        ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    }
+)
+
+
+class KafkaLogError(LogError):
+    """The Kafka log cannot be used as configured (a bad address, a foreign topic, ...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaLogAddress:
+    """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``, parsed."""
+
+    bootstrap: str
+    topic: str
+
+    @classmethod
+    def parse(cls, url: str) -> KafkaLogAddress:
+        parts = urlsplit(url)
+        topic = parts.path.strip("/")
+        if parts.scheme != "kafka" or not parts.netloc or not topic or "/" in topic:
+            raise ValueError(f"{url!r}: expected kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+        return cls(parts.netloc, topic)
+
+    def __str__(self) -> str:
+        return f"kafka://{self.bootstrap}/{self.topic}"
+
+
+def ensure_topic(
+    properties: Mapping[str, str],
+    topic: str,
+    partitions: int,
+    replication_factor: int | None = None,
+    timeout: float = 30.0,
+) -> int:
+    """Create the log topic with ``partitions`` partitions if it is missing (never compacted,
+    kept forever); refuse one that exists with another count. Returns the replication factor
+    of a topic it created (0 if it existed). Without ``replication_factor``: 3 on a cluster
+    of 3 brokers or more, else 1."""
+    admin = AdminClient(dict(properties))
+    meta = admin.list_topics(timeout=timeout)
+    found = meta.topics.get(topic)
+    if found is not None and found.error is None:
+        if len(found.partitions) != partitions:
+            raise KafkaLogError(
+                f"the log topic {topic} has {len(found.partitions)} partitions, but the broker "
+                f"runs {partitions}: start it with --partitions {len(found.partitions)}, or "
+                "give it another topic"
+            )
+        return 0
+    rf = replication_factor or (3 if len(meta.brokers) >= 3 else 1)
+    config = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    if rf >= 3:
+        config["min.insync.replicas"] = "2"
+    fut = admin.create_topics([NewTopic(topic, partitions, rf, config=config)])[topic]
+    try:
+        fut.result(timeout)
+    except ck.KafkaException as e:
+        err = e.args[0] if e.args else None
+        if not (
+            isinstance(err, ck.KafkaError) and err.code() == ck.KafkaError.TOPIC_ALREADY_EXISTS
+        ):
+            raise KafkaLogError(f"cannot create the log topic {topic}: {e}") from None
+        return ensure_topic(properties, topic, partitions, replication_factor, timeout)
+    log.info("created the log topic %s: %d partitions, replication %d", topic, partitions, rf)
+    return rf
+
+
+class KafkaLog(Log):
+    """One partition of the log topic as a ``Log``."""
+
+    def __init__(
+        self,
+        properties: Mapping[str, str],
+        topic: str,
+        partition: int = 0,
+        *,
+        read_batch: int = 2_000,
+    ) -> None:
+        self._props = dict(properties)
+        self.topic = topic
+        self.partition = partition
+        self._read_batch = read_batch
+        self._on_durable: Callable[[list[Record]], None] | None = None
+        self._on_failed: Callable[[Fatal], None] | None = None
+        self._failed: Fatal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next = 0  # the offset the reader reads next
+        self._start, self._high = self._watermarks(self._consumer("sluice-log-probe"))
+        self._check_format()
+        self._in_flight = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._producer: ck.Producer | None = None
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def _consumer(self, purpose: str) -> ck.Consumer:
+        return ck.Consumer(
+            {
+                **self._props,
+                "group.id": f"sluice-log-{self.topic}",  # nothing is committed there
+                "client.id": purpose,
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,
+                "auto.offset.reset": "error",
+            }
+        )
+
+    def _watermarks(self, consumer: ck.Consumer) -> tuple[int, int]:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                ck.TopicPartition(self.topic, self.partition), timeout=15
+            )
+        except ck.KafkaException as e:
+            raise KafkaLogError(f"cannot read the log topic {self.topic}: {e}") from None
+        finally:
+            consumer.close()
+        return int(low), int(high)
+
+    def _check_format(self) -> None:
+        """The partition's first record must be a Sluice log record of this format."""
+        if self._high <= self._start:
+            return
+        first = next(self._read(self._start), None)
+        if first is None:
+            return
+        headers = dict(first.headers() or [])
+        if FORMAT_HEADER not in headers:
+            raise KafkaLogError(
+                f"the topic {self.topic} holds records that are not Sluice's log (no "
+                f"{FORMAT_HEADER} header at offset {_offset(first)}): give the broker a topic "
+                "of its own"
+            )
+        if headers[FORMAT_HEADER] != FORMAT:
+            raise KafkaLogError(
+                f"the log topic {self.topic} is of format {headers[FORMAT_HEADER]!r}, this "
+                f"broker reads {FORMAT!r}: run a newer broker"
+            )
+
+    def _read(self, start: int) -> Iterator[ck.Message]:
+        """Messages from offset ``start`` to the end of the partition (the high watermark that
+        fetches report: Tansu's ListOffsets counts a produce batch as one record, so the
+        watermark asked for at open time cannot bound the read)."""
+        c = self._consumer("sluice-log-recovery")
+        try:
+            c.assign([ck.TopicPartition(self.topic, self.partition, start)])
+            while True:
+                for m in self._take(c, 5.0):
+                    err = m.error()
+                    if err is None:
+                        yield m
+                    elif err.code() == ck.KafkaError._PARTITION_EOF:
+                        return
+                    elif err.fatal() or err.code() in _LOST:
+                        raise KafkaLogError(f"reading the log topic {self.topic}: {err.str()}")
+        finally:
+            c.close()
+
+    def _take(self, c: ck.Consumer, timeout: float) -> list[ck.Message]:
+        """Up to a batch of messages: ``consume`` waits its whole timeout unless the batch
+        fills, so wait for the first message alone, then take what else is there."""
+        first = c.poll(timeout)
+        if first is None:
+            return []
+        return [first, *c.consume(self._read_batch - 1, timeout=0)]
+
+    # --- the Log interface ---------------------------------------------------------------
+
+    def read_from(self, lsn: Lsn) -> Iterator[Record]:
+        """What the partition holds from ``lsn`` on, up to its end when the read gets there."""
+        start = max(lsn - 1, self._start)
+        self._next = start
+        for m in self._read(start):
+            self._next = _offset(m) + 1
+            yield _record(m)
+
+    def open(
+        self,
+        on_durable: Callable[[list[Record]], None],
+        *,
+        on_failed: Callable[[Fatal], None] | None = None,
+    ) -> None:
+        self._on_durable = on_durable
+        self._on_failed = on_failed
+        self._loop = asyncio.get_running_loop()
+        self._next = max(self._next, self._start)
+        self._producer = ck.Producer(
+            {
+                **self._props,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 1,
+                "client.id": f"sluice-log-{self.topic}-{self.partition}",
+            }
+        )
+        for target, name in ((self._tail_reader, "reader"), (self._poll_producer, "producer")):
+            t = threading.Thread(target=target, name=f"sluice-log-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def append(self, payload: bytes, timestamp: int) -> Lsn:
+        if self._failed is not None:
+            raise LogError("the log failed earlier; the broker must restart", self._failed)
+        assert self._producer is not None, "append before open"
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic,
+                    payload,
+                    partition=self.partition,
+                    timestamp=timestamp,
+                    headers=_HEADERS,
+                    on_delivery=self._delivered,
+                )
+                break
+            except BufferError:  # librdkafka's queue is full: let it drain, then again
+                self._producer.poll(0.05)
+        self._in_flight += 1
+        return self.tail
+
+    def trim(self, lsn: Lsn) -> int:
+        """Nothing yet: every record stays until snapshots let a new store start above them."""
+        return 0
+
+    @property
+    def tail(self) -> Lsn:
+        """The LSN the next record gets, as far as this node knows (read, plus in flight)."""
+        return Lsn(self._next + self._in_flight + 1)
+
+    @property
+    def failed(self) -> Fatal | None:
+        return self._failed
+
+    async def close(self) -> None:
+        if self._producer is not None and self._failed is None:
+            await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
+        self._stop.set()
+        for t in self._threads:
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
+        self._threads = []
+
+    # --- threads -------------------------------------------------------------------------
+
+    def _delivered(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
+        """(the producer thread) A produce finished; a failure fails the log."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._settle, err)
+
+    def _settle(self, err: ck.KafkaError | None) -> None:
+        self._in_flight -= 1
+        if err is not None:
+            self._fail(LogError(f"an append to the log topic {self.topic} failed: {err.str()}"))
+
+    def _poll_producer(self) -> None:
+        assert self._producer is not None
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def _tail_reader(self) -> None:
+        """Read the partition from ``_next`` on, and hand each batch to the loop in order."""
+        assert self._loop is not None
+        c = self._consumer("sluice-log-reader")
+        try:
+            c.assign([ck.TopicPartition(self.topic, self.partition, self._next)])
+            while not self._stop.is_set():
+                batch: list[Record] = []
+                for m in self._take(c, 0.1):
+                    err = m.error()
+                    if err is None:
+                        batch.append(_record(m))
+                    elif err.code() != ck.KafkaError._PARTITION_EOF:
+                        what = f"reading the log topic {self.topic} failed: {err.str()}"
+                        if err.fatal() or err.code() in _LOST:
+                            self._loop.call_soon_threadsafe(self._fail, LogError(what))
+                            return
+                        log.warning("%s; librdkafka retries", what)  # a broker went away
+                if batch:
+                    self._loop.call_soon_threadsafe(self._deliver, batch)
+        except RuntimeError:  # the loop closed under us: the broker is gone
+            return
+        finally:
+            c.close()
+
+    def _deliver(self, batch: list[Record]) -> None:
+        if self._failed is not None:
+            return
+        self._next = batch[-1].lsn
+        assert self._on_durable is not None
+        try:
+            self._on_durable(batch)
+        except Fatal as e:  # the tables failed to apply what the log holds
+            self._fail(e)
+
+    def _fail(self, exc: Fatal) -> None:
+        if self._failed is not None:
+            return
+        self._failed = exc
+        self._stop.set()
+        if self._on_failed is None:
+            raise exc
+        self._on_failed(exc)
+
+
+def _offset(m: ck.Message) -> int:
+    offset = m.offset()
+    assert offset is not None, "a consumed message has an offset"
+    return offset
+
+
+def _record(m: ck.Message) -> Record:
+    _, ts = m.timestamp()
+    value = m.value()
+    return Record(Lsn(_offset(m) + 1), int(ts), value if value is not None else b"")

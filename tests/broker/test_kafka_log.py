@@ -1,0 +1,152 @@
+"""The log on Kafka (broker/log/_kafka.py), against Tansu: records are applied once read back,
+in offset order, and replayed the same after a restart; foreign topics and partition counts that
+do not match are refused; and a broker that loses its whole data directory finishes from the
+Kafka log alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sluice.broker.ids import Lsn
+from sluice.broker.log import KafkaLog, KafkaLogError, Record, ensure_topic
+from sluice.connectors.kafka import Producer
+from tests.broker.conftest import ROOT, BrokerProcess, ServiceProcess
+from tests.kafka import Tansu
+
+
+def _topic() -> str:
+    return f"log-{uuid.uuid4().hex[:8]}"
+
+
+async def test_appends_are_applied_in_offset_order_and_replayed_after_a_restart(
+    kafka: Tansu,
+) -> None:
+    props = {"bootstrap.servers": kafka.bootstrap}
+    topic = _topic()
+    ensure_topic(props, topic, 2)
+    log = KafkaLog(props, topic, partition=1)
+    assert list(log.read_from(Lsn(1))) == []
+    got: list[Record] = []
+    done = asyncio.Event()
+
+    def on_durable(records: list[Record]) -> None:
+        got.extend(records)
+        if len(got) >= 500:
+            done.set()
+
+    log.open(on_durable)
+    for i in range(500):
+        log.append(f"r{i}".encode(), 1_700_000_000_000 + i)
+    await asyncio.wait_for(done.wait(), 30)
+    await log.close()
+    assert [r.lsn for r in got] == list(range(1, 501)), "LSN = offset + 1, no gap, no double"
+    assert [r.payload for r in got] == [f"r{i}".encode() for i in range(500)]
+    assert [r.timestamp for r in got] == [1_700_000_000_000 + i for i in range(500)]
+
+    again = KafkaLog(props, topic, partition=1)
+    assert list(again.read_from(Lsn(1))) == got
+    assert [r.lsn for r in again.read_from(Lsn(321))] == list(range(321, 501))
+
+
+def test_a_topic_of_other_records_is_refused(kafka: Tansu) -> None:
+    props = {"bootstrap.servers": kafka.bootstrap}
+    topic = _topic()
+    kafka.create_topic(topic, 1)
+    producer = Producer(props)
+    producer.produce(topic, key=b"k", value=b"an order, not a log record")
+    producer.flush()
+    with pytest.raises(KafkaLogError, match="not Sluice's log"):
+        KafkaLog(props, topic)
+
+
+def test_a_log_topic_with_another_partition_count_is_refused(kafka: Tansu) -> None:
+    props = {"bootstrap.servers": kafka.bootstrap}
+    topic = _topic()
+    ensure_topic(props, topic, 4)
+    ensure_topic(props, topic, 4)  # the same count: fine, nothing created
+    with pytest.raises(KafkaLogError, match="--partitions 4"):
+        ensure_topic(props, topic, 8)
+
+
+def test_a_data_directory_of_another_log_is_refused(kafka: Tansu, tmp_path: Path) -> None:
+    embedded = BrokerProcess(tmp_path / "data")
+    embedded.start()
+    embedded.stop()
+    argv = [sys.executable, "-m", "sluice.broker", "server", "--data-dir", str(tmp_path / "data"),
+            "--ingress-port", "0", "--admin-port", "0",
+            "--log", f"kafka://{kafka.bootstrap}/{_topic()}"]  # fmt: skip
+    proc = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "holds the tables of the embedded log, not of the log kafka://" in proc.stderr
+
+
+def _order(customer: str, i: int) -> dict[str, object]:
+    lines = [{"sku": "tea", "quantity": 1 + i % 3, "unit_price": 4.5}]
+    return {"id": f"{customer}-{i}", "customer": customer, "lines": lines}
+
+
+async def test_a_broker_that_loses_its_data_directory_finishes_from_the_kafka_log(
+    kafka: Tansu, tmp_path: Path
+) -> None:
+    """Idempotent HTTP calls into a virtual object; the broker is SIGKILLed mid-stream and its
+    data directory deleted; a broker on an empty directory and the same --log answers the
+    retried calls from the log (the acknowledged ones with their first answers) and every
+    customer's totals count each order once."""
+    data = tmp_path / "data"
+    broker = BrokerProcess(data, "--log", f"kafka://{kafka.bootstrap}/{_topic()}")
+    customers, per_customer = ("c1", "c2", "c3"), 40
+    calls = [(c, i) for i in range(per_customer) for c in customers]
+    first: dict[tuple[str, int], dict[str, object]] = {}
+    with ServiceProcess("examples.orders.service") as service:
+        broker.start()
+        try:
+            base = f"http://127.0.0.1:{broker.ingress}"
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.post(
+                    f"http://127.0.0.1:{broker.admin}/deployments", json={"uri": service.uri}
+                )
+                assert r.status_code in (200, 201), r.text
+
+                async def call(c: str, i: int) -> httpx.Response:
+                    return await http.post(
+                        f"{base}/Customer/{c}/add_order",
+                        json=_order(c, i),
+                        headers={"idempotency-key": f"{c}-{i}"},
+                    )
+
+                half = len(calls) // 2
+                for c, i in calls[:half]:  # one at a time: each answer is the totals so far
+                    r = await call(c, i)
+                    assert r.status_code == 200, r.text
+                    first[(c, i)] = r.json()
+                # The rest in flight together while the broker dies.
+                pending = [asyncio.ensure_future(call(c, i)) for c, i in calls[half:]]
+                await asyncio.sleep(0.05)
+                broker.kill()
+                await asyncio.gather(*pending, return_exceptions=True)
+                shutil.rmtree(data)
+
+                broker.start()
+                for c, i in calls:
+                    r = await call(c, i)
+                    assert r.status_code == 200, r.text
+                    if (c, i) in first:
+                        assert r.json() == first[(c, i)], "an idempotent retry got a new answer"
+                for c in customers:
+                    r = await http.post(f"{base}/Customer/{c}/totals")
+                    totals = r.json()
+                    spent = sum((1 + i % 3) * 4.5 for i in range(per_customer))
+                    assert totals["orders"] == per_customer, (c, totals)
+                    assert totals["spent"] == pytest.approx(spent), (c, totals)
+        finally:
+            broker.stop()
+    assert json.loads((data / "sluice.json").read_text())["log"].startswith("kafka://")
