@@ -36,7 +36,7 @@ import pytest
 from sluice.connectors.kafka import Consumer, Producer, TopicPartitionOffset
 from sluice.connectors.kafka._client import OFFSET_BEGINNING
 from tests.broker.conftest import BrokerProcess, ServiceProcess
-from tests.egress.conftest import Out, check_exactly_once
+from tests.egress.conftest import Out, check_exactly_once, read_output
 from tests.kafka import Tansu
 
 from .conftest import peak_rss_mb, sized
@@ -245,17 +245,16 @@ async def test_kafka_stalls_and_resets(  # noqa: PLR0915 - one scenario, in orde
             feeder.stop.set()
             await asyncio.to_thread(feeder.join, 150)
             produced = len(feeder.want)
-            deadline = time.monotonic() + 180
-            while len(reader.out) < produced and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.5)  # (the reader is a thread: polling is simplest)
-            await asyncio.sleep(2)  # duplicates, if any, would show up now
+            # Read back by a fresh reader once every input is out, the broker is quiet and
+            # the reader is at the high watermark: a duplicate still on its way is counted.
+            # (Not "wait 2 s more": a busy machine can take longer to send it.)
+            got = await asyncio.to_thread(read_output, tansu, out, produced, 180)
             reader.stop.set()
             await asyncio.to_thread(reader.join, 30)
             sampler.cancel()
             assert broker.proc is not None
             rss = peak_rss_mb(broker.proc.pid)
 
-        got = reader.out
         seen = {o.value["i"] for o in got}
         recoveries = [s["egress_resumed_s"] for s in stalls]
         figures.update(
