@@ -140,7 +140,9 @@ async def test_503_with_retry_after_over_the_admission_limit(
     c = Client(b)
     try:
         await c.register(restate_service.uri)
-        first = asyncio.ensure_future(c.call("/Greeter/sleepy", 1000))
+        # The first call holds the only place until it is killed (a sleep of a second could
+        # end before a busy machine sent the next request).
+        first = asyncio.ensure_future(c.call("/Greeter/wait_long"))
         async with asyncio.timeout(10):
             while b.overload() is None:  # noqa: ASYNC110 (the broker has no event for it)
                 await asyncio.sleep(0.01)
@@ -149,7 +151,10 @@ async def test_503_with_retry_after_over_the_admission_limit(
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "1"
         assert "overloaded" in r.json()["message"]
-        assert (await first).status_code == 200
+        listed = (await c.admin.get("/invocations", params={"service": "Greeter"})).json()
+        [holder] = [j["id"] for j in listed["invocations"] if j["handler"] == "wait_long"]
+        assert (await c.admin.patch(f"/invocations/{holder}/kill")).status_code == 202
+        assert (await first).status_code == 409
         r = await c.call("/Greeter/greet", accepted)
         assert r.status_code == 200, r.text
         # The log holds the accepted request (appended after the refused one), not the
