@@ -18,10 +18,19 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from sluice.testing import HandlerProcess, HarnessError, TestEnvironment, Transport, make_broker
+from sluice.testing import (
+    Broker,
+    HandlerProcess,
+    HarnessError,
+    SluiceBroker,
+    TestEnvironment,
+    Transport,
+    make_broker,
+)
+from tests.kafka import Tansu
 
 from .effects import EFFECTS_ENV
-from .support import BROKERS, REPO, SDKS, Scenario, Setup
+from .support import KAFKA_LOG_SDKS, MATRIX_BROKERS, REPO, SDKS, Scenario, Setup
 
 TARGETS = {
     "restate-sdk": "tests.scenarios.restate_services:app",
@@ -31,11 +40,14 @@ TARGETS = {
 
 def _setups() -> list[Setup]:
     setups = []
-    for broker in BROKERS:
+    for broker in MATRIX_BROKERS:
         for sdk_name in SDKS:
             for transport in (Transport.H2, Transport.HTTP1):
                 # SLUICE_ALWAYS_REPLAY is a switch of the Sluice SDK's endpoint only.
                 for always_replay in (False, True) if sdk_name == "sluice" else (False,):
+                    combination = (sdk_name, transport, always_replay)
+                    if broker == "sluice-kafka-log" and combination not in KAFKA_LOG_SDKS:
+                        continue
                     setups.append(Setup(sdk_name, transport, always_replay, broker))
     return setups
 
@@ -52,8 +64,14 @@ def scenario(
     work = tmp_path_factory.mktemp(setup.id, numbered=False)
     effects_file = work / "effects.jsonl"
     effects_file.touch()
+    if setup.broker == "sluice-kafka-log":
+        kafka: Tansu = request.getfixturevalue("kafka")
+        log = f"kafka://{kafka.bootstrap}/log-{uuid.uuid4().hex[:8]}"
+        broker: Broker = SluiceBroker(work_dir=work / "broker", extra_args=["--log", log])
+    else:
+        broker = make_broker(setup.broker, work_dir=work / "broker")
     env = TestEnvironment(
-        make_broker(setup.broker, work_dir=work / "broker"),
+        broker,
         HandlerProcess(
             TARGETS[setup.sdk],
             env={EFFECTS_ENV: str(effects_file)},

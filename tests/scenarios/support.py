@@ -36,7 +36,11 @@ if _MISSING:
     )
 
 SDKS = ["restate-sdk", "sluice"]
-BROKERS = ["restate-server", "sluice"]
+BROKERS = ["restate-server", "sluice"]  # the kinds sluice.testing.make_broker starts
+# The matrix adds the Sluice broker with its log in Kafka (Tansu). The log is independent of
+# the SDK and the transport, so it runs two of their combinations, not all of them.
+MATRIX_BROKERS = [*BROKERS, "sluice-kafka-log"]
+KAFKA_LOG_SDKS = {("sluice", Transport.H2, False), ("restate-sdk", Transport.HTTP1, False)}
 
 # Log lines after which a restate-server can no longer serve the rest of a parameter set.
 BROKER_BREAKAGE = ("Partition processor exited unexpectedly", "panicked at")
@@ -55,8 +59,10 @@ class Setup:
     def id(self) -> str:
         sdk_name = "restate-sdk" if self.sdk == "restate-sdk" else "sluice-sdk"
         replay = "always-replay" if self.always_replay else "normal"
-        broker = "restate-server" if self.broker == "restate-server" else "sluice-broker"
-        return f"{sdk_name}-{self.transport.value}-{replay}-on-{broker}"
+        broker = {"sluice": "sluice-broker", "sluice-kafka-log": "sluice-broker-kafka-log"}
+        return (
+            f"{sdk_name}-{self.transport.value}-{replay}-on-{broker.get(self.broker, self.broker)}"
+        )
 
 
 @dataclass
