@@ -6,8 +6,6 @@ crash are replayed from the journal, not executed again.
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from .support import Scenario, attach, booking_trail, send, wait_for_payment_window
@@ -19,12 +17,12 @@ async def test_broker_sigkill_during_a_sleep_resumes_the_invocation(
     invocation = await send(ingress, "/Trips/book", {"trip": key, "wait_ms": 1500})
 
     await wait_for_payment_window(scenario, key)
-    started = time.monotonic()
     scenario.env.broker.restart(kill=True)
 
+    # A timer lost in the crash never ends the sleep: the attach then times out. How long the
+    # restart and the rest take is the machine's business, not the timer's.
     async with scenario.env.ingress_client(timeout=30.0) as fresh:
         result = await attach(fresh, invocation)
     assert result.status_code == 200, f"{result.text}\n{scenario.env.logs()}"
     assert result.json() == ["flight", "hotel", "car"]
-    assert time.monotonic() - started < 20
     assert booking_trail(scenario, key) == [("booked", i) for i in ("flight", "hotel", "car")]
