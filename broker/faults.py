@@ -9,7 +9,8 @@ to reach its count kills. Without the variable, ``reached`` is one dict lookup.
 The points, in the order a Kafka record meets them:
 
     after-kafka-poll      records fetched from Kafka, not yet appended to the log
-    after-log-append      a batch written and fsync'd, not yet applied nor acknowledged
+    after-log-append      a batch durable (fsync'd, or read back from the Kafka log), not yet
+                          applied nor acknowledged
     before-egress-commit  records and marker produced in the egress transaction, no commit
     after-egress-commit   the transaction committed, EgressCommitted not yet in the log
 

@@ -16,7 +16,14 @@ from sluice.broker.config import BrokerSettings
 from sluice.broker.errors import Fatal, LogError
 from sluice.broker.files import write_durably
 from sluice.broker.invoker import Invoker, InvokerOptions
-from sluice.broker.log import EmbeddedLog, KafkaLog, KafkaLogAddress, Log, ensure_topic
+from sluice.broker.log import (
+    EmbeddedLog,
+    KafkaLog,
+    KafkaLogAddress,
+    KafkaUnavailable,
+    Log,
+    ensure_topic,
+)
 from sluice.broker.partition import actions as a
 from sluice.broker.partition._context import Config, RetryPolicy
 from sluice.broker.partition._records import Expire, RequestCommand
@@ -135,12 +142,19 @@ class Broker:
             return EmbeddedLog(s.data_dir / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
         where = KafkaLogAddress.parse(s.log)
         props = {"bootstrap.servers": where.bootstrap, **s.log_properties}
-        await asyncio.to_thread(
-            ensure_topic, props, where.topic, self.partitions, s.log_replication_factor
-        )
-        # Until the partitions are physical (a processor per partition), one processor runs
-        # them all on the topic's first partition.
-        return await asyncio.to_thread(KafkaLog, props, where.topic, 0)
+        backoff = 1.0
+        while True:  # Kafka may start after the broker: wait for it, nothing listens meanwhile
+            try:
+                await asyncio.to_thread(
+                    ensure_topic, props, where.topic, self.partitions, s.log_replication_factor
+                )
+                # Until the partitions are physical (a processor per partition), one
+                # processor runs them all on the topic's first partition.
+                return await asyncio.to_thread(KafkaLog, props, where.topic, 0)
+            except KafkaUnavailable as e:
+                log.warning("waiting for the log: %s; trying again in %.0fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     async def _expire_loop(self, every: float = 5.0) -> None:
         """Ask the state machine (through the log) to forget invocations past retention, and

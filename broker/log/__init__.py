@@ -2,13 +2,14 @@
 
 from ._base import Log, Record
 from ._embedded import EmbeddedLog, LogCorrupted
-from ._kafka import KafkaLog, KafkaLogAddress, KafkaLogError, ensure_topic
+from ._kafka import KafkaLog, KafkaLogAddress, KafkaLogError, KafkaUnavailable, ensure_topic
 
 __all__ = [
     "EmbeddedLog",
     "KafkaLog",
     "KafkaLogAddress",
     "KafkaLogError",
+    "KafkaUnavailable",
     "Log",
     "LogCorrupted",
     "Record",

@@ -35,6 +35,7 @@ import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from sluice.broker import faults
 from sluice.broker.errors import Fatal, LogError
 from sluice.broker.ids import Lsn
 
@@ -62,6 +63,34 @@ class KafkaLogError(LogError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class KafkaUnavailable(Exception):
+    """Kafka did not answer (down, unreachable, or still starting): worth trying again."""
+
+
+_UNREACHABLE = frozenset(
+    {
+        ck.KafkaError._TRANSPORT,
+        ck.KafkaError._TIMED_OUT,
+        ck.KafkaError._ALL_BROKERS_DOWN,
+        ck.KafkaError._RESOLVE,
+        ck.KafkaError.REQUEST_TIMED_OUT,
+        ck.KafkaError.BROKER_NOT_AVAILABLE,
+        ck.KafkaError.LEADER_NOT_AVAILABLE,
+        ck.KafkaError.NOT_LEADER_FOR_PARTITION,
+        ck.KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
+def _refusal(e: ck.KafkaException, what: str) -> BaseException:
+    """What a failed admin or metadata call means: Kafka is unreachable for now (retry), or it
+    refuses for good (a ``KafkaLogError``: no rights, a bad configuration)."""
+    err = e.args[0] if e.args else None
+    if isinstance(err, ck.KafkaError) and (err.retriable() or err.code() in _UNREACHABLE):
+        return KafkaUnavailable(f"{what}: {err.str()}")
+    return KafkaLogError(f"{what}: {e}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +124,10 @@ def ensure_topic(
     of a topic it created (0 if it existed). Without ``replication_factor``: 3 on a cluster
     of 3 brokers or more, else 1."""
     admin = AdminClient(dict(properties))
-    meta = admin.list_topics(timeout=timeout)
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except ck.KafkaException as e:
+        raise _refusal(e, f"cannot reach Kafka at {properties.get('bootstrap.servers')}") from None
     found = meta.topics.get(topic)
     if found is not None and found.error is None:
         if len(found.partitions) != partitions:
@@ -117,7 +149,7 @@ def ensure_topic(
         if not (
             isinstance(err, ck.KafkaError) and err.code() == ck.KafkaError.TOPIC_ALREADY_EXISTS
         ):
-            raise KafkaLogError(f"cannot create the log topic {topic}: {e}") from None
+            raise _refusal(e, f"cannot create the log topic {topic}") from None
         return ensure_topic(properties, topic, partitions, replication_factor, timeout)
     log.info("created the log topic %s: %d partitions, replication %d", topic, partitions, rf)
     return rf
@@ -171,7 +203,7 @@ class KafkaLog(Log):
                 ck.TopicPartition(self.topic, self.partition), timeout=15
             )
         except ck.KafkaException as e:
-            raise KafkaLogError(f"cannot read the log topic {self.topic}: {e}") from None
+            raise _refusal(e, f"cannot read the log topic {self.topic}") from None
         finally:
             consumer.close()
         return int(low), int(high)
@@ -344,6 +376,7 @@ class KafkaLog(Log):
         if self._failed is not None:
             return
         self._next = batch[-1].lsn
+        faults.reached("after-log-append")
         assert self._on_durable is not None
         try:
             self._on_durable(batch)

@@ -15,6 +15,7 @@ def test_exported_names() -> None:
         "KafkaLog",
         "KafkaLogAddress",
         "KafkaLogError",
+        "KafkaUnavailable",
         "Log",
         "LogCorrupted",
         "Record",

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +22,14 @@ import pytest
 from sluice.broker.ids import Lsn
 from sluice.broker.log import KafkaLog, KafkaLogError, Record, ensure_topic
 from sluice.connectors.kafka import Producer
-from tests.broker.conftest import ROOT, BrokerProcess, ServiceProcess
+from tests.broker.conftest import (
+    ROOT,
+    BrokerProcess,
+    ServiceProcess,
+    free_port,
+    stop_process,
+    wait_port,
+)
 from tests.kafka import Tansu
 
 
@@ -150,3 +160,41 @@ async def test_a_broker_that_loses_its_data_directory_finishes_from_the_kafka_lo
         finally:
             broker.stop()
     assert json.loads((data / "sluice.json").read_text())["log"].startswith("kafka://")
+
+
+def _waiting_broker(tmp_path: Path, kafka: Tansu) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A broker whose Kafka log is not reachable: started, and seen waiting for it."""
+    admin, err = free_port(), tmp_path / "broker.log"
+    argv = [sys.executable, "-m", "sluice.broker", "server", "--data-dir", str(tmp_path / "d"),
+            "--ingress-port", str(free_port()), "--admin-port", str(admin),
+            "--log", f"kafka://{kafka.bootstrap}/{_topic()}"]  # fmt: skip
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + 60
+    while b"waiting for the log" not in err.read_bytes():
+        assert proc.poll() is None, err.read_text()
+        assert time.monotonic() < deadline, f"no word of waiting: {err.read_text()}"
+        time.sleep(0.1)
+    return proc, admin, err
+
+
+def test_a_broker_waits_for_its_kafka_log_and_starts_when_it_answers(tmp_path: Path) -> None:
+    kafka = Tansu()  # its port chosen, nothing listening there yet
+    proc, admin, err = _waiting_broker(tmp_path, kafka)
+    try:
+        with pytest.raises(OSError):  # not half-started: nothing listens while it waits
+            socket.create_connection(("127.0.0.1", admin), 1).close()
+        kafka.start()
+        wait_port(admin, proc, timeout=60)
+        assert httpx.get(f"http://127.0.0.1:{admin}/health").status_code == 200
+    finally:
+        stop_process(proc)
+        kafka.stop()
+    assert proc.returncode == 0, err.read_text()
+
+
+def test_a_stop_while_waiting_for_the_kafka_log_is_clean(tmp_path: Path) -> None:
+    proc, _, err = _waiting_broker(tmp_path, Tansu())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0, err.read_text()
+    assert "stopped before the broker had started" in err.read_text()
