@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,27 @@ from tests.kafka import Tansu, tansu_session
 def kafka() -> Iterator[Tansu]:
     """The test Kafka broker (Tansu, memory storage), started once per session on demand."""
     yield from tansu_session()
+
+
+@dataclass(frozen=True)
+class ServerLog:
+    """Which log a test's brokers run on: ``flags(name)`` are the ``sluice server`` flags of
+    one broker's log (the same name: the same log, for a restart; another name: another)."""
+
+    kafka: Tansu | None
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def flags(self, name: str = "broker") -> tuple[str, ...]:
+        if self.kafka is None:
+            return ()
+        return ("--log", f"kafka://{self.kafka.bootstrap}/log-{self.run}-{name}")
+
+
+@pytest.fixture(params=["embedded", "kafka-log"])
+def server_log(request: pytest.FixtureRequest) -> ServerLog:
+    """Parametrized: a test that takes it runs on the embedded log and on the Kafka log (topics
+    of its own on the session's Tansu)."""
+    return ServerLog(request.getfixturevalue("kafka") if request.param == "kafka-log" else None)
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import ServerLog
 from tests.quiet import until_quiet
 
 from .conftest import BrokerProcess, ServiceProcess
@@ -35,11 +36,11 @@ async def post_until_ok(
         await asyncio.sleep(0.1)
 
 
-async def test_sigkill_restart_exactly_once(tmp_path: Path) -> None:
+async def test_sigkill_restart_exactly_once(tmp_path: Path, server_log: ServerLog) -> None:
     markers = tmp_path / "runs.txt"
     svc = ServiceProcess("tests.broker.restate_services", {"SLUICE_TEST_MARKERS": str(markers)})
     svc.start()
-    broker = BrokerProcess(tmp_path / "data")
+    broker = BrokerProcess(tmp_path / "data", *server_log.flags())
     broker.start()
     try:
         limits = httpx.Limits(max_connections=200)

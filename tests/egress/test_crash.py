@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.broker.conftest import BrokerProcess, ServiceProcess
+from tests.conftest import ServerLog
 from tests.ingress_kafka.conftest import deploy_with_kafka
 from tests.kafka import Tansu
 
@@ -48,7 +49,10 @@ async def _egress_sent(c: httpx.AsyncClient, admin: str) -> int:
 
 
 async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scenario, in order
-    kafka: Tansu, tmp_path: Path, egress_services: ServiceProcess
+    kafka: Tansu,
+    tmp_path: Path,
+    egress_services: ServiceProcess,
+    server_log: ServerLog,
 ) -> None:
     src = new_topic(kafka, 4)
     out_map, out_obj, out_stream = new_topic(kafka, 4), new_topic(kafka, 4), new_topic(kafka, 4)
@@ -56,7 +60,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
     want = {i: f"key-{rng.randrange(KEYS)}".encode() for i in range(RECORDS)}
     produce(kafka, src, [(want[i].decode(), {"i": i}, None) for i in range(RECORDS)])
 
-    broker = BrokerProcess(tmp_path / "data")
+    broker = BrokerProcess(tmp_path / "data", *server_log.flags())
     broker.start()
     admin = f"http://127.0.0.1:{broker.admin}"
     started = time.monotonic()

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.broker.conftest import BrokerProcess, ServiceProcess
+from tests.conftest import ServerLog
 from tests.kafka import Tansu
 
 from .conftest import Admin, deploy_with_kafka, new_topic, produce
@@ -37,7 +38,11 @@ async def _total(c: httpx.AsyncClient, admin: str, sub: str) -> int:
 
 @pytest.mark.parametrize("sdk_name", ["restate", "sluice"])
 async def test_sigkill_while_ingesting_is_exactly_once(
-    sdk_name: str, kafka: Tansu, tmp_path: Path, request: pytest.FixtureRequest
+    sdk_name: str,
+    kafka: Tansu,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    server_log: ServerLog,
 ) -> None:
     svc: ServiceProcess = request.getfixturevalue(f"{sdk_name}_counter")
     topic = new_topic(kafka, 4)
@@ -52,7 +57,7 @@ async def test_sigkill_while_ingesting_is_exactly_once(
         records.append((key, {"v": v, "i": i}, None))
     produce(kafka, topic, records)
 
-    broker = BrokerProcess(tmp_path / "data")
+    broker = BrokerProcess(tmp_path / "data", *server_log.flags())
     broker.start()
     admin = f"http://127.0.0.1:{broker.admin}"
     try:

@@ -28,12 +28,15 @@ from .conftest import peak_rss_mb
 T = TypeVar("T")
 
 
-def environment(tmp_path: Path, target: str, markers: Path) -> TestEnvironment:
-    """A Sluice broker and the handler app ``target``, logs kept under ``tmp_path``; the
-    handlers append their side-effect markers to ``markers`` ($SLUICE_TEST_MARKERS)."""
+def environment(
+    tmp_path: Path, target: str, markers: Path, log: tuple[str, ...] = ()
+) -> TestEnvironment:
+    """A Sluice broker (on the log ``log``: its ``sluice server`` flags) and the handler app
+    ``target``, logs kept under ``tmp_path``; the handlers append their side-effect markers to
+    ``markers`` ($SLUICE_TEST_MARKERS)."""
     env = {"SLUICE_TEST_MARKERS": str(markers)}
     return TestEnvironment(
-        SluiceBroker(work_dir=tmp_path / "broker"),
+        SluiceBroker(work_dir=tmp_path / "broker", extra_args=list(log)),
         HandlerProcess(target, env=env, work_dir=tmp_path / "handler"),
     )
 

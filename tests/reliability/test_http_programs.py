@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from sluice.testing import TestEnvironment
+from tests.conftest import ServerLog
 
 from ._chaos import ClosedLoop, Killer, Retrying, environment, open_invocations, spread
 from .conftest import sized
@@ -183,11 +184,12 @@ def check_runs(
 
 
 async def test_programs_survive_broker_kills(  # noqa: PLR0915 - one scenario, in order
-    tmp_path: Path, rng: random.Random, figures: dict[str, Any]
+    tmp_path: Path, rng: random.Random, figures: dict[str, Any], server_log: ServerLog
 ) -> None:
     plan = make_plan(rng, PROGRAMS)
     markers_path = tmp_path / "markers.txt"
-    env = environment(tmp_path, "tests.reliability.services_programs:app", markers_path)
+    target = "tests.reliability.services_programs:app"
+    env = environment(tmp_path, target, markers_path, server_log.flags())
     figures.update(programs=PROGRAMS, keys=KEYS, steps=sum(plan.steps.values()))
     figures["steps_by_kind"] = dict(plan.steps)
     env.start()

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from tests.broker.conftest import BrokerProcess, ServiceProcess
+from tests.conftest import ServerLog
 from tests.egress.conftest import (
     check_exactly_once,
     new_topic,
@@ -55,6 +56,7 @@ async def test_kafka_vo_survives_random_kills(
     egress_services: ServiceProcess,
     rng: random.Random,
     figures: dict[str, Any],
+    server_log: ServerLog,
 ) -> None:
     src, out = new_topic(kafka, PARTITIONS), new_topic(kafka, PARTITIONS)
     model = Model()
@@ -65,7 +67,7 @@ async def test_kafka_vo_survives_random_kills(
     targets = sorted(rng.sample(range(RECORDS // 50, RECORDS * 9 // 10), KILLS))
     figures.update(records_in=RECORDS, keys=KEYS, partitions=PARTITIONS, kills=0)
 
-    broker = BrokerProcess(tmp_path / "data")
+    broker = BrokerProcess(tmp_path / "data", *server_log.flags())
     admin = f"http://127.0.0.1:{broker.admin}"
 
     def alive() -> bool:

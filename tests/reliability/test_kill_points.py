@@ -37,6 +37,7 @@ import pytest
 
 from sluice.broker.faults import POINTS
 from tests.broker.conftest import BrokerProcess, ServiceProcess
+from tests.conftest import ServerLog
 from tests.egress.conftest import (
     check_exactly_once,
     new_topic,
@@ -61,14 +62,16 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(400
 class PointTrials:
     """TRIALS deaths at one fault point, on a broker and a pipeline of its own."""
 
-    def __init__(self, point: str, kafka: Tansu, root: Path, rng: random.Random) -> None:
+    def __init__(
+        self, point: str, kafka: Tansu, root: Path, rng: random.Random, log: tuple[str, ...]
+    ) -> None:
         self.point = point
         self.kafka = kafka
         self.rng = rng
         self.src, self.out = new_topic(kafka, PARTITIONS), new_topic(kafka, PARTITIONS)
         self.keys = [f"{point}-{rng.getrandbits(32):08x}-{k}".encode() for k in range(KEYS)]
         self.model = Model()
-        self.broker = BrokerProcess(root / point / "data")
+        self.broker = BrokerProcess(root / point / "data", *log)
         self.admin = f"http://127.0.0.1:{self.broker.admin}"
         self.fault_line = f"sluice fault: SIGKILL at {point}"
         self.deaths = 0
@@ -178,6 +181,7 @@ async def test_kill_points(
     egress_services: ServiceProcess,
     rng: random.Random,
     figures: dict[str, Any],
+    server_log: ServerLog,
 ) -> None:
     # A Kafka broker per point: Sluice brokers share the egress progress partition of a
     # cluster, so on one Tansu each death inside a transaction would hold the others'
@@ -189,7 +193,7 @@ async def test_kill_points(
             k.start()
         # One generator per point, drawn in a fixed order: a seed repeats each point's trials.
         runs = [
-            PointTrials(p, k, tmp_path, random.Random(rng.getrandbits(64)))
+            PointTrials(p, k, tmp_path, random.Random(rng.getrandbits(64)), server_log.flags(p))
             for p, k in zip(POINTS, clusters, strict=True)
         ]
         async with httpx.AsyncClient(timeout=30) as c:

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ServerLog
+
 from ._chaos import ClosedLoop, Killer, Retrying, environment, open_invocations, spread
 from .conftest import sized
 
@@ -40,7 +42,7 @@ def executions(path: Path) -> dict[str, list[tuple[str, float]]]:
 
 
 async def test_timers_fire_once_and_never_early(  # noqa: PLR0915 - one scenario, in order
-    tmp_path: Path, rng: random.Random, figures: dict[str, Any]
+    tmp_path: Path, rng: random.Random, figures: dict[str, Any], server_log: ServerLog
 ) -> None:
     run = f"{rng.getrandbits(32):08x}"
     plan = [
@@ -48,7 +50,8 @@ async def test_timers_fire_once_and_never_early(  # noqa: PLR0915 - one scenario
         for i in range(TIMERS)
     ]
     markers = tmp_path / "markers.txt"
-    env = environment(tmp_path, "tests.reliability.services_timers:app", markers)
+    target = "tests.reliability.services_timers:app"
+    env = environment(tmp_path, target, markers, server_log.flags())
     figures.update(timers=TIMERS)
     env.start()
     killer = Killer(env.broker, rng, every=(2.0, 5.0))  # type: ignore[arg-type]

@@ -5,6 +5,9 @@ stopped, the newest log segment gets a torn tail and the RocksDB tables are dele
 broker must restart, rebuild every table from the log alone, and keep every request that was
 acknowledged (200) before the kill; a replay of the same log with and without the old tables
 must give identical tables (invariant 2: the state machine is deterministic).
+
+On the Kafka log there is no file to tear: the whole data directory is deleted instead (the
+disk is lost), and the broker rebuilds everything from the Kafka topic.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ import shutil
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from sluice.broker.config import BrokerSettings
-from sluice.broker.log import EmbeddedLog, LogCorrupted
+from sluice.broker.ids import Lsn
+from sluice.broker.log import EmbeddedLog, KafkaLog, KafkaLogAddress, Log, LogCorrupted, Record
 from sluice.broker.partition._context import Config, RetryPolicy
 from sluice.broker.partition.processor import Processor
 from sluice.broker.partition.state_machine import StateMachine
 from sluice.broker.schema import Registry
 from sluice.broker.storage import COLUMN_FAMILIES, RocksDBStore
 from tests.broker.conftest import BrokerProcess, Client, ServiceProcess
-from tests.conftest import running_broker
+from tests.conftest import ServerLog, running_broker
 from tests.reliability.conftest import sized
 
 ROUNDS = sized(3, 30)
@@ -78,11 +83,41 @@ def tear_tail(segment: Path, rng: random.Random) -> dict[str, Any]:
     return {"kind": kind, "torn_bytes": len(torn), "frames_before": len(frames)}
 
 
-async def recovered_tables(data: Path) -> dict[str, dict[bytes, bytes]]:
+class ReplayOnly(Log):
+    """A Kafka log read for a replay, never written: the recovery's own commands (restarts of
+    running invocations) must not reach the topic the real broker goes on with."""
+
+    def __init__(self, flags: tuple[str, ...]) -> None:
+        where = KafkaLogAddress.parse(flags[1])
+        self._log = KafkaLog({"bootstrap.servers": where.bootstrap}, where.topic)
+
+    def open(self, on_durable: Any, *, on_failed: Any = None) -> None:
+        pass
+
+    def append(self, payload: bytes, timestamp: int) -> Lsn:
+        return self.tail
+
+    def read_from(self, lsn: Lsn) -> Iterator[Record]:
+        return self._log.read_from(lsn)
+
+    def trim(self, lsn: Lsn) -> int:
+        return 0
+
+    @property
+    def tail(self) -> Lsn:
+        return self._log.tail
+
+    async def close(self) -> None:
+        pass
+
+
+async def recovered_tables(
+    data: Path, log_flags: tuple[str, ...] = ()
+) -> dict[str, dict[bytes, bytes]]:
     """Open a copy of a data directory the way the broker does, replay the log, dump tables."""
     settings = BrokerSettings(data_dir=data)
     store = RocksDBStore(data / "db")
-    log = EmbeddedLog(data / "log", fsync=False)
+    log = ReplayOnly(log_flags) if log_flags else EmbeddedLog(data / "log", fsync=False)
     sm = StateMachine(
         Registry(),
         Config(
@@ -102,10 +137,11 @@ async def recovered_tables(data: Path) -> dict[str, dict[bytes, bytes]]:
 
 
 async def test_torn_tail_and_deleted_tables(  # noqa: PLR0915
-    tmp_path: Path, rng: random.Random, figures: dict[str, Any]
+    tmp_path: Path, rng: random.Random, figures: dict[str, Any], server_log: ServerLog
 ) -> None:
     run = f"{rng.getrandbits(32):08x}"
     keys = [f"torn-{run}-{i}" for i in range(KEYS)]
+    flags = server_log.flags()
     plans = [
         [(f"{run}-{r}-{i}", rng.choice(keys), rng.randint(1, 1000)) for i in range(REQUESTS)]
         for r in range(ROUNDS)
@@ -117,7 +153,7 @@ async def test_torn_tail_and_deleted_tables(  # noqa: PLR0915
     svc = ServiceProcess("tests.broker.restate_services")
     svc.start()
     data = tmp_path / "data"
-    broker = BrokerProcess(data)
+    broker = BrokerProcess(data, *flags)
     broker.start()
     acked: dict[str, int] = {}  # idempotency key -> the counter value it answered
     limits = httpx.Limits(max_connections=CONCURRENCY)
@@ -168,23 +204,25 @@ async def test_torn_tail_and_deleted_tables(  # noqa: PLR0915
                 await asyncio.gather(*(add(p[0]) for p in plan))
                 assert killed.is_set(), "the load finished before the kill"
                 figures["acked_before_kill"].append(len(acked))
-                segment = sorted((data / "log").glob("*.seg"))[-1]
-                figures["tears"].append(tear_tail(segment, rng))
-                figures["faults_injected"] += 3  # SIGKILL, torn tail, deleted tables
+                if not flags:
+                    segment = sorted((data / "log").glob("*.seg"))[-1]
+                    figures["tears"].append(tear_tail(segment, rng))
+                figures["faults_injected"] += 3 if not flags else 2  # SIGKILL, tear, tables
 
                 # Replay the log with the tables as the kill left them and with none at all.
                 for name in ("kept", "rebuilt"):
                     shutil.copytree(data, tmp_path / f"{name}-{rnd}")
                 shutil.rmtree(tmp_path / f"rebuilt-{rnd}" / "db")
-                kept = await recovered_tables(tmp_path / f"kept-{rnd}")
-                rebuilt = await recovered_tables(tmp_path / f"rebuilt-{rnd}")
+                kept = await recovered_tables(tmp_path / f"kept-{rnd}", flags)
+                rebuilt = await recovered_tables(tmp_path / f"rebuilt-{rnd}", flags)
                 figures["table_rows"] = {cf: len(rows) for cf, rows in kept.items()}
                 for cf in COLUMN_FAMILIES:
                     assert rebuilt[cf] == kept[cf], f"round {rnd}: table {cf} differs when rebuilt"
                 assert kept["journal"] or kept["status"], "the comparison saw empty tables"
 
-                # The real broker, on the torn log with its tables deleted.
-                shutil.rmtree(data / "db")
+                # The real broker, on the torn log with its tables deleted (on the Kafka log:
+                # with its whole data directory deleted).
+                shutil.rmtree(data / "db" if not flags else data)
                 t0 = time.monotonic()
                 await asyncio.to_thread(broker.start)
                 await until_ok(c, next(iter(acked)))
