@@ -344,6 +344,14 @@ class SubscriptionConsumer:
                 recreated[e.partition] = recreated_why
         return out
 
+    async def _rewind(self, consumer: Consumer, msgs: list[KafkaMessage]) -> None:
+        """Put each partition's position back to the first of ``msgs`` (none submitted)."""
+        first: dict[int, int] = {}
+        for m in msgs:
+            first.setdefault(m.partition, m.offset)
+        for n, offset in first.items():
+            await self._call(consumer.seek, TopicPartitionOffset(self.sub.topic, n, offset))
+
     async def _reassign(self, consumer: Consumer, recreated: dict[int, str]) -> None:
         parts = sorted(recreated)
         tps = await self._recreated(parts, recreated[parts[0]])
@@ -444,6 +452,11 @@ class SubscriptionConsumer:
             if self.stalled:
                 log.warning("subscription %s resumes: its schemas are fetched", self.sub.name)
                 self.stalled = ""
+            if msgs and self._paused:
+                # Paused while this poll was out (or stalled): its records are read again on
+                # resume, so that nothing is taken in after the pause was answered.
+                await self._rewind(consumer, msgs)
+                continue
             if msgs:
                 faults.reached("after-kafka-poll")
                 self._submit(msgs)
