@@ -249,6 +249,19 @@ def _state(args: argparse.Namespace) -> None:
         print(f"{k} = {json.dumps(v)}")
 
 
+def _log(args: argparse.Namespace) -> None:
+    log = _admin(args, "GET", "/health")["log"]
+    applied = log.pop("applied")
+    if log["kind"] == "kafka":
+        behind = max(int(log["high"]) - int(applied), 0)
+        print(f"kafka log {log['topic']}, partition {log['partition']}")
+        print(f"  start {log['start']}  applied {applied}  high watermark {log['high']}", end="")
+        print(f"  ({behind} to apply, {log['in_flight']} appends in flight)")
+    else:
+        print(f"embedded log in {log['directory']} ({log['segments']} segments)")
+        print(f"  start {log['start']}  applied {applied}  tail {log['tail']}")
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("sluice")
@@ -370,6 +383,10 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
     g.add_argument("service")
     g.add_argument("key")
     st.set_defaults(fn=_state)
+
+    lg = client("log", "where the broker's log stands")
+    lg.add_subparsers(dest="action", required=True).add_parser("status")
+    lg.set_defaults(fn=_log)
 
     from sluice.subscriptions._cli import add_commands
 

@@ -46,7 +46,10 @@ class AdminApi:
         try:
             if seg == ["health"]:
                 dead = self.broker.unavailable()
-                return json_response(200, {}) if dead is None else unavailable(dead)
+                if dead is not None:
+                    return unavailable(dead)
+                log = {**self.broker.log.status(), "applied": self.broker.processor.applied}
+                return json_response(200, {"log": log})
             if seg == ["openapi"]:
                 return json_response(200, OPENAPI)
             if seg and seg[0] == "deployments":

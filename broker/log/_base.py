@@ -53,5 +53,9 @@ class Log(abc.ABC):
     def tail(self) -> Lsn:
         """The position the next append gets."""
 
+    def status(self) -> dict[str, object]:
+        """What the log is and where it stands, for ``GET /health`` and ``sluice log status``."""
+        return {"kind": type(self).__name__, "tail": self.tail}
+
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -246,6 +246,16 @@ class EmbeddedLog(Log):
             raise exc
         self._on_failed(exc)
 
+    def status(self) -> dict[str, object]:
+        segments = self._segments()
+        return {
+            "kind": "embedded",
+            "directory": str(self._dir),
+            "start": int(segments[0][0]) if segments else int(self._tail),
+            "tail": int(self._tail),
+            "segments": len(segments),
+        }
+
     @property
     def failed(self) -> Fatal | None:
         """Why the log stopped taking appends (None: it works)."""

@@ -318,6 +318,19 @@ class KafkaLog(Log):
         """The LSN the next record gets, as far as this node knows (read, plus in flight)."""
         return Lsn(self._next + self._in_flight + 1)
 
+    def status(self) -> dict[str, object]:
+        """Positions as LSNs (offset + 1); ``high``: the last LSN Kafka holds, as the reader's
+        latest fetch reported it (Tansu's ListOffsets would count a batch as one record)."""
+        return {
+            "kind": "kafka",
+            "topic": self.topic,
+            "partition": self.partition,
+            "start": self._start + 1,
+            "high": self._high,
+            "read": self._next,
+            "in_flight": self._in_flight,
+        }
+
     @property
     def failed(self) -> Fatal | None:
         return self._failed
@@ -351,6 +364,7 @@ class KafkaLog(Log):
         """Read the partition from ``_next`` on, and hand each batch to the loop in order."""
         assert self._loop is not None
         c = self._consumer("sluice-log-reader")
+        tp = ck.TopicPartition(self.topic, self.partition)
         try:
             c.assign([ck.TopicPartition(self.topic, self.partition, self._next)])
             while not self._stop.is_set():
@@ -367,6 +381,10 @@ class KafkaLog(Log):
                         log.warning("%s; librdkafka retries", what)  # a broker went away
                 if batch:
                     self._loop.call_soon_threadsafe(self._deliver, batch)
+                # (here: a consumer's calls wait for each other, so no other thread asks it)
+                high = c.get_watermark_offsets(tp, cached=True)[1]
+                if high >= 0:  # (negative: none fetched yet)
+                    self._high = high
         except RuntimeError:  # the loop closed under us: the broker is gone
             return
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,6 +128,14 @@ async def test_server_subcommand(tmp_path: Path) -> None:
         async with httpx.AsyncClient() as c:
             assert (await c.get(f"http://127.0.0.1:{ingress}/restate/health")).status_code == 200
             assert (await c.get(f"http://127.0.0.1:{admin}/health")).status_code == 200
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "sluice.broker", "log", "--admin-url",
+             f"http://127.0.0.1:{admin}", "status"],
+            capture_output=True, text=True, check=False, cwd=ROOT,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith(f"embedded log in {tmp_path / 'd' / 'log'}"), status.stdout
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)

@@ -157,6 +157,9 @@ async def test_a_broker_that_loses_its_data_directory_finishes_from_the_kafka_lo
                     spent = sum((1 + i % 3) * 4.5 for i in range(per_customer))
                     assert totals["orders"] == per_customer, (c, totals)
                     assert totals["spent"] == pytest.approx(spent), (c, totals)
+                log = (await http.get(f"http://127.0.0.1:{broker.admin}/health")).json()["log"]
+                assert (log["kind"], log["start"]) == ("kafka", 1), log
+                assert 0 < log["applied"] <= log["high"], log
         finally:
             broker.stop()
     assert json.loads((data / "sluice.json").read_text())["log"].startswith("kafka://")
