@@ -146,7 +146,7 @@ class Broker:
         while True:  # Kafka may start after the broker: wait for it, nothing listens meanwhile
             try:
                 await asyncio.to_thread(
-                    ensure_topic, props, where.topic, self.partitions, s.log_replication_factor
+                    ensure_topic, props, where.topic, self.partitions, s.log_replication_factor, 5.0
                 )
                 # Until the partitions are physical (a processor per partition), one
                 # processor runs them all on the topic's first partition.

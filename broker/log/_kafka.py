@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ FORMAT_HEADER = "sluice-log"
 FORMAT = b"1"
 _HEADERS: list[tuple[str, str | bytes | None]] = [(FORMAT_HEADER, FORMAT)]
 log = logging.getLogger("sluice.log.kafka")
+STUCK_S = 5.0  # records below the high watermark that long unread: a new reader consumer
 # Reader errors that mean the partition's records are gone from under the reader, not that a
 # connection dropped (librdkafka reconnects by itself): the log cannot go on.
 _LOST = frozenset(
@@ -362,11 +364,23 @@ class KafkaLog(Log):
 
     def _tail_reader(self) -> None:
         """Read the partition from ``_next`` on, and hand each batch to the loop in order."""
+        position = self._next
+        try:
+            while not self._stop.is_set():
+                position = self._read_tail(position)
+        except RuntimeError:  # the loop closed under us: the broker is gone
+            return
+
+    def _read_tail(self, position: int) -> int:
+        """Read with one consumer until the log stops or the consumer is stuck: records below
+        the high watermark that do not come for STUCK_S (librdkafka was seen to stop fetching,
+        with no error, after Tansu restarted). Returns where to read on."""
         assert self._loop is not None
         c = self._consumer("sluice-log-reader")
         tp = ck.TopicPartition(self.topic, self.partition)
+        progress = time.monotonic()
         try:
-            c.assign([ck.TopicPartition(self.topic, self.partition, self._next)])
+            c.assign([ck.TopicPartition(self.topic, self.partition, position)])
             while not self._stop.is_set():
                 batch: list[Record] = []
                 for m in self._take(c, 0.1):
@@ -377,16 +391,27 @@ class KafkaLog(Log):
                         what = f"reading the log topic {self.topic} failed: {err.str()}"
                         if err.fatal() or err.code() in _LOST:
                             self._loop.call_soon_threadsafe(self._fail, LogError(what))
-                            return
+                            self._stop.set()
+                            return position
                         log.warning("%s; librdkafka retries", what)  # a broker went away
                 if batch:
+                    position = batch[-1].lsn  # (the next offset)
+                    progress = time.monotonic()
                     self._loop.call_soon_threadsafe(self._deliver, batch)
                 # (here: a consumer's calls wait for each other, so no other thread asks it)
                 high = c.get_watermark_offsets(tp, cached=True)[1]
                 if high >= 0:  # (negative: none fetched yet)
                     self._high = high
-        except RuntimeError:  # the loop closed under us: the broker is gone
-            return
+                if high <= position:
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > STUCK_S:
+                    log.warning(
+                        "the log reader got no record for %.0fs at offset %d of %s, below its "
+                        "high watermark %d: reading on with a new consumer",
+                        STUCK_S, position, self.topic, high,
+                    )  # fmt: skip
+                    return position
+            return position
         finally:
             c.close()
 
