@@ -85,9 +85,14 @@ def _server(args: argparse.Namespace) -> None:
             log=args.log,
             log_properties=_properties(args.log_property, "--log-property"),
             log_replication_factor=args.log_replication_factor,
+            snapshots=Path(args.snapshots) if args.snapshots else None,
+            snapshot_every_records=args.snapshot_every,
+            snapshot_interval_s=args.snapshot_interval,
         )
     except ValidationError as e:
         err = e.errors()[0]
+        if not err["loc"]:  # (a rule across several flags)
+            raise CliError(str(err["msg"]).removeprefix("Value error, ")) from None
         flag = "-".join(str(x) for x in err["loc"]).replace("_", "-").removesuffix("-s")
         raise CliError(f"--{flag}: {err['msg']}") from None
 
@@ -254,7 +259,9 @@ def _log(args: argparse.Namespace) -> None:
     applied = log.pop("applied")
     if log["kind"] == "kafka":
         behind = max(int(log["high"]) - int(applied), 0)
-        print(f"kafka log {log['topic']}, partition {log['partition']}")
+        snap = log.get("snapshot")
+        taken = f", last snapshot at LSN {snap}" if snap else ""
+        print(f"kafka log {log['topic']}, partition {log['partition']}{taken}")
         print(f"  start {log['start']}  applied {applied}  high watermark {log['high']}", end="")
         print(f"  ({behind} to apply, {log['in_flight']} appends in flight)")
     else:
@@ -335,6 +342,14 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
         type=int,
         help="of a log topic the broker creates (default: 3 on 3 or more Kafka brokers, else 1)",
     )
+    s.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="with --log: snapshots of the tables here; a broker that lost its data directory "
+        "restores the newest and replays the log from it",
+    )
+    s.add_argument("--snapshot-every", type=int, default=50_000, help="log records (50,000)")
+    s.add_argument("--snapshot-interval", type=float, default=300.0, help="seconds (300)")
     s.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class RetrySettings(BaseModel):
@@ -15,6 +15,12 @@ class RetrySettings(BaseModel):
 
 
 class BrokerSettings(BaseModel):
+    @model_validator(mode="after")
+    def _snapshots_need_kafka(self) -> BrokerSettings:
+        if self.snapshots is not None and self.log is None:
+            raise ValueError("snapshots are for a broker on the Kafka log: give --log too")
+        return self
+
     @field_validator("log")
     @classmethod
     def _kafka_log(cls, url: str | None) -> str | None:
@@ -70,6 +76,13 @@ class BrokerSettings(BaseModel):
         default_factory=dict, description="librdkafka properties for the log's clients"
     )
     log_replication_factor: int | None = Field(None, ge=1, le=32)
+    snapshots: Path | None = Field(
+        None, description="a directory for snapshots of the tables (with a Kafka log)"
+    )
+    snapshot_every_records: int = Field(50_000, ge=1, description="log records between two")
+    snapshot_interval_s: float = Field(
+        300.0, gt=0, description="seconds after which a snapshot is taken if anything changed"
+    )
     declarations: Path | None = Field(
         None, description="sluice.toml or YAML: Kafka clusters and subscriptions, applied at start"
     )

@@ -30,6 +30,7 @@ from sluice.broker.partition._records import Expire, RequestCommand
 from sluice.broker.partition.processor import Processor
 from sluice.broker.partition.state_machine import StateMachine
 from sluice.broker.schema import Registry
+from sluice.broker.snapshots import Snapshots
 from sluice.broker.storage import RocksDBStore
 from sluice.broker.timers import TimerService
 
@@ -59,6 +60,9 @@ class Broker:
         # and ``dead`` tells the process to exit so that it is restarted.
         self.fatal: Fatal | None = None
         self.dead = asyncio.Event()
+        self.snapshots: Snapshots | None = None
+        self._snapped = 0  # the LSN of the newest snapshot taken or restored
+        self._snapped_at = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -81,6 +85,10 @@ class Broker:
         else:
             body = {"partitions": s.partitions, "format": 1, "log": where}
             write_durably(meta, json.dumps(body).encode())
+        self.snapshots = Snapshots(s.snapshots, where) if s.snapshots is not None else None
+        if self.snapshots is not None and not (data / "db").exists():  # the tables were lost
+            snap = await asyncio.to_thread(self.snapshots.restore, data / "db")
+            self._snapped = snap.applied if snap is not None else 0
         self.store = RocksDBStore(data / "db")
         self.log = await self._open_log()
         config = Config(
@@ -169,8 +177,25 @@ class Broker:
                         self.submit(Expire(upto=now))
                     break
                 await self.checkpoint()
+                await self._snapshot_if_due()
             except Exception:
                 log.exception("retention expiry or checkpoint failed; trying again in %ss", every)
+
+    def snapshot_lsn(self) -> int | None:
+        """The LSN of the newest snapshot taken or restored (None: no snapshots)."""
+        return self._snapped if self.snapshots is not None else None
+
+    async def _snapshot_if_due(self) -> None:
+        if self.snapshots is None:
+            return
+        s, applied = self.settings, self.processor.applied
+        due = applied - self._snapped >= s.snapshot_every_records or (
+            applied > self._snapped and time.monotonic() - self._snapped_at >= s.snapshot_interval_s
+        )
+        if due:
+            snap = await asyncio.to_thread(self.snapshots.take, self.store)
+            self._snapped, self._snapped_at = snap.applied, time.monotonic()
+            log.info("snapshot of the tables at LSN %d: %s", snap.applied, snap.path)
 
     async def checkpoint(self) -> int:
         """Sync the tables, then drop log segments they fully cover; return how many."""

@@ -48,7 +48,11 @@ class AdminApi:
                 dead = self.broker.unavailable()
                 if dead is not None:
                     return unavailable(dead)
-                log = {**self.broker.log.status(), "applied": self.broker.processor.applied}
+                log = {
+                    **self.broker.log.status(),
+                    "applied": self.broker.processor.applied,
+                    "snapshot": self.broker.snapshot_lsn(),
+                }
                 return json_response(200, {"log": log})
             if seg == ["openapi"]:
                 return json_response(200, OPENAPI)

@@ -34,6 +34,11 @@ class RocksDBStore(Store):
         self._handles = {cf: self._db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
         self._wopts = WriteOptions()
 
+    @property
+    def db(self) -> Any:
+        """The rocksdict database (for checkpoints: broker/snapshots.py)."""
+        return self._db
+
     def get(self, cf: str, key: bytes) -> bytes | None:
         try:
             value: bytes | None = self._cf[cf].get(key)
