@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -104,17 +105,26 @@ class Broker:
             completion_retention_ms=int(s.completion_retention_s * 1000),
         )
         self.sm = StateMachine(self.registry, config)
-        self.processor = Processor(self.log, self.store, self.sm, self._act, on_failed=self.die)
+        self.processor = Processor(
+            self.log,
+            self.store,
+            self.sm,
+            self._act,
+            on_failed=self.die,
+            node=socket.gethostname(),
+            address=f"{s.host}:{s.ingress_port}",
+        )
+        # The invoker's effects and the timers' firings are this leader's own proposals.
         self.invoker = Invoker(
             self.registry,
-            self.processor.submit,
+            self.processor.propose,
             InvokerOptions(
                 inactivity_timeout=s.inactivity_timeout_s,
                 abort_timeout=s.abort_timeout_s,
                 max_concurrent=s.max_concurrent_invocations,
             ),
         )
-        self.timers = TimerService(self.processor.submit)
+        self.timers = TimerService(self.processor.propose)
         self._act(self.processor.recover())
         self.invoker.start_sweeper()
         self._expiry = asyncio.ensure_future(self._expire_loop())
@@ -174,7 +184,7 @@ class Broker:
                 now = int(time.time() * 1000)
                 for k, _ in self.store.scan("expiry", b""):
                     if struct.unpack_from(">Q", k)[0] <= now:
-                        self.submit(Expire(upto=now))
+                        self.processor.propose(Expire(upto=now))
                     break
                 await self.checkpoint()
                 await self._snapshot_if_due()

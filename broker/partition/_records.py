@@ -289,6 +289,44 @@ class Expire(Message):
     _schema: ClassVar = ((1, "upto", UINT),)
 
 
+@dataclass(slots=True)
+class AnnounceLeader(Message):
+    """A node leads the partition from ``epoch`` on (DESIGN.md, "Leadership"): applied only
+    if ``epoch`` is above the current one; then proposals of older epochs are dropped."""
+
+    epoch: int = 0
+    node: str = ""
+    address: str = ""
+    _schema: ClassVar = ((1, "epoch", UINT), (2, "node", STRING), (3, "address", STRING))
+
+
+@dataclass(slots=True)
+class Proposal(Message):
+    """A leader's own command (an attempt's effects, a timer firing, a restart), stamped with
+    its epoch and a sequence number within it: applied under that epoch only, and once."""
+
+    epoch: int = 0
+    seq: int = 0
+    command: bytes = b""  # encode_command(the command)
+    _schema: ClassVar = ((1, "epoch", UINT), (2, "seq", UINT), (3, "command", BYTES))
+
+
+@dataclass(slots=True)
+class Leadership(Message):
+    """The ``meta`` row of the current leader: its epoch, node and the last sequence applied."""
+
+    epoch: int = 0
+    seq: int = 0
+    node: str = ""
+    address: str = ""
+    _schema: ClassVar = (
+        (1, "epoch", UINT),
+        (2, "seq", UINT),
+        (3, "node", STRING),
+        (4, "address", STRING),
+    )
+
+
 COMMANDS: dict[int, type[Message]] = {
     1: Invoke,
     2: Effects,
@@ -303,6 +341,8 @@ COMMANDS: dict[int, type[Message]] = {
     22: DeadLettered,
     30: EgressCommitted,
     31: EgressIdentity,
+    40: AnnounceLeader,
+    41: Proposal,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
 # The commands a request can wait on (``Broker.request``): each names it in ``waiter``.

@@ -22,14 +22,18 @@ from sluice.broker.storage import Store, Transaction
 from . import actions as a
 from ._context import Config, Ctx
 from ._records import (
+    AnnounceLeader,
     KafkaIngest,
+    Leadership,
     Manage,
     Phase,
+    Proposal,
     Status,
     Terminate,
     decode_command,
     encode_command,
 )
+from .lifecycle import leadership
 from .lifecycle.poison import unappliable_ingest
 from .state_machine import StateMachine
 
@@ -48,8 +52,13 @@ class Processor:
         act: Callable[[list[a.Action]], None],
         *,
         on_failed: Callable[[Fatal], None] | None = None,
+        node: str = "",
+        address: str = "",
     ) -> None:
         self.log = log
+        self.node, self.address = node, address
+        self.epoch = 0  # the leader epoch this processor proposes under (0: not leading)
+        self._seq = 0
         self.store = store
         self.sm = sm
         self._act = act
@@ -63,6 +72,21 @@ class Processor:
     def submit(self, cmd: p.Message) -> None:
         """Append a command; it is applied (and acted upon) once durable."""
         self.log.append(encode_command(cmd), int(time.time() * 1000))
+
+    def propose(self, cmd: p.Message) -> None:
+        """Append this leader's own command (an attempt's effects, a timer firing, a restart),
+        stamped with its epoch and the next sequence number (lifecycle/leadership.py)."""
+        self._seq += 1
+        stamped = Proposal(epoch=self.epoch, seq=self._seq, command=encode_command(cmd))
+        self.log.append(encode_command(stamped), int(time.time() * 1000))
+
+    def _lead(self) -> None:
+        """Announce this node as the leader with the next epoch; what it proposes from now on
+        comes after the announcement in the log, so it is applied under it."""
+        raw = self.store.get("meta", leadership.KEY)
+        epoch = (Leadership.decode(raw).epoch if raw is not None else 0) + 1
+        self.submit(AnnounceLeader(epoch=epoch, node=self.node, address=self.address))
+        self.epoch, self._seq = epoch, 0
 
     def recover(self) -> list[a.Action]:
         """Load derived state, replay the log past the applied position, and return the
@@ -84,6 +108,7 @@ class Processor:
         if batch:
             self._apply(batch)
         self.log.open(self.on_durable, on_failed=self._failed)
+        self._lead()
         return self._restart_actions()
 
     def _index_running(self) -> None:
@@ -106,7 +131,7 @@ class Processor:
         for id, _ in self.store.scan("running", b""):
             # The attempt died with the old process: a new one starts with a new epoch,
             # through the log, so that the epoch bump is durable before the stream opens.
-            self.submit(Manage(id=id, action=Terminate.RESTART))
+            self.propose(Manage(id=id, action=Terminate.RESTART))
         for k, _ in self.store.scan("timers", b""):
             out.append(a.RegisterTimer(_U64.unpack_from(k)[0], k))
         return out

@@ -16,6 +16,7 @@ from . import actions as a
 from ._context import Config, Ctx
 from ._outbox import EgressCommitted, EgressIdentity
 from ._records import (
+    AnnounceLeader,
     Attach,
     DeadLettered,
     Effects,
@@ -24,6 +25,7 @@ from ._records import (
     KafkaIngest,
     Manage,
     Phase,
+    Proposal,
     SchemaUpdate,
     Signal,
     Status,
@@ -31,10 +33,11 @@ from ._records import (
     Timer,
     TimerFired,
     TimerKind,
+    decode_command,
 )
 from .entries import attach, calls, promises, signals, sleep, state
 from .lifecycle import attach as attach_lc
-from .lifecycle import attempt, complete, egress, invoke, kafka, manage
+from .lifecycle import attempt, complete, egress, invoke, kafka, leadership, manage
 
 _Handler = Callable[[Ctx, Status, Any], None]
 
@@ -116,6 +119,13 @@ class StateMachine:
             egress.committed(ctx, cmd)
         elif isinstance(cmd, EgressIdentity):
             egress.identity(ctx, cmd)
+        elif isinstance(cmd, Proposal):
+            if leadership.admit(ctx, cmd):
+                inner = decode_command(cmd.command)
+                if not isinstance(inner, Proposal | AnnounceLeader):  # (never nested)
+                    self.apply(ctx, inner)
+        elif isinstance(cmd, AnnounceLeader):
+            leadership.announce(ctx, cmd)
 
     def _effects(self, ctx: Ctx, cmd: Effects) -> None:
         st = ctx.status(cmd.id)

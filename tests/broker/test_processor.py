@@ -43,13 +43,13 @@ async def test_a_poison_entry_is_skipped_not_fatal(
         done.set()
 
     proc = Processor(EmbeddedLog(tmp_path), store, StateMachine(Registry(), Config()), act)
-    proc.recover()
+    proc.recover()  # (appends its leader announcement: entry 1)
     proc.log.append(b"\xff garbage", 1)  # no command has this code
     proc.log.append(encode_command(SchemaUpdate(remove_id="dp_x", waiter=5)), 2)
     await asyncio.wait_for(done.wait(), 5)
     assert [r.waiter for r in got if isinstance(r, a.Reply)] == [5]  # the next entry applied
-    assert store.get("meta", APPLIED) == (2).to_bytes(8, "big")
-    assert "skipping log entry 1" in caplog.text
+    assert store.get("meta", APPLIED) == (3).to_bytes(8, "big")
+    assert "skipping log entry 2" in caplog.text
     await proc.log.close()
 
 
@@ -64,7 +64,7 @@ async def test_recovery_restarts_running_invocations_from_the_index(tmp_path: Pa
 
     async def recover() -> None:
         proc = Processor(EmbeddedLog(tmp_path), store, StateMachine(Registry(), Config()), print)
-        proc.submit = restarted.append  # type: ignore[method-assign]
+        proc.propose = restarted.append  # type: ignore[method-assign]
         proc.recover()
         await proc.log.close()
 
@@ -148,7 +148,7 @@ async def test_a_storage_error_is_fatal_not_a_skipped_command(tmp_path: Path) ->
         EmbeddedLog(tmp_path / "log"), store, StateMachine(Registry(), Config()), print
     )
     proc.recover()
-    assert proc.applied == 1
+    assert proc.applied == 2  # the first process's leader announcement, then the batch
     assert store.get("kafka_dedup", b"p" * 20) == (2).to_bytes(8, "big")
     await proc.log.close()
     store.close()
@@ -187,7 +187,7 @@ async def test_an_unappliable_kafka_batch_dead_letters_its_records_and_replies(
         assert "ZeroDivisionError" in headers["sluice-dlq-reason"]
         assert r.key == f"k{headers['sluice-dlq-offset']}".encode()
     assert store.get("kafka_dedup", b"p" * 20) == (2).to_bytes(8, "big")
-    assert proc.applied == 1
+    assert proc.applied == 2  # (entry 1: the leader announcement)
     await proc.log.close()
 
 
