@@ -2,6 +2,7 @@
 Kafka-protocol broker (Tansu), same handler service.
 
     python -m bench.kafka_ingest [--records 50000] [--partitions 4] [--keys 1000]
+                                 [--brokers sluice,sluice-kafka-log,restate]
 
 50,000 records are pre-loaded into a 4-partition topic; each broker then gets a subscription
 from that topic into a counter virtual object (1,000 keys) served by bench/kafka_handlers.py
@@ -10,6 +11,9 @@ first record reaching the handler, time until every record was applied, and reco
 the run (first to last). Both brokers run with their durability defaults (Sluice fdatasyncs
 its log before committing an offset). Tansu keeps everything in memory, so these are upper
 bounds for what either broker does against a real Kafka.
+
+`sluice-kafka-log` is the Sluice broker with its log in a topic of the same Tansu
+(`--log kafka://...`): every record then goes through Tansu twice, in and into the log.
 
 restate-server joins a consumer group; on Tansu a join waits for the rebalance timeout, so
 its consumer gets session.timeout.ms=6000 and max.poll.interval.ms=10000 (DESIGN.md). Sluice
@@ -103,7 +107,7 @@ def run_one(
             "group.id": f"restate-{topic}",
         }
     else:
-        options |= {"name": "bench", "max_in_flight": "2000"}
+        options |= {"name": f"bench-{b.name}", "max_in_flight": "2000"}  # (a group each)
     t0 = time.time()
     http(
         "POST",
@@ -143,6 +147,23 @@ def run_one(
     }
 
 
+def print_ratios(results: list[dict[str, Any]]) -> None:
+    """Sluice/Restate, and the Kafka log against the embedded one."""
+    by = {r["broker"]: r for r in results}
+    if "sluice" in by and "sluice-kafka-log" in by and by["sluice"]["records_per_s"]:
+        k, e = by["sluice-kafka-log"], by["sluice"]
+        print(f"\nKafka log/embedded log: {k['records_per_s'] / e['records_per_s']:.2f}x "
+              "records/s overall")  # fmt: skip
+    if "sluice" in by and "restate" in by and by["restate"]["records_per_s"]:
+        s, r = by["sluice"], by["restate"]
+        ratio = s["records_per_s"] / r["records_per_s"]
+        steady = ""
+        if s["steady_records_per_s"] and r["steady_records_per_s"]:
+            steady = f" ({s['steady_records_per_s'] / r['steady_records_per_s']:.2f}x steady)"
+        print(f"\nSluice/Restate: {ratio:.2f}x records/s overall{steady}; first record "
+              f"{s['first_record_s']:.2f}s vs {r['first_record_s']:.2f}s")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         prog="python -m bench.kafka_ingest", description=__doc__.split("\n\n")[0]
@@ -153,6 +174,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per broker")
     ap.add_argument(
         "--restate-server", default=os.environ.get("SLUICE_RESTATE_SERVER", str(DEFAULT_RESTATE))
+    )
+    ap.add_argument(
+        "--brokers",
+        default="sluice,restate",
+        help="comma-separated: sluice, sluice-kafka-log, restate (measured in this order)",
     )
     ap.add_argument("--only", choices=["sluice", "restate"])
     ap.add_argument("--json", help="also write the results to this file")
@@ -183,11 +209,12 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{hport}/stats")
         starters = {
             "sluice": start_sluice,
+            "sluice-kafka-log": lambda: start_sluice(
+                "sluice-kafka-log", "--log", f"kafka://{bootstrap}/log-{os.getpid()}"
+            ),
             "restate": lambda: start_restate(Path(args.restate_server)),
         }
-        for name in ("sluice", "restate"):
-            if args.only and name != args.only:
-                continue
+        for name in [args.only] if args.only else args.brokers.split(","):
             b = starters[name]()
             try:
                 r = run_one(
@@ -212,15 +239,7 @@ def main() -> None:
         handler.wait(10)
         tansu.terminate()
         tansu.wait(10)
-    by = {r["broker"]: r for r in results}
-    if "sluice" in by and "restate" in by and by["restate"]["records_per_s"]:
-        s, r = by["sluice"], by["restate"]
-        ratio = s["records_per_s"] / r["records_per_s"]
-        steady = ""
-        if s["steady_records_per_s"] and r["steady_records_per_s"]:
-            steady = f" ({s['steady_records_per_s'] / r['steady_records_per_s']:.2f}x steady)"
-        print(f"\nSluice/Restate: {ratio:.2f}x records/s overall{steady}; first record "
-              f"{s['first_record_s']:.2f}s vs {r['first_record_s']:.2f}s")  # fmt: skip
+    print_ratios(results)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2)
