@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -103,10 +104,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s("down", "-v", timeout=120)
 
 
-def _get(url: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
+def _get(url: str, method: str = "GET", within: float = 60) -> Any:
+    """The JSON answer; a 503 (the broker's admission limit, while the subscriptions take in
+    the orders) is asked again after its Retry-After, as a client would."""
+    deadline = time.monotonic() + within
+    while True:
+        req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(min(float(e.headers.get("retry-after") or 1), 2.0))
 
 
 # Run inside the broker container (Tansu advertises kafka:9092, a name the host cannot resolve):
