@@ -36,16 +36,6 @@ BROKER_EXTRA = {
 }  # fmt: skip
 
 
-def _properties(pairs: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.strip():
-            raise CliError(f"{flag} {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = value
-    return out
-
-
 def _server(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
@@ -53,6 +43,7 @@ def _server(args: argparse.Namespace) -> None:
     from sluice.broker.errors import EXIT_FATAL, Fatal
     from sluice.broker.server import Broker
     from sluice.subscriptions import DeclarationError
+    from sluice.subscriptions._cli import _pairs
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -83,7 +74,7 @@ def _server(args: argparse.Namespace) -> None:
             max_concurrent_invocations=args.max_concurrent_invocations,
             admission_limit=args.admission_limit,
             log=args.log,
-            log_properties=_properties(args.log_property, "--log-property"),
+            log_properties=_pairs(args.log_property, "--log-property"),
             log_replication_factor=args.log_replication_factor,
             snapshots=Path(args.snapshots) if args.snapshots else None,
             snapshot_every_records=args.snapshot_every,
