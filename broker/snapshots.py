@@ -27,10 +27,10 @@ from pathlib import Path
 from rocksdict import Checkpoint
 
 from sluice.broker.files import write_durably
+from sluice.broker.partition.processor import APPLIED
 from sluice.broker.storage import RocksDBStore
 
 FORMAT = 1
-_APPLIED = b"applied_lsn"  # (broker/partition/processor.py keeps it in "meta")
 log = logging.getLogger("sluice.snapshots")
 
 
@@ -54,7 +54,7 @@ class Snapshots:
         Checkpoint(store.db).create_checkpoint(str(tmp / "db"))
         copy = RocksDBStore(tmp / "db")
         try:
-            raw = copy.get("meta", _APPLIED)
+            raw = copy.get("meta", APPLIED)
         finally:
             copy.close()
         applied = struct.unpack(">Q", raw)[0] if raw else 0
