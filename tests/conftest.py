@@ -18,12 +18,19 @@ from tests import quiet
 from tests.broker.conftest import ServiceProcess
 from tests.connectors.registry_server import RegistryServer
 from tests.kafka import Tansu, tansu_session
+from tests.s3 import S3Server, s3_session
 
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[Tansu]:
     """The test Kafka broker (Tansu, memory storage), started once per session on demand."""
     yield from tansu_session()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A local S3-protocol server (moto_server), started once per session on demand."""
+    yield from s3_session()
 
 
 @dataclass(frozen=True)
