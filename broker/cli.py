@@ -68,6 +68,7 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
             ingress_port=args.ingress_port,
             admin_port=args.admin_port,
             partitions=args.partitions,
+            physical_partitions=args.physical_partitions,
             body_limit=args.body_limit,
             read_timeout_s=args.read_timeout,
             fsync=not args.no_fsync,
@@ -274,20 +275,23 @@ def _state(args: argparse.Namespace) -> None:
 
 
 def _log(args: argparse.Namespace) -> None:
-    log = _admin(args, "GET", "/health")["log"]
-    applied = log.pop("applied")
-    if log["kind"] == "kafka":
-        behind = max(int(log["high"]) - int(applied), 0)
-        snap = log.get("snapshot")
-        taken = f", last snapshot at LSN {snap}" if snap else ""
-        print(f"kafka log {log['topic']}, partition {log['partition']}{taken}")
-        print(f"  start {log['start']}  applied {applied}  high watermark {log['high']}", end="")
-        print(f"  ({behind} to apply, {log['in_flight']} appends in flight)")
-        if log.get("snapshot_error"):
-            print(f"  the last snapshot failed: {log['snapshot_error']}")
-    else:
-        print(f"embedded log in {log['directory']} ({log['segments']} segments)")
-        print(f"  start {log['start']}  applied {applied}  tail {log['tail']}")
+    health = _admin(args, "GET", "/health")
+    for log in health.get("partitions") or [health["log"]]:
+        applied = log.pop("applied")
+        if log["kind"] == "kafka":
+            behind = max(int(log["high"]) - int(applied), 0)
+            snap = log.get("snapshot")
+            taken = f", last snapshot at LSN {snap}" if snap else ""
+            print(f"kafka log {log['topic']}, partition {log['partition']}{taken}")
+            print(
+                f"  start {log['start']}  applied {applied}  high watermark {log['high']}", end=""
+            )
+            print(f"  ({behind} to apply, {log['in_flight']} appends in flight)")
+            if log.get("snapshot_error"):
+                print(f"  the last snapshot failed: {log['snapshot_error']}")
+        else:
+            print(f"embedded log in {log['directory']} ({log['segments']} segments)")
+            print(f"  start {log['start']}  applied {applied}  tail {log['tail']}")
 
 
 def _version() -> str:
@@ -308,6 +312,13 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
     s.add_argument("--ingress-port", type=int, default=8080)
     s.add_argument("--admin-port", type=int, default=9070)
     s.add_argument("--partitions", type=int, default=8)
+    s.add_argument(
+        "--physical-partitions",
+        action="store_true",
+        help="give each partition a processor, tables and a log (a Kafka partition of --log) of "
+        "its own; chosen when the data directory is created (Kafka subscriptions and egress "
+        "need one processor for now)",
+    )
     s.add_argument("--body-limit", type=int, default=32 * 1024 * 1024, help="bytes")
     s.add_argument(
         "--read-timeout", type=float, default=30.0,

@@ -37,6 +37,9 @@ class BrokerSettings(BaseModel):
     ingress_port: int = Field(8080, ge=0, le=65535)
     admin_port: int = Field(9070, ge=0, le=65535)
     partitions: int = Field(8, ge=1, le=4096, description="fixed when the data dir is created")
+    physical_partitions: bool = Field(
+        False, description="a processor, tables and a log of its own per partition (at creation)"
+    )
     body_limit: int = Field(32 * 1024 * 1024, ge=1024, description="ingress request body bytes")
     read_timeout_s: float = Field(
         30.0,

@@ -28,10 +28,18 @@ from sluice.broker.log import (
     ensure_topic,
 )
 from sluice.broker.partition import actions as a
-from sluice.broker.partition._context import Config, RetryPolicy
-from sluice.broker.partition._records import Expire, RequestCommand
+from sluice.broker.partition._context import Config, RetryPolicy, owner_of
+from sluice.broker.partition._records import (
+    Attach,
+    Expire,
+    Invoke,
+    Manage,
+    RequestCommand,
+    Signal,
+)
 from sluice.broker.partition.processor import APPLIED, Processor
 from sluice.broker.partition.state_machine import StateMachine
+from sluice.broker.partitions import Partition, Shuffler, Tables
 from sluice.broker.schema import Registry
 from sluice.broker.snapshots import Snapshot, Snapshots, repository
 from sluice.broker.storage import RocksDBStore
@@ -63,10 +71,9 @@ class Broker:
         # and ``dead`` tells the process to exit so that it is restarted.
         self.fatal: Fatal | None = None
         self.dead = asyncio.Event()
-        self.snapshots: Snapshots | None = None
-        self._snapped = 0  # the LSN of the newest snapshot taken or restored
-        self.snapshot_error: str | None = None  # why the last snapshot failed, if it did
-        self._snapped_at = time.monotonic()
+        self.parts: list[Partition] = []  # the physical partitions (broker/partitions.py)
+        self._shufflers: list[Shuffler] = []
+        self._snapshots: list[Snapshots] = []  # per partition, with --snapshots
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -75,30 +82,11 @@ class Broker:
         data = s.data_dir
         data.mkdir(parents=True, exist_ok=True)
         self._watch_tasks()
-        meta = data / "sluice.json"
         where = s.log or "embedded"
-        if meta.exists():
-            known = json.loads(meta.read_text())
-            self.partitions = int(known["partitions"])
-            if known.get("log", "embedded") != where:
-                raise LogError(
-                    f"the data directory {data} holds the tables of "
-                    f"{_describe(known.get('log', 'embedded'))}, not of {_describe(where)}: "
-                    "give each log a data directory of its own"
-                )
-        else:
-            body = {"partitions": s.partitions, "format": 1, "log": where}
-            write_durably(meta, json.dumps(body).encode())
-        self.log = await self._open_log()
-        if s.snapshots is not None:
-            self.snapshots = Snapshots(
-                repository(s.snapshots, s.snapshot_endpoint),
-                where,
-                staging=data / "snapshot-staging",
-            )
-        self.store = await self._open_tables(data / "db")
+        processors = self._read_meta(data / "sluice.json", where)
         config = Config(
             partitions=self.partitions,
+            processors=processors,
             retry=RetryPolicy(
                 initial_ms=s.retry.initial_interval_ms,
                 factor=s.retry.factor,
@@ -110,27 +98,31 @@ class Broker:
             completion_retention_ms=int(s.completion_retention_s * 1000),
         )
         self.sm = StateMachine(self.registry, config)
-        self.processor = Processor(
-            self.log,
-            self.store,
-            self.sm,
-            self._act,
-            on_failed=self.die,
-            node=socket.gethostname(),
-            address=f"{s.host}:{s.ingress_port}",
-        )
-        # The invoker's effects and the timers' firings are this leader's own proposals.
+        if s.log is not None:
+            await self._ensure_log_topic()
+        for i in range(processors):
+            self.parts.append(await self._open_partition(i, processors, where))
+        self.tables = Tables([part.store for part in self.parts])
+        # The invoker's effects and the timers' firings are their partition leader's own
+        # proposals.
         self.invoker = Invoker(
             self.registry,
-            self.processor.propose,
+            lambda cmd: self.part_of(cmd.id).processor.propose(cmd),
             InvokerOptions(
                 inactivity_timeout=s.inactivity_timeout_s,
                 abort_timeout=s.abort_timeout_s,
                 max_concurrent=s.max_concurrent_invocations,
             ),
         )
-        self.timers = TimerService(self.processor.propose)
-        self._act(self.processor.recover())
+        # The first partition holds the deployments: it is replayed first, so that the others
+        # replay with the services known.
+        for part in self.parts:
+            self._act(part.processor.recover(), part)
+        self._shufflers = (
+            [Shuffler(part, self.parts) for part in self.parts] if processors > 1 else []
+        )
+        for shuffler in self._shufflers:
+            shuffler.start()
         self.invoker.start_sweeper()
         self._expiry = asyncio.ensure_future(self._expire_loop())
 
@@ -159,66 +151,34 @@ class Broker:
         self.subscriptions = Controller(self)
         await self.subscriptions.start()
 
-    async def _open_tables(self, db: Path) -> RocksDBStore:
-        """The tables. On a log that outlives the disk (Kafka), tables that are missing,
-        corrupt, or older than the log's start are rebuilt: from the newest snapshot that
-        reaches the log's start, else by replaying the whole log. Damaged or stale tables are
-        moved aside (``db.<why>-<time>``), never deleted."""
-        if not isinstance(self.log, KafkaLog):
-            return RocksDBStore(db)
-        start = self.log.start_lsn  # the first LSN the log holds
-        if self.log.written and not await asyncio.to_thread(db.exists):
-            await self._restore(db, start - 1)  # the tables were lost
-        try:
-            store = RocksDBStore(db)
-        except Exception as e:
-            if not _damaged(e):
-                raise
-            _move_aside(db, "corrupt", f"the tables cannot be opened ({e})")
-            await self._restore(db, start - 1)
-            store = RocksDBStore(db)
-        raw = store.get("meta", APPLIED)
-        applied = struct.unpack(">Q", raw)[0] if raw else 0
-        if applied + 1 >= start:
-            return store
-        store.close()
-        why = f"they have applied the log up to LSN {applied}, but it starts at LSN {start}"
-        _move_aside(db, "behind", why)
-        if await self._restore(db, start - 1) is None:
-            raise LogError(
-                f"the tables cannot be rebuilt: {why} and no snapshot reaches LSN {start - 1}; "
-                "restore the snapshots the log was trimmed for"
-            )
-        return RocksDBStore(db)
-
-    async def _restore(self, db: Path, at_least: int) -> Snapshot | None:
-        """Restore the newest snapshot with at least ``at_least`` applied into ``db`` (which
-        must not exist); None (and nothing restored) when there is none. A repository that
-        fails (S3 unreachable) is tried again with backoff: replaying instead would miss what
-        a trimmed log no longer holds."""
-        if self.snapshots is None:
-            return None
-        backoff = 1.0
-        while True:
-            try:
-                snap = await asyncio.to_thread(self.snapshots.restore_from, db, at_least)
-                break
-            except Exception as e:
-                log.warning("cannot read the snapshots (%s); trying again in %.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-        if snap is not None:
-            self._snapped = snap.applied
-        elif at_least > 0:
-            log.warning("no snapshot reaches LSN %d", at_least)
-        else:
-            log.warning("no snapshot to restore: the whole log is replayed")
-        return snap
-
-    async def _open_log(self) -> Log:
+    def _read_meta(self, meta: Path, where: str) -> int:
+        """Check the data directory against the flags (``sluice.json``, written when it is
+        created); return how many partitions have a processor of their own."""
         s = self.settings
-        if s.log is None:
-            return EmbeddedLog(s.data_dir / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
+        if not meta.exists():
+            processors = s.partitions if s.physical_partitions else 1
+            body = {"partitions": s.partitions, "format": 1, "log": where, "processors": processors}
+            write_durably(meta, json.dumps(body).encode())
+            return processors
+        known = json.loads(meta.read_text())
+        self.partitions = int(known["partitions"])
+        if known.get("log", "embedded") != where:
+            raise LogError(
+                f"the data directory {meta.parent} holds the tables of "
+                f"{_describe(known.get('log', 'embedded'))}, not of {_describe(where)}: "
+                "give each log a data directory of its own"
+            )
+        processors = int(known.get("processors", 1))
+        if s.physical_partitions and processors == 1 and self.partitions > 1:
+            raise LogError(
+                f"the data directory {meta.parent} was created with one processor for all "
+                "partitions: --physical-partitions is chosen when a data directory is created"
+            )
+        return processors
+
+    async def _ensure_log_topic(self) -> None:
+        s = self.settings
+        assert s.log is not None
         where = KafkaLogAddress.parse(s.log)
         props = {"bootstrap.servers": where.bootstrap, **s.log_properties}
         backoff = 1.0
@@ -227,66 +187,222 @@ class Broker:
                 await asyncio.to_thread(
                     ensure_topic, props, where.topic, self.partitions, s.log_replication_factor, 5.0
                 )
-                # Until the partitions are physical (a processor per partition), one
-                # processor runs them all on the topic's first partition.
-                return await asyncio.to_thread(KafkaLog, props, where.topic, 0)
+                return
             except KafkaUnavailable as e:
                 log.warning("waiting for the log: %s; trying again in %.0fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
+    async def _open_partition(self, index: int, processors: int, where: str) -> Partition:
+        """Partition ``index``'s log, tables, processor and timers. With one processor, the
+        data directory keeps the layout it always had (``log/``, ``db/``); with several, each
+        partition has ``partitions/N/``."""
+        s = self.settings
+        root = s.data_dir if processors == 1 else s.data_dir / "partitions" / str(index)
+        plog = await self._open_log(index, root)
+        snapshots = None
+        if s.snapshots is not None:
+            repo = s.snapshots if processors == 1 else f"{s.snapshots.rstrip('/')}/p{index}"
+            snapshots = Snapshots(
+                repository(repo, s.snapshot_endpoint),
+                where if processors == 1 else f"{where}#{index}",
+                staging=root / "snapshot-staging",
+            )
+            self._snapshots.append(snapshots)
+        store, snapped = await self._open_tables(plog, snapshots, root / "db")
+
+        def act(actions: list[a.Action]) -> None:
+            self._act(actions, self.parts[index])
+
+        processor = Processor(
+            plog,
+            store,
+            self.sm,
+            act,
+            on_failed=self.die,
+            node=socket.gethostname(),
+            address=f"{s.host}:{s.ingress_port}",
+            index=index,
+        )
+        part = Partition(index, plog, store, processor, TimerService(processor.propose))
+        part.snapped = snapped
+        return part
+
+    async def _open_tables(
+        self, plog: Log, snapshots: Snapshots | None, db: Path
+    ) -> tuple[RocksDBStore, int]:
+        """The tables, and the LSN of the snapshot restored into them (0: none). On a log
+        that outlives the disk (Kafka), tables that are missing, corrupt, or older than the
+        log's start are rebuilt: from the newest snapshot that reaches the log's start, else
+        by replaying the whole log. Damaged or stale tables are moved aside
+        (``db.<why>-<time>``), never deleted."""
+        if not isinstance(plog, KafkaLog):
+            return RocksDBStore(db), 0
+        start = plog.start_lsn  # the first LSN the log holds
+        restored = None
+        if plog.written and not await asyncio.to_thread(db.exists):
+            restored = await self._restore(snapshots, db, start - 1)  # the tables were lost
+        try:
+            store = RocksDBStore(db)
+        except Exception as e:
+            if not _damaged(e):
+                raise
+            _move_aside(db, "corrupt", f"the tables cannot be opened ({e})")
+            restored = await self._restore(snapshots, db, start - 1)
+            store = RocksDBStore(db)
+        raw = store.get("meta", APPLIED)
+        applied = struct.unpack(">Q", raw)[0] if raw else 0
+        if applied + 1 >= start:
+            return store, restored.applied if restored is not None else 0
+        store.close()
+        why = f"they have applied the log up to LSN {applied}, but it starts at LSN {start}"
+        _move_aside(db, "behind", why)
+        restored = await self._restore(snapshots, db, start - 1)
+        if restored is None:
+            raise LogError(
+                f"the tables cannot be rebuilt: {why} and no snapshot reaches LSN {start - 1}; "
+                "restore the snapshots the log was trimmed for"
+            )
+        return RocksDBStore(db), restored.applied
+
+    async def _restore(
+        self, snapshots: Snapshots | None, db: Path, at_least: int
+    ) -> Snapshot | None:
+        """Restore the newest snapshot with at least ``at_least`` applied into ``db`` (which
+        must not exist); None (and nothing restored) when there is none. A repository that
+        fails (S3 unreachable) is tried again with backoff: replaying instead would miss what
+        a trimmed log no longer holds."""
+        if snapshots is None:
+            return None
+        backoff = 1.0
+        while True:
+            try:
+                snap = await asyncio.to_thread(snapshots.restore_from, db, at_least)
+                break
+            except Exception as e:
+                log.warning("cannot read the snapshots (%s); trying again in %.0fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        if snap is None and at_least > 0:
+            log.warning("no snapshot reaches LSN %d", at_least)
+        elif snap is None:
+            log.warning("no snapshot to restore: the whole log is replayed")
+        return snap
+
+    async def _open_log(self, index: int, root: Path) -> Log:
+        s = self.settings
+        if s.log is None:
+            return EmbeddedLog(root / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
+        where = KafkaLogAddress.parse(s.log)
+        props = {"bootstrap.servers": where.bootstrap, **s.log_properties}
+        backoff = 1.0
+        while True:
+            try:
+                return await asyncio.to_thread(KafkaLog, props, where.topic, index)
+            except KafkaUnavailable as e:
+                log.warning("waiting for the log: %s; trying again in %.0fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # --- partitions ----------------------------------------------------------------------
+
+    def part_of(self, id: bytes) -> Partition:
+        """The partition that owns the invocation ``id`` (partition/_context.py, ``owner``)."""
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else parts[owner_of(id, len(parts))]
+
+    def _part_for(self, cmd: p.Message) -> Partition:
+        """Where a command from outside goes: to the partition of the invocation it is about;
+        the broker's metadata (deployments, Kafka clusters, subscriptions) and Kafka records
+        to the first."""
+        if len(self.parts) == 1:
+            return self.parts[0]
+        if isinstance(cmd, Invoke | Attach | Manage):
+            return self.part_of(cmd.id)
+        if isinstance(cmd, Signal):
+            return self.part_of(cmd.target)
+        return self.parts[0]
+
+    @property
+    def store(self) -> RocksDBStore:
+        """The first partition's tables: the broker's metadata (deployments, Kafka clusters,
+        subscriptions) lives there. ``tables`` reads every partition's."""
+        return self.parts[0].store
+
+    @property
+    def log(self) -> Log:
+        return self.parts[0].log
+
+    @property
+    def processor(self) -> Processor:
+        return self.parts[0].processor
+
+    @property
+    def timers(self) -> TimerService:
+        return self.parts[0].timers
+
     async def _expire_loop(self, every: float = 5.0) -> None:
-        """Ask the state machine (through the log) to forget invocations past retention, and
+        """Ask each partition (through its log) to forget invocations past retention, and
         checkpoint. A ``Fatal`` ends the loop (and the broker, through the task watch); any
         other error is logged and the next round tries again."""
         while True:
             await asyncio.sleep(every)
             try:
                 now = int(time.time() * 1000)
-                for k, _ in self.store.scan("expiry", b""):
-                    if struct.unpack_from(">Q", k)[0] <= now:
-                        self.processor.propose(Expire(upto=now))
-                    break
+                for part in self.parts:
+                    for k, _ in part.store.scan("expiry", b""):
+                        if struct.unpack_from(">Q", k)[0] <= now:
+                            part.processor.propose(Expire(upto=now))
+                        break
                 await self.checkpoint()
-                await self._snapshot_if_due()
+                for part in self.parts:
+                    await self._snapshot_if_due(part)
             except Exception:
                 log.exception("retention expiry or checkpoint failed; trying again in %ss", every)
 
-    def snapshot_lsn(self) -> int | None:
+    def snapshot_lsn(self, part: Partition | None = None) -> int | None:
         """The LSN of the newest snapshot taken or restored (None: no snapshots)."""
-        return self._snapped if self.snapshots is not None else None
+        return (part or self.parts[0]).snapped if self._snapshots else None
 
-    async def _snapshot_if_due(self) -> None:
+    async def _snapshot_if_due(self, part: Partition) -> None:
         """Take a snapshot when enough was applied or enough time passed, then trim the log
         below the oldest snapshot kept. A snapshot that fails (S3 unreachable, a full disk)
         is tried again on the next round; the log and the tables go on meanwhile."""
-        if self.snapshots is None:
+        if not self._snapshots:
             return
-        s, applied = self.settings, self.processor.applied
-        due = applied - self._snapped >= s.snapshot_every_records or (
-            applied > self._snapped and time.monotonic() - self._snapped_at >= s.snapshot_interval_s
+        snapshots = self._snapshots[part.index]
+        s, applied = self.settings, part.processor.applied
+        due = applied - part.snapped >= s.snapshot_every_records or (
+            applied > part.snapped and time.monotonic() - part.snapped_at >= s.snapshot_interval_s
         )
         if not due:
             return
         try:
-            snap = await asyncio.to_thread(self.snapshots.take, self.store)
+            snap = await asyncio.to_thread(snapshots.take, part.store)
         except Exception as e:
-            self.snapshot_error = f"{type(e).__name__}: {e}"[:500]
-            log.warning("taking a snapshot failed (%s); trying again later", self.snapshot_error)
+            part.snapshot_error = f"{type(e).__name__}: {e}"[:500]
+            log.warning("taking a snapshot failed (%s); trying again later", part.snapshot_error)
             return
-        self.snapshot_error = None
-        self._snapped, self._snapped_at = snap.applied, time.monotonic()
+        part.snapshot_error = None
+        part.snapped, part.snapped_at = snap.applied, time.monotonic()
         log.info("snapshot of the tables at LSN %d: %s", snap.applied, snap.where)
-        oldest = await asyncio.to_thread(self.snapshots.oldest)
+        oldest = await asyncio.to_thread(snapshots.oldest)
         if oldest is not None:
-            await asyncio.to_thread(self.log.trim, Lsn(oldest.applied))
+            await asyncio.to_thread(part.log.trim, Lsn(oldest.applied))
+
+    @property
+    def snapshot_error(self) -> str | None:
+        return next((part.snapshot_error for part in self.parts if part.snapshot_error), None)
 
     async def checkpoint(self) -> int:
         """Sync the tables, then drop log segments they fully cover; return how many. (Not on
         a log that outlives the disk: that one is trimmed below snapshots only.)"""
-        applied = self.processor.applied
-        await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
-        return 0 if self.log.outlives_disk else self.log.trim(applied)
+        dropped = 0
+        for part in self.parts:
+            applied = part.processor.applied
+            await asyncio.get_running_loop().run_in_executor(None, part.store.sync)
+            dropped += 0 if part.log.outlives_disk else part.log.trim(applied)
+        return dropped
 
     # --- the failure policy (broker/errors.py) --------------------------------------------
 
@@ -353,10 +469,14 @@ class Broker:
             await self.egress.stop()
         for srv in self._servers:
             srv.close()
-        self.timers.close()
+        for shuffler in self._shufflers:
+            await shuffler.stop()
+        for part in self.parts:
+            part.timers.close()
         await self.invoker.close()
-        await self.log.close()
-        self.store.close()
+        for part in self.parts:
+            await part.log.close()
+            part.store.close()
 
     # --- admission -----------------------------------------------------------------------
 
@@ -392,7 +512,7 @@ class Broker:
     def submit(self, cmd: p.Message) -> None:
         if self.fatal is not None:
             raise Fatal("nothing more is accepted", self.fatal)
-        self.processor.submit(cmd)
+        self._part_for(cmd).processor.submit(cmd)
 
     def waiter(self) -> tuple[int, asyncio.Future[a.Reply]]:
         if self.fatal is not None:
@@ -418,7 +538,7 @@ class Broker:
 
     # --- actions -------------------------------------------------------------------------
 
-    def _act(self, actions: Iterable[a.Action]) -> None:
+    def _act(self, actions: Iterable[a.Action], part: Partition) -> None:
         inv = self.invoker
         for act in actions:
             # ``type(act) is``, not isinstance: half the cost, on a path taken per action, and
@@ -434,7 +554,9 @@ class Broker:
             elif type(act) is a.AbortAttempt:
                 inv.abort(act)
             elif type(act) is a.RegisterTimer:
-                self.timers.register(act.fire_at, act.key)
+                part.timers.register(act.fire_at, act.key)
+            elif type(act) is a.ShuffleReady:
+                self._shufflers[part.index].ready()
             else:
                 hook = self.action_hooks.get(type(act))
                 if hook is not None:

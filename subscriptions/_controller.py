@@ -23,7 +23,7 @@ from sluice.broker.partition._records import SubscriptionUpdate
 from sluice.broker.partition.lifecycle.kafka import subscription_prefix
 from sluice.ingress.kafka import DeadLetterSender, PartitionStats, SubscriptionConsumer
 
-from ._declarations import load_declarations
+from ._declarations import DeclarationError, load_declarations
 from ._models import KafkaCluster, Subscription
 
 if TYPE_CHECKING:
@@ -34,6 +34,14 @@ log = logging.getLogger("sluice.subscriptions")
 
 def _err(status: int, message: str) -> Response:
     return json_response(status, {"message": message})
+
+
+# Kafka subscriptions and egress run on the first partition's tables (their positions, outbox
+# and dead letters); on physical partitions they are not wired yet (issue 12).
+_ONE_PROCESSOR = (
+    "Kafka clusters and subscriptions need a broker with one processor for now: this one runs "
+    "physical partitions (--physical-partitions)"
+)
 
 
 class Controller:
@@ -68,6 +76,8 @@ class Controller:
 
     async def _apply_file(self, path: Path) -> None:
         decl = load_declarations(path)  # DeclarationError: FILE:LINE: reason, before anything runs
+        if (decl.kafka_clusters or decl.subscriptions) and len(self.broker.parts) > 1:
+            raise DeclarationError(f"{path}: {_ONE_PROCESSOR}")
         now = int(time.time() * 1000)
         for c in decl.kafka_clusters:
             known = self.clusters().get(c.name)
@@ -210,6 +220,9 @@ class Controller:
 
     async def admin(self, req: Request, seg: list[str]) -> Response:
         try:
+            posting = seg[0] in ("kafka-clusters", "subscriptions") and req.method == "POST"
+            if posting and len(self.broker.parts) > 1:
+                return _err(400, _ONE_PROCESSOR)
             if seg[0] == "kafka-clusters":
                 return await self._clusters_api(req, seg[1:])
             if seg[0] == "subscriptions":

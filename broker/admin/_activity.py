@@ -45,7 +45,7 @@ def _unfinished(store: Store, iid: bytes) -> bool:
 
 def activity(broker: Broker) -> dict[str, Any]:
     """The broker's unfinished work, by where it waits, and ``quiet``: none is left."""
-    store = broker.store
+    store = broker.tables
     subscriptions = []
     for name, c in sorted(broker.subscriptions.consumers.items()):
         status = c.to_json()  # (its partitions' lag: log end as last seen, minus position)
@@ -74,7 +74,7 @@ def activity(broker: Broker) -> dict[str, Any]:
         sinks[cluster, sink] = sinks.get((cluster, sink), 0) + 1
     egress = [{"cluster": c, "partition": s, "rows": n} for (c, s), n in sorted(sinks.items())]
     dead_letters = sum(1 for _ in store.scan("kafka_dlq", b""))
-    unapplied = int(broker.log.tail) - 1 - broker.processor.applied
+    unapplied = sum(int(part.log.tail) - 1 - part.processor.applied for part in broker.parts)
     quiet = (
         unapplied == 0
         and not any(invocations.values())

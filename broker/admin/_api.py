@@ -48,13 +48,17 @@ class AdminApi:
                 dead = self.broker.unavailable()
                 if dead is not None:
                     return unavailable(dead)
-                log = {
-                    **self.broker.log.status(),
-                    "applied": self.broker.processor.applied,
-                    "snapshot": self.broker.snapshot_lsn(),
-                    "snapshot_error": self.broker.snapshot_error,
-                }
-                return json_response(200, {"log": log})
+                parts = [
+                    {
+                        **part.log.status(),
+                        "applied": part.processor.applied,
+                        "snapshot": self.broker.snapshot_lsn(part),
+                        "snapshot_error": part.snapshot_error,
+                    }
+                    for part in self.broker.parts
+                ]
+                # ``log``: the first partition's (with one processor, the only one).
+                return json_response(200, {"log": parts[0], "partitions": parts})
             if seg == ["openapi"]:
                 return json_response(200, OPENAPI)
             if seg and seg[0] == "deployments":
@@ -91,7 +95,7 @@ class AdminApi:
             return _err(400, f'the body must be JSON {{"query": "SELECT ..."}}: {e}')
         out = JsonRows("rows")
         try:
-            async for row in run_query(self.broker.store, sql, partitions=self.broker.partitions):
+            async for row in run_query(self.broker.tables, sql, partitions=self.broker.partitions):
                 out.add(row)
         except QueryError as e:
             return _err(400, str(e))
@@ -195,7 +199,7 @@ class AdminApi:
         except ValueError as e:
             return _err(400, f"bad invocation id '{rest[0]}': {e}")
         if len(rest) == 1 and m == "GET":
-            raw = self.broker.store.get("status", iid.raw)
+            raw = self.broker.part_of(iid.raw).store.get("status", iid.raw)
             if raw is None:
                 return _err(404, "invocation not found")
             return json_response(200, _status_json(Status.decode(raw), self.broker.partitions))
@@ -221,7 +225,7 @@ class AdminApi:
         except ValueError:
             return _err(400, f"bad limit '{req.query['limit']}': expected an integer")
         out = JsonRows("invocations")
-        async for _, raw in paced(self.broker.store.scan("status", b"")):
+        async for _, raw in paced(self.broker.tables.scan("status", b"")):
             st = Status.decode(raw)
             j = _status_json(st, self.broker.partitions)
             if want_status and j["status"] != want_status:
@@ -236,7 +240,7 @@ class AdminApi:
     def _state(self, service: str, key: str) -> Response:
         prefix = key_prefix(service, key)
         state: dict[str, Any] = {}
-        for k, v in self.broker.store.scan("state", prefix):
+        for k, v in self.broker.tables.scan("state", prefix):
             name = k[len(prefix) :].decode("utf-8", "replace")
             try:
                 state[name] = json.loads(v)

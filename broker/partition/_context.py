@@ -82,10 +82,7 @@ class Ctx:
         self._running: set[bytes] = set()
 
     def owner(self, id: bytes) -> int:
-        """The partition (processor) that owns the invocation ``id``: its partition key (the
-        id's first 8 bytes) modulo the processor count."""
-        n = self.config.processors
-        return 0 if n == 1 else int.from_bytes(id[:8], "big") % n
+        return owner_of(id, self.config.processors)
 
     # --- status --------------------------------------------------------------------------
 
@@ -192,6 +189,12 @@ class Ctx:
             self.actions.append(
                 a.Reply(waiter, kind, id=id, value=value, code=code, message=message)
             )
+
+
+def owner_of(id: bytes, processors: int) -> int:
+    """The partition (processor) that owns the invocation ``id``: its partition key (the id's
+    first 8 bytes) modulo the processor count."""
+    return 0 if processors == 1 else int.from_bytes(id[:8], "big") % processors
 
 
 def wakes(st: Status, n: p.Message) -> bool:

@@ -54,8 +54,10 @@ class Processor:
         on_failed: Callable[[Fatal], None] | None = None,
         node: str = "",
         address: str = "",
+        index: int = 0,
     ) -> None:
         self.log = log
+        self.index = index  # which partition (of the config's processors) this one applies
         self.node, self.address = node, address
         self.epoch = 0  # the leader epoch this processor proposes under (0: not leading)
         self._seq = 0
@@ -190,7 +192,7 @@ class Processor:
         self, records: list[Record], apply: Callable[[Ctx], None] | None = None
     ) -> list[a.Action]:
         tx = Transaction(self.store)
-        ctx = Ctx(tx, self.sm.registry, self.sm.config)
+        ctx = Ctx(tx, self.sm.registry, self.sm.config, self.index)
         for rec in records:
             ctx.now = rec.timestamp
             ctx.lsn = rec.lsn

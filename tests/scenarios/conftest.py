@@ -46,7 +46,8 @@ def _setups() -> list[Setup]:
                 # SLUICE_ALWAYS_REPLAY is a switch of the Sluice SDK's endpoint only.
                 for always_replay in (False, True) if sdk_name == "sluice" else (False,):
                     combination = (sdk_name, transport, always_replay)
-                    if broker == "sluice-kafka-log" and combination not in KAFKA_LOG_SDKS:
+                    on_kafka = broker in ("sluice-kafka-log", "sluice-partitioned")
+                    if on_kafka and combination not in KAFKA_LOG_SDKS:
                         continue
                     setups.append(Setup(sdk_name, transport, always_replay, broker))
     return setups
@@ -64,10 +65,12 @@ def scenario(
     work = tmp_path_factory.mktemp(setup.id, numbered=False)
     effects_file = work / "effects.jsonl"
     effects_file.touch()
-    if setup.broker == "sluice-kafka-log":
+    if setup.broker in ("sluice-kafka-log", "sluice-partitioned"):
         kafka: Tansu = request.getfixturevalue("kafka")
-        log = f"kafka://{kafka.bootstrap}/log-{uuid.uuid4().hex[:8]}"
-        broker: Broker = SluiceBroker(work_dir=work / "broker", extra_args=["--log", log])
+        args = ["--log", f"kafka://{kafka.bootstrap}/log-{uuid.uuid4().hex[:8]}"]
+        if setup.broker == "sluice-partitioned":
+            args.append("--physical-partitions")
+        broker: Broker = SluiceBroker(work_dir=work / "broker", extra_args=args)
     else:
         broker = make_broker(setup.broker, work_dir=work / "broker")
     env = TestEnvironment(

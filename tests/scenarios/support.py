@@ -39,7 +39,9 @@ SDKS = ["restate-sdk", "sluice"]
 BROKERS = ["restate-server", "sluice"]  # the kinds sluice.testing.make_broker starts
 # The matrix adds the Sluice broker with its log in Kafka (Tansu). The log is independent of
 # the SDK and the transport, so it runs two of their combinations, not all of them.
-MATRIX_BROKERS = [*BROKERS, "sluice-kafka-log"]
+# And on physical partitions (a processor, tables and a Kafka partition each): calls,
+# signals and attaches between invocations of different partitions go through the shuffle.
+MATRIX_BROKERS = [*BROKERS, "sluice-kafka-log", "sluice-partitioned"]
 KAFKA_LOG_SDKS = {("sluice", Transport.H2, False), ("restate-sdk", Transport.HTTP1, False)}
 
 # Log lines after which a restate-server can no longer serve the rest of a parameter set.
@@ -59,7 +61,11 @@ class Setup:
     def id(self) -> str:
         sdk_name = "restate-sdk" if self.sdk == "restate-sdk" else "sluice-sdk"
         replay = "always-replay" if self.always_replay else "normal"
-        broker = {"sluice": "sluice-broker", "sluice-kafka-log": "sluice-broker-kafka-log"}
+        broker = {
+            "sluice": "sluice-broker",
+            "sluice-kafka-log": "sluice-broker-kafka-log",
+            "sluice-partitioned": "sluice-broker-partitioned",
+        }
         return (
             f"{sdk_name}-{self.transport.value}-{replay}-on-{broker.get(self.broker, self.broker)}"
         )

@@ -45,7 +45,7 @@ from .._records import (
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _SEQ = b"shuffle_seq"  # meta: the last sequence this partition gave a row
-_SEEN = b"shuffle_seen/"  # meta, + u32 source: the last sequence applied from that source
+SEEN = b"shuffle_seen/"  # meta, + u32 source: the last sequence applied from that source
 
 Routable = Invoke | Notify | AttachCaller | Manage
 
@@ -116,7 +116,7 @@ def _attach(ctx: Ctx, cmd: AttachCaller) -> None:
 
 def routed(ctx: Ctx, cmd: Routed) -> None:
     """A command from another partition's outbox: once per (source, seq)."""
-    key = _SEEN + _U32.pack(cmd.source)
+    key = SEEN + _U32.pack(cmd.source)
     raw = ctx.tx.get("meta", key)
     if raw is not None and cmd.seq <= _U64.unpack(raw)[0]:
         return  # sent again by a leader that did not see its delivery recorded
