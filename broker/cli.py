@@ -76,7 +76,8 @@ def _server(args: argparse.Namespace) -> None:
             log=args.log,
             log_properties=_pairs(args.log_property, "--log-property"),
             log_replication_factor=args.log_replication_factor,
-            snapshots=Path(args.snapshots) if args.snapshots else None,
+            snapshots=args.snapshots,
+            snapshot_endpoint=args.snapshot_endpoint,
             snapshot_every_records=args.snapshot_every,
             snapshot_interval_s=args.snapshot_interval,
         )
@@ -255,6 +256,8 @@ def _log(args: argparse.Namespace) -> None:
         print(f"kafka log {log['topic']}, partition {log['partition']}{taken}")
         print(f"  start {log['start']}  applied {applied}  high watermark {log['high']}", end="")
         print(f"  ({behind} to apply, {log['in_flight']} appends in flight)")
+        if log.get("snapshot_error"):
+            print(f"  the last snapshot failed: {log['snapshot_error']}")
     else:
         print(f"embedded log in {log['directory']} ({log['segments']} segments)")
         print(f"  start {log['start']}  applied {applied}  tail {log['tail']}")
@@ -335,9 +338,15 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
     )
     s.add_argument(
         "--snapshots",
-        metavar="DIR",
+        metavar="DIR|s3://BUCKET/PREFIX",
         help="with --log: snapshots of the tables here; a broker that lost its data directory "
-        "restores the newest and replays the log from it",
+        "restores the newest and replays the log from it (S3 credentials: the usual AWS "
+        "environment variables)",
+    )
+    s.add_argument(
+        "--snapshot-endpoint",
+        metavar="URL",
+        help="the endpoint of an S3-compatible store (MinIO, ...) for --snapshots s3://...",
     )
     s.add_argument("--snapshot-every", type=int, default=50_000, help="log records (50,000)")
     s.add_argument("--snapshot-interval", type=float, default=300.0, help="seconds (300)")

@@ -19,6 +19,8 @@ class BrokerSettings(BaseModel):
     def _snapshots_need_kafka(self) -> BrokerSettings:
         if self.snapshots is not None and self.log is None:
             raise ValueError("snapshots are for a broker on the Kafka log: give --log too")
+        if self.snapshot_endpoint is not None and not (self.snapshots or "").startswith("s3://"):
+            raise ValueError("--snapshot-endpoint is for snapshots in S3: --snapshots s3://...")
         return self
 
     @field_validator("log")
@@ -76,8 +78,12 @@ class BrokerSettings(BaseModel):
         default_factory=dict, description="librdkafka properties for the log's clients"
     )
     log_replication_factor: int | None = Field(None, ge=1, le=32)
-    snapshots: Path | None = Field(
-        None, description="a directory for snapshots of the tables (with a Kafka log)"
+    snapshots: str | None = Field(
+        None,
+        description="a directory or s3://BUCKET/PREFIX for snapshots of the tables (Kafka log)",
+    )
+    snapshot_endpoint: str | None = Field(
+        None, description="the endpoint URL of an S3-compatible store for s3:// snapshots"
     )
     snapshot_every_records: int = Field(50_000, ge=1, description="log records between two")
     snapshot_interval_s: float = Field(

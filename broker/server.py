@@ -10,12 +10,14 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice import protocol as p
 from sluice.broker.config import BrokerSettings
 from sluice.broker.errors import Fatal, LogError
 from sluice.broker.files import write_durably
+from sluice.broker.ids import Lsn
 from sluice.broker.invoker import Invoker, InvokerOptions
 from sluice.broker.log import (
     EmbeddedLog,
@@ -28,10 +30,10 @@ from sluice.broker.log import (
 from sluice.broker.partition import actions as a
 from sluice.broker.partition._context import Config, RetryPolicy
 from sluice.broker.partition._records import Expire, RequestCommand
-from sluice.broker.partition.processor import Processor
+from sluice.broker.partition.processor import APPLIED, Processor
 from sluice.broker.partition.state_machine import StateMachine
 from sluice.broker.schema import Registry
-from sluice.broker.snapshots import Snapshots
+from sluice.broker.snapshots import Snapshot, Snapshots, repository
 from sluice.broker.storage import RocksDBStore
 from sluice.broker.timers import TimerService
 
@@ -63,6 +65,7 @@ class Broker:
         self.dead = asyncio.Event()
         self.snapshots: Snapshots | None = None
         self._snapped = 0  # the LSN of the newest snapshot taken or restored
+        self.snapshot_error: str | None = None  # why the last snapshot failed, if it did
         self._snapped_at = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -86,12 +89,14 @@ class Broker:
         else:
             body = {"partitions": s.partitions, "format": 1, "log": where}
             write_durably(meta, json.dumps(body).encode())
-        self.snapshots = Snapshots(s.snapshots, where) if s.snapshots is not None else None
-        if self.snapshots is not None and not (data / "db").exists():  # the tables were lost
-            snap = await asyncio.to_thread(self.snapshots.restore, data / "db")
-            self._snapped = snap.applied if snap is not None else 0
-        self.store = RocksDBStore(data / "db")
         self.log = await self._open_log()
+        if s.snapshots is not None:
+            self.snapshots = Snapshots(
+                repository(s.snapshots, s.snapshot_endpoint),
+                where,
+                staging=data / "snapshot-staging",
+            )
+        self.store = await self._open_tables(data / "db")
         config = Config(
             partitions=self.partitions,
             retry=RetryPolicy(
@@ -154,6 +159,62 @@ class Broker:
         self.subscriptions = Controller(self)
         await self.subscriptions.start()
 
+    async def _open_tables(self, db: Path) -> RocksDBStore:
+        """The tables. On a log that outlives the disk (Kafka), tables that are missing,
+        corrupt, or older than the log's start are rebuilt: from the newest snapshot that
+        reaches the log's start, else by replaying the whole log. Damaged or stale tables are
+        moved aside (``db.<why>-<time>``), never deleted."""
+        if not isinstance(self.log, KafkaLog):
+            return RocksDBStore(db)
+        start = self.log.start_lsn  # the first LSN the log holds
+        if self.log.written and not await asyncio.to_thread(db.exists):
+            await self._restore(db, start - 1)  # the tables were lost
+        try:
+            store = RocksDBStore(db)
+        except Exception as e:
+            if not _damaged(e):
+                raise
+            _move_aside(db, "corrupt", f"the tables cannot be opened ({e})")
+            await self._restore(db, start - 1)
+            store = RocksDBStore(db)
+        raw = store.get("meta", APPLIED)
+        applied = struct.unpack(">Q", raw)[0] if raw else 0
+        if applied + 1 >= start:
+            return store
+        store.close()
+        why = f"they have applied the log up to LSN {applied}, but it starts at LSN {start}"
+        _move_aside(db, "behind", why)
+        if await self._restore(db, start - 1) is None:
+            raise LogError(
+                f"the tables cannot be rebuilt: {why} and no snapshot reaches LSN {start - 1}; "
+                "restore the snapshots the log was trimmed for"
+            )
+        return RocksDBStore(db)
+
+    async def _restore(self, db: Path, at_least: int) -> Snapshot | None:
+        """Restore the newest snapshot with at least ``at_least`` applied into ``db`` (which
+        must not exist); None (and nothing restored) when there is none. A repository that
+        fails (S3 unreachable) is tried again with backoff: replaying instead would miss what
+        a trimmed log no longer holds."""
+        if self.snapshots is None:
+            return None
+        backoff = 1.0
+        while True:
+            try:
+                snap = await asyncio.to_thread(self.snapshots.restore_from, db, at_least)
+                break
+            except Exception as e:
+                log.warning("cannot read the snapshots (%s); trying again in %.0fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        if snap is not None:
+            self._snapped = snap.applied
+        elif at_least > 0:
+            log.warning("no snapshot reaches LSN %d", at_least)
+        else:
+            log.warning("no snapshot to restore: the whole log is replayed")
+        return snap
+
     async def _open_log(self) -> Log:
         s = self.settings
         if s.log is None:
@@ -196,22 +257,36 @@ class Broker:
         return self._snapped if self.snapshots is not None else None
 
     async def _snapshot_if_due(self) -> None:
+        """Take a snapshot when enough was applied or enough time passed, then trim the log
+        below the oldest snapshot kept. A snapshot that fails (S3 unreachable, a full disk)
+        is tried again on the next round; the log and the tables go on meanwhile."""
         if self.snapshots is None:
             return
         s, applied = self.settings, self.processor.applied
         due = applied - self._snapped >= s.snapshot_every_records or (
             applied > self._snapped and time.monotonic() - self._snapped_at >= s.snapshot_interval_s
         )
-        if due:
+        if not due:
+            return
+        try:
             snap = await asyncio.to_thread(self.snapshots.take, self.store)
-            self._snapped, self._snapped_at = snap.applied, time.monotonic()
-            log.info("snapshot of the tables at LSN %d: %s", snap.applied, snap.path)
+        except Exception as e:
+            self.snapshot_error = f"{type(e).__name__}: {e}"[:500]
+            log.warning("taking a snapshot failed (%s); trying again later", self.snapshot_error)
+            return
+        self.snapshot_error = None
+        self._snapped, self._snapped_at = snap.applied, time.monotonic()
+        log.info("snapshot of the tables at LSN %d: %s", snap.applied, snap.where)
+        oldest = await asyncio.to_thread(self.snapshots.oldest)
+        if oldest is not None:
+            await asyncio.to_thread(self.log.trim, Lsn(oldest.applied))
 
     async def checkpoint(self) -> int:
-        """Sync the tables, then drop log segments they fully cover; return how many."""
+        """Sync the tables, then drop log segments they fully cover; return how many. (Not on
+        a log that outlives the disk: that one is trimmed below snapshots only.)"""
         applied = self.processor.applied
         await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
-        return self.log.trim(applied)
+        return 0 if self.log.outlives_disk else self.log.trim(applied)
 
     # --- the failure policy (broker/errors.py) --------------------------------------------
 
@@ -368,3 +443,16 @@ class Broker:
 
 def _describe(log: str) -> str:
     return "the embedded log" if log == "embedded" else f"the log {log}"
+
+
+def _damaged(error: Exception) -> bool:
+    """Whether RocksDB refused to open the tables because their files are damaged or missing
+    (not for a lock held by another process, a permission, or a failing disk)."""
+    text = str(error)
+    return text.startswith("Corruption") or text.startswith("IO error: No such file")
+
+
+def _move_aside(db: Path, why: str, reason: str) -> None:
+    aside = db.with_name(f"{db.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
+    db.rename(aside)
+    log.warning("the tables are rebuilt from the log: %s; the old ones are in %s", reason, aside)

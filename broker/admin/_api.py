@@ -52,6 +52,7 @@ class AdminApi:
                     **self.broker.log.status(),
                     "applied": self.broker.processor.applied,
                     "snapshot": self.broker.snapshot_lsn(),
+                    "snapshot_error": self.broker.snapshot_error,
                 }
                 return json_response(200, {"log": log})
             if seg == ["openapi"]:

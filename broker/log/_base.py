@@ -29,6 +29,10 @@ class Log(abc.ABC):
     the callback that met it.
     """
 
+    # Whether the log survives the loss of the broker's disk (Kafka): then it is trimmed only
+    # below a snapshot kept elsewhere, never because the local tables hold its effects.
+    outlives_disk = False
+
     @abc.abstractmethod
     def open(
         self,

@@ -18,8 +18,9 @@ A produce that fails (librdkafka has retried it until ``message.timeout.ms``) ha
 outcome: the log fails for good, as the embedded log does after a failed sync, and the owner
 is told through ``on_failed``; the next process reads what Kafka holds and goes on from there.
 
-The log is never trimmed yet: with no snapshot to restore from, replaying the whole partition
-is how a broker that lost its disk rebuilds its tables.
+The log is trimmed only below the oldest snapshot kept (broker/snapshots.py): with no
+snapshot to restore from, replaying the whole partition is how a broker that lost its disk
+rebuilds its tables.
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ def ensure_topic(
 class KafkaLog(Log):
     """One partition of the log topic as a ``Log``."""
 
+    outlives_disk = True
+
     def __init__(
         self,
         properties: Mapping[str, str],
@@ -189,6 +192,8 @@ class KafkaLog(Log):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._producer: ck.Producer | None = None
+        self._trim_refused = False
+        self._trim_failures = 0  # DeleteRecords failed in a row (see trim)
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -318,8 +323,54 @@ class KafkaLog(Log):
         return self.tail
 
     def trim(self, lsn: Lsn) -> int:
-        """Nothing yet: every record stays until snapshots let a new store start above them."""
-        return 0
+        """Delete the records up to ``lsn`` (DeleteRecords; blocking: run it off the event
+        loop). Only below the oldest snapshot kept (the broker's caller sees to it): a broker
+        that loses its disk restores a snapshot and reads the log from there. A Kafka broker
+        that cannot delete records (Tansu) is told once, with a warning, and the log then keeps
+        every record. Returns 1 when records were deleted, else 0."""
+        offset = int(lsn)  # the record at offset o has LSN o + 1: delete below offset lsn
+        if self._trim_refused or offset <= self._start:
+            return 0
+        config: dict[str, str | int | float | bool] = {**self._props}
+        admin = AdminClient(config)
+        target = ck.TopicPartition(self.topic, self.partition, offset)
+        try:
+            futures = admin.delete_records([target], request_timeout=10)
+            for f in futures.values():
+                f.result(timeout=15)
+        except Exception as e:
+            # A broker that cannot delete records may say so, or drop the connection (Tansu
+            # panics on DeleteRecords): a lost connection twice in a row, while the rest of
+            # the log works, is a refusal as well.
+            err = e.args[0] if e.args else None
+            self._trim_failures += 1
+            reason = err.str() if isinstance(err, ck.KafkaError) else str(e)
+            transient = isinstance(err, ck.KafkaError) and err.code() in _UNREACHABLE
+            if transient and self._trim_failures < 2:
+                log.info("trimming the log topic %s failed (%s); trying again later",
+                         self.topic, reason)  # fmt: skip
+                return 0
+            self._trim_refused = True
+            log.warning(
+                "the Kafka broker of the log topic %s does not delete records (%s): the log "
+                "keeps every record, and is never trimmed",
+                self.topic, reason,
+            )  # fmt: skip
+            return 0
+        self._trim_failures = 0
+        self._start = offset
+        log.info("trimmed the log topic %s below LSN %d", self.topic, offset + 1)
+        return 1
+
+    @property
+    def written(self) -> bool:
+        """Whether the partition ever held a record (when it opened)."""
+        return self._high > 0
+
+    @property
+    def start_lsn(self) -> Lsn:
+        """The first LSN the log holds (1 when it was never trimmed)."""
+        return Lsn(self._start + 1)
 
     @property
     def tail(self) -> Lsn:

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +33,7 @@ from tests.broker.conftest import (
     wait_port,
 )
 from tests.kafka import Tansu
+from tests.s3 import S3Server
 
 
 def _topic() -> str:
@@ -220,3 +223,102 @@ def test_a_stop_while_waiting_for_the_kafka_log_is_clean(tmp_path: Path) -> None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0, err.read_text()
     assert "stopped before the broker had started" in err.read_text()
+
+
+async def _add_orders(http: httpx.AsyncClient, base: str, customer: str, n: int) -> None:
+    for i in range(n):
+        r = await http.post(
+            f"{base}/Customer/{customer}/add_order",
+            json=_order(customer, i),
+            headers={"idempotency-key": f"{customer}-{i}"},
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_corrupt_tables_are_moved_aside_and_rebuilt_from_the_kafka_log(
+    kafka: Tansu, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    broker = BrokerProcess(data, "--log", f"kafka://{kafka.bootstrap}/{_topic()}")
+    with ServiceProcess("examples.orders.service") as service:
+        broker.start()
+        try:
+            base = f"http://127.0.0.1:{broker.ingress}"
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.post(
+                    f"http://127.0.0.1:{broker.admin}/deployments", json={"uri": service.uri}
+                )
+                assert r.status_code in (200, 201), r.text
+                await _add_orders(http, base, "c1", 12)
+                broker.stop()
+                for manifest in (data / "db").glob("MANIFEST-*"):
+                    manifest.write_bytes(b"not a RocksDB manifest" * 8)
+
+                broker.start()
+                totals = (await http.post(f"{base}/Customer/c1/totals")).json()
+                assert totals["orders"] == 12, totals
+                await _add_orders(http, base, "c1", 12)  # retried: each counted once
+                totals = (await http.post(f"{base}/Customer/c1/totals")).json()
+                assert totals["orders"] == 12, totals
+        finally:
+            stderr = broker.stop()
+    assert "the tables are rebuilt from the log: the tables cannot be opened" in stderr, stderr
+    assert [p.name.split("-")[0] for p in data.glob("db.corrupt-*")] == ["db.corrupt"]
+
+
+async def test_snapshots_to_an_unreachable_s3_are_retried_while_the_log_goes_on(
+    kafka: Tansu, s3: S3Server, tmp_path: Path
+) -> None:
+    """S3 is down: requests go on, ``/health`` says why the snapshot failed; once S3 answers
+    the next one is taken. Tansu cannot delete records: one warning, and the log keeps every
+    record."""
+    down = S3Server()  # its port chosen, nothing listening there yet
+    bucket = f"snaps-{uuid.uuid4().hex[:8]}"
+    flags = ["--log", f"kafka://{kafka.bootstrap}/{_topic()}",
+             "--snapshots", f"s3://{bucket}/sluice", "--snapshot-endpoint", down.endpoint,
+             "--snapshot-every", "5"]  # fmt: skip
+    broker = BrokerProcess(tmp_path / "data", *flags)
+    admin = f"http://127.0.0.1:{broker.admin}"
+
+    async def health(
+        http: httpx.AsyncClient, until: str, ok: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + 90
+        while True:
+            log = (await http.get(f"{admin}/health")).json()["log"]
+            if ok(log):
+                return log
+            assert time.monotonic() < deadline, f"not {until} in 90 s: {log}"
+            await asyncio.sleep(0.5)
+
+    with ServiceProcess("examples.orders.service") as service:
+        broker.start(env=s3.env())
+        try:
+            base = f"http://127.0.0.1:{broker.ingress}"
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.post(f"{admin}/deployments", json={"uri": service.uri})
+                assert r.status_code in (200, 201), r.text
+                await _add_orders(http, base, "c1", 10)
+                log = await health(http, "failed", lambda log: bool(log["snapshot_error"]))
+                assert log["snapshot"] == 0, log
+                await _add_orders(http, base, "c2", 5)  # the log goes on meanwhile
+
+                down.start()
+                down.create_bucket(bucket)
+                try:
+                    await health(http, "snapshotted", lambda log: bool(log["snapshot"]))
+                    for i in range(3):  # more snapshots: each asks for a trim below the oldest
+                        await _add_orders(http, base, f"more{i}", 6)
+                        log = await health(
+                            http,
+                            "snapshotted again",
+                            lambda new, seen=log: new["snapshot"] > seen["snapshot"],
+                        )
+                    assert log["snapshot_error"] is None and log["start"] == 1, log
+                    assert down.keys(bucket, "sluice/snap-"), "no snapshot in the bucket"
+                finally:
+                    down.stop()
+        finally:
+            stderr = broker.stop()
+    assert "taking a snapshot failed" in stderr, stderr[-3000:]
+    assert stderr.count("does not delete records") == 1, stderr[-3000:]
