@@ -1,4 +1,4 @@
-"""Handlers for the disk-loss test (test 6), written with the Sluice SDK: the ``Program``
+"""Handlers for the disk-loss test (test 13), written with the Sluice SDK: the ``Program``
 object of the program test (services_programs.py), the ``Tally`` object of the Kafka pipeline
 (tests/egress/services.py) and ``Nap``, a workflow that sleeps durably.
 

@@ -1,4 +1,4 @@
-"""Test 6: a broker on the Kafka log loses its disk under load, and one on an empty data
+"""Test 13: a broker on the Kafka log loses its disk under load, and one on an empty data
 directory with the same ``--log`` finishes every accepted request and record exactly once.
 
 Three kinds of work run together on one broker (``--log kafka://...``):
@@ -31,8 +31,9 @@ import random
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -46,12 +47,14 @@ from .conftest import peak_rss_mb, sized
 from .kafka_pipeline import LiveOutput, Model, diagnose, score, set_up
 from .test_http_programs import Markers, Plan, check_runs, make_plan, off_by
 
+T = TypeVar("T")
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(300, 1800))]
 
 PROGRAMS = sized(400, 4_000)
-PROGRAM_KEYS = 100
+PROGRAM_KEYS = sized(100, 1_000)
 CLIENTS = 20  # closed-loop clients of one connection each
-RECORDS = sized(4_000, 40_000)
+RECORDS = sized(3_000, 20_000)
 RECORD_KEYS = 50
 PARTITIONS = 4
 NAPS = sized(60, 600)
@@ -116,28 +119,37 @@ async def _health_log(c: httpx.AsyncClient, admin: str) -> dict[str, Any]:
 
 
 class Load:
-    """The HTTP side of the load: ``CLIENTS`` closed-loop clients that run the programs, and
-    one that starts the workflows; each resends (same idempotency key) until answered, across
-    the broker's death."""
+    """The HTTP side of the load: closed-loop clients of one connection each that run the
+    programs, start the workflows and read their outputs; each resends (same idempotency key)
+    until answered, across the broker's death."""
 
     def __init__(self, base: str, plan: Plan) -> None:
         self.base = base
         self.plan = plan
         self.answers: dict[str, dict[str, Any]] = {}
         self.started: set[str] = set()
-        self.completions: list[float] = []
         self.clients: list[Retrying] = []
 
     @property
     def retries(self) -> int:
         return sum(c.retries for c in self.clients)
 
-    async def _client(self, work: Any) -> None:
+    async def each(
+        self, items: Iterable[T], fn: Callable[[Retrying, T], Awaitable[None]], clients: int
+    ) -> None:
+        """``fn(client, item)`` for every item, by ``clients`` clients that each take the next
+        item when done with one."""
+        todo = iter(items)
         limits = httpx.Limits(max_connections=1)
-        async with httpx.AsyncClient(base_url=self.base, timeout=30, limits=limits) as http:
-            client = Retrying(http)
-            self.clients.append(client)
-            await work(client)
+
+        async def worker() -> None:
+            async with httpx.AsyncClient(base_url=self.base, timeout=30, limits=limits) as http:
+                client = Retrying(http)
+                self.clients.append(client)
+                for item in todo:
+                    await fn(client, item)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
 
     async def execute(self, client: Retrying, p: dict[str, Any]) -> dict[str, Any]:
         body = {"id": p["id"], "steps": p["steps"]}
@@ -146,24 +158,41 @@ class Load:
         return answer
 
     async def run(self) -> None:
-        todo = iter(self.plan.programs)
+        async def program(client: Retrying, p: dict[str, Any]) -> None:
+            self.answers[p["id"]] = await self.execute(client, p)
 
-        async def programs(client: Retrying) -> None:
-            for p in todo:
-                self.answers[p["id"]] = await self.execute(client, p)
-                self.completions.append(time.monotonic())
-
-        await asyncio.gather(*(self._client(programs) for _ in range(CLIENTS)))
+        await self.each(self.plan.programs, program, CLIENTS)
 
     async def nap(self, naps: dict[str, int]) -> None:
         """Start the workflows ``naps`` (id -> sleep in ms), one after the other."""
 
-        async def start(client: Retrying) -> None:
-            for wid, ms in naps.items():
-                await client.post(f"/Nap/{wid}/run/send", ms, ok=202)
-                self.started.add(wid)
+        async def start(client: Retrying, nap: tuple[str, int]) -> None:
+            await client.post(f"/Nap/{nap[0]}/run/send", nap[1], ok=202)
+            self.started.add(nap[0])
 
-        await self._client(start)
+        await self.each(naps.items(), start, 1)
+
+    async def changed(self, answered: dict[str, dict[str, Any]]) -> list[str]:
+        """The programs of ``answered`` (id -> answer) that answer otherwise when sent again."""
+        out: list[str] = []
+
+        async def again(client: Retrying, p: dict[str, Any]) -> None:
+            if await self.execute(client, p) != answered[p["id"]]:
+                out.append(p["id"])
+
+        await self.each([p for p in self.plan.programs if p["id"] in answered], again, CLIENTS)
+        return out
+
+    async def outputs(self, naps: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Each workflow's output, once it finished."""
+        out: dict[str, dict[str, Any]] = {}
+
+        async def attach(client: Retrying, wid: str) -> None:
+            r = await client.request("GET", f"/restate/workflow/Nap/{wid}/attach", ok=200)
+            out[wid] = r.json()
+
+        await self.each(naps, attach, CLIENTS)
+        return out
 
 
 @pytest.mark.parametrize("mode", ["whole-log", "snapshot-dir", "snapshot-s3"])
@@ -243,8 +272,8 @@ async def test_a_broker_that_loses_its_disk_finishes_from_the_kafka_log(  # noqa
                     asleep = set(marks["slept"]) - set(marks["woke"])
                     log = await _health_log(c, admin)
                     if not longs and (
-                        len(load.answers) >= PROGRAMS // 2
-                        and len(live.records) >= RECORDS // 3
+                        len(load.answers) >= PROGRAMS // 3
+                        and len(live.records) >= RECORDS // 4
                         and set(short) <= set(marks["woke"])
                         and (mode == "whole-log" or log["snapshot"])
                     ):
@@ -304,20 +333,14 @@ async def test_a_broker_that_loses_its_disk_finishes_from_the_kafka_log(  # noqa
                     await asyncio.sleep(0.2)
                 work.result()
 
-                # The programs answered before the disk was lost answer the same again.
-                again = Retrying(ingress)
-                changed = [
-                    p["id"]
-                    for p in plan.programs
-                    if p["id"] in answered and await load.execute(again, p) != answered[p["id"]]
-                ]
-                # Every workflow wakes once, after the restore for those asleep.
-                outs = {
-                    wid: (
-                        await again.request("GET", f"/restate/workflow/Nap/{wid}/attach", ok=200)
-                    ).json()
-                    for wid in naps
-                }
+                try:  # Those answered before the disk was lost answer the same again.
+                    changed = await asyncio.wait_for(load.changed(answered), 2 * STUCK_S)
+                    outs = await asyncio.wait_for(load.outputs(naps), 2 * STUCK_S)
+                except TimeoutError:
+                    pytest.fail(
+                        f"programs asked again or workflows not answered in {2 * STUCK_S:.0f}s\n"
+                        + await _open(c, admin, broker.log)
+                    )
                 figures["recovery_s"] = round(time.monotonic() - killed, 2)
 
                 # Delayed sends may still be due.
