@@ -21,7 +21,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sluice.broker.config import BrokerSettings
 
 
 class CliError(Exception):
@@ -36,22 +39,30 @@ BROKER_EXTRA = {
 }  # fmt: skip
 
 
-def _server(args: argparse.Namespace) -> None:
+def _settings(args: argparse.Namespace) -> BrokerSettings:
+    """The ``server`` flags, over the declarations file's ``[log]`` where a flag is not given."""
     from pydantic import ValidationError
 
     from sluice.broker.config import BrokerSettings
-    from sluice.broker.errors import EXIT_FATAL, Fatal
-    from sluice.broker.server import Broker
     from sluice.subscriptions import DeclarationError
     from sluice.subscriptions._cli import _pairs
+    from sluice.subscriptions._declarations import load_declarations
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    declared = None  # the declarations file's [log], beneath the flags
+    if args.config:
+        try:
+            declared = load_declarations(Path(args.config)).log
+        except DeclarationError as e:
+            raise CliError(str(e)) from None
+
+    def flag(value: Any, field: str, default: Any = None) -> Any:
+        if value is not None:
+            return value
+        found = getattr(declared, field) if declared is not None else None
+        return default if found is None else found
+
     try:
-        settings = BrokerSettings(
+        return BrokerSettings(
             data_dir=Path(args.data_dir),
             host=args.host,
             ingress_port=args.ingress_port,
@@ -73,20 +84,36 @@ def _server(args: argparse.Namespace) -> None:
             completion_retention_s=args.completion_retention,
             max_concurrent_invocations=args.max_concurrent_invocations,
             admission_limit=args.admission_limit,
-            log=args.log,
-            log_properties=_pairs(args.log_property, "--log-property"),
-            log_replication_factor=args.log_replication_factor,
-            snapshots=args.snapshots,
-            snapshot_endpoint=args.snapshot_endpoint,
-            snapshot_every_records=args.snapshot_every,
-            snapshot_interval_s=args.snapshot_interval,
+            log=flag(args.log, "url"),
+            log_properties={
+                **(declared.properties if declared is not None else {}),
+                **_pairs(args.log_property, "--log-property"),
+            },
+            log_replication_factor=flag(args.log_replication_factor, "replication_factor"),
+            snapshots=flag(args.snapshots, "snapshots"),
+            snapshot_endpoint=flag(args.snapshot_endpoint, "snapshot_endpoint"),
+            snapshot_every_records=flag(args.snapshot_every, "snapshot_every_records", 50_000),
+            snapshot_interval_s=flag(args.snapshot_interval, "snapshot_interval_s", 300.0),
         )
     except ValidationError as e:
         err = e.errors()[0]
         if not err["loc"]:  # (a rule across several flags)
             raise CliError(str(err["msg"]).removeprefix("Value error, ")) from None
-        flag = "-".join(str(x) for x in err["loc"]).replace("_", "-").removesuffix("-s")
-        raise CliError(f"--{flag}: {err['msg']}") from None
+        name = "-".join(str(x) for x in err["loc"]).replace("_", "-").removesuffix("-s")
+        raise CliError(f"--{name}: {err['msg']}") from None
+
+
+def _server(args: argparse.Namespace) -> None:
+    from sluice.broker.errors import EXIT_FATAL, Fatal
+    from sluice.broker.server import Broker
+    from sluice.subscriptions import DeclarationError
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = _settings(args)
 
     async def run() -> None:
         # Signals first: a stop asked for while the broker starts is a clean stop once it has.
@@ -316,7 +343,9 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
         "answers 503 with Retry-After and subscriptions stop reading; 0: no limit",
     )
     s.add_argument(
-        "--config", help="declarations file (sluice.toml or .yaml): Kafka clusters, subscriptions"
+        "--config",
+        help="declarations file (sluice.toml or .yaml): the log ([log]), Kafka clusters, "
+        "subscriptions",
     )
     s.add_argument(
         "--log",
@@ -348,8 +377,8 @@ def parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per 
         metavar="URL",
         help="the endpoint of an S3-compatible store (MinIO, ...) for --snapshots s3://...",
     )
-    s.add_argument("--snapshot-every", type=int, default=50_000, help="log records (50,000)")
-    s.add_argument("--snapshot-interval", type=float, default=300.0, help="seconds (300)")
+    s.add_argument("--snapshot-every", type=int, help="log records (50,000)")
+    s.add_argument("--snapshot-interval", type=float, help="seconds (300)")
     s.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

@@ -417,11 +417,32 @@ class Subscription(BaseModel):
         return cls.model_validate({k: v for k, v in fields.items() if v is not None}), reset
 
 
-class Declarations(BaseModel):
-    """The declarations file: clusters and subscriptions, applied at start."""
+class LogDeclaration(BaseModel):
+    """``[log]``: the broker's log in Kafka, as its ``--log*`` and ``--snapshot*`` flags (which
+    win where both are given)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    url: str = Field(description="kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+    properties: dict[str, str] = Field(default_factory=dict)
+    replication_factor: int | None = Field(None, ge=1, le=32)
+    snapshots: str | None = None
+    snapshot_endpoint: str | None = None
+    snapshot_every_records: int | None = Field(None, ge=1)
+    snapshot_interval_s: float | None = Field(None, gt=0)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _strings(cls, v: Any) -> Any:
+        return {k: str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
+class Declarations(BaseModel):
+    """The declarations file: the log, clusters and subscriptions, applied at start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    log: LogDeclaration | None = None
     kafka_clusters: list[KafkaCluster] = Field(default_factory=list)
     subscriptions: list[Subscription] = Field(default_factory=list)
 

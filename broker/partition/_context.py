@@ -41,6 +41,9 @@ class RetryPolicy:
 @dataclass(slots=True)
 class Config:
     partitions: int = 8
+    # How many of them have a processor, tables and a log of their own (lifecycle/shuffle.py):
+    # an invocation belongs to the one its partition key names, modulo this count.
+    processors: int = 1
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     idempotency_retention_ms: int = 86_400_000
     workflow_retention_ms: int = 86_400_000
@@ -57,14 +60,18 @@ class Ctx:
         "config",
         "lsn",
         "now",
+        "partition",
         "registry",
         "tx",
     )
 
-    def __init__(self, tx: Transaction, registry: Registry, config: Config) -> None:
+    def __init__(
+        self, tx: Transaction, registry: Registry, config: Config, partition: int = 0
+    ) -> None:
         self.tx = tx
         self.registry = registry
         self.config = config
+        self.partition = partition  # the processor applying (of config.processors)
         self.now = 0
         self.lsn = 0
         self.actions: list[a.Action] = []
@@ -73,6 +80,12 @@ class Ctx:
         # Ids whose stored status is INVOKED, as far as this batch read them: the "running"
         # index changes only when that does.
         self._running: set[bytes] = set()
+
+    def owner(self, id: bytes) -> int:
+        """The partition (processor) that owns the invocation ``id``: its partition key (the
+        id's first 8 bytes) modulo the processor count."""
+        n = self.config.processors
+        return 0 if n == 1 else int.from_bytes(id[:8], "big") % n
 
     # --- status --------------------------------------------------------------------------
 

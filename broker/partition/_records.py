@@ -312,6 +312,48 @@ class Proposal(Message):
 
 
 @dataclass(slots=True)
+class Routed(Message):
+    """A command from another partition's outbox (lifecycle/shuffle.py): applied once, in the
+    order the source wrote it; ``seq`` rises per source, so a resent one is dropped."""
+
+    source: int = 0
+    seq: int = 0
+    command: bytes = b""  # encode_command(the command)
+    _schema: ClassVar = ((1, "source", UINT), (2, "seq", UINT), (3, "command", BYTES))
+
+
+@dataclass(slots=True)
+class Notify(Message):
+    """A notification for an invocation of this partition from one of another (a callee's
+    result, a signal, an awakeable's completion)."""
+
+    id: bytes = b""
+    notification: bytes = b""  # the encoded notification frame
+    _schema: ClassVar = ((1, "id", BYTES), (2, "notification", BYTES))
+
+
+@dataclass(slots=True)
+class AttachCaller(Message):
+    """An invocation of another partition waits for this one's result (AttachInvocation) or
+    asks for it if there is one (GetInvocationOutput, ``output_only``)."""
+
+    id: bytes = b""
+    sink: Sink | None = None
+    output_only: bool = False
+    _schema: ClassVar = ((1, "id", BYTES), (2, "sink", MSG, Sink), (3, "output_only", BOOL))
+
+
+@dataclass(slots=True)
+class ShuffleDelivered(Message):
+    """The leader appended this partition's outbox rows for ``target`` up to ``upto`` to the
+    target's log: they can go."""
+
+    target: int = 0
+    upto: int = 0
+    _schema: ClassVar = ((1, "target", UINT), (2, "upto", UINT))
+
+
+@dataclass(slots=True)
 class Leadership(Message):
     """The ``meta`` row of the current leader: its epoch, node and the last sequence applied."""
 
@@ -343,6 +385,10 @@ COMMANDS: dict[int, type[Message]] = {
     31: EgressIdentity,
     40: AnnounceLeader,
     41: Proposal,
+    50: Routed,
+    51: Notify,
+    52: AttachCaller,
+    53: ShuffleDelivered,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
 # The commands a request can wait on (``Broker.request``): each names it in ``waiter``.

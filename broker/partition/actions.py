@@ -83,9 +83,16 @@ class SubscriptionsChanged:
     pass
 
 
+@dataclass(slots=True)
+class ShuffleReady:
+    """Rows of the ``shuffle`` table wait to be appended to ``target``'s log."""
+
+    target: int
+
+
 KafkaAction = KafkaDone | DeadLetterPending | SubscriptionsChanged
 # Everything the state machine may ask for (OutboxReady: egress rows became sendable).
 Action = (
     StartAttempt | SendToAttempt | AbortAttempt | RegisterTimer | Reply | SchemaChanged
-    | KafkaAction | OutboxReady
+    | KafkaAction | OutboxReady | ShuffleReady
 )  # fmt: skip

@@ -26,7 +26,9 @@ from ._records import (
     Manage,
     Phase,
     Proposal,
+    Routed,
     SchemaUpdate,
+    ShuffleDelivered,
     Signal,
     Status,
     SubscriptionUpdate,
@@ -37,7 +39,7 @@ from ._records import (
 )
 from .entries import attach, calls, promises, signals, sleep, state
 from .lifecycle import attach as attach_lc
-from .lifecycle import attempt, complete, egress, invoke, kafka, leadership, manage
+from .lifecycle import attempt, complete, egress, invoke, kafka, leadership, manage, shuffle
 
 _Handler = Callable[[Ctx, Status, Any], None]
 
@@ -126,6 +128,10 @@ class StateMachine:
                     self.apply(ctx, inner)
         elif isinstance(cmd, AnnounceLeader):
             leadership.announce(ctx, cmd)
+        elif isinstance(cmd, Routed):
+            shuffle.routed(ctx, cmd)
+        elif isinstance(cmd, ShuffleDelivered):
+            shuffle.delivered(ctx, cmd)
 
     def _effects(self, ctx: Ctx, cmd: Effects) -> None:
         st = ctx.status(cmd.id)

@@ -22,6 +22,7 @@ COLUMN_FAMILIES = (
     "kafka_dedup",  # producer id (hash of subscription, topic, partition) -> u64 last offset
     "kafka_dlq",  # pending dead-letter records, deleted once delivered (ingress/kafka)
     "outbox",  # cluster \0 u32 egress partition + u64 seq -> OutboxEntry (Kafka egress)
+    "shuffle",  # u32 target partition + u64 seq -> command for it (partition/lifecycle/shuffle.py)
 )
 
 

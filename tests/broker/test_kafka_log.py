@@ -241,3 +241,33 @@ async def test_snapshots_to_an_unreachable_s3_are_retried_while_the_log_goes_on(
             stderr = broker.stop()
     assert "taking a snapshot failed" in stderr, stderr[-3000:]
     assert stderr.count("does not delete records") == 1, stderr[-3000:]
+
+
+def test_the_log_can_be_declared_in_sluice_toml(kafka: Tansu, tmp_path: Path) -> None:
+    """``[log]`` in the declarations file, as the flags; a flag given as well wins."""
+    topic = _topic()
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        f'[log]\nurl = "kafka://{kafka.bootstrap}/{topic}"\n'
+        f'properties = {{ "client.rack" = "r1" }}\nsnapshots = "{tmp_path / "snaps"}"\n'
+        "snapshot_every_records = 7\n"
+    )
+    broker = BrokerProcess(tmp_path / "data", "--config", str(config), "--snapshot-interval", "9")
+    broker.start()
+    try:
+        log = httpx.get(f"http://127.0.0.1:{broker.admin}/health").json()["log"]
+        assert (log["kind"], log["topic"]) == ("kafka", topic), log
+        assert log["snapshot"] == 0, "snapshots were not taken up from [log]"
+    finally:
+        broker.stop()
+
+    config.write_text(f'[log]\nurl = "kafka://{kafka.bootstrap}/{topic}"\nsnapshot_evry = 7\n')
+    argv = [sys.executable, "-m", "sluice.broker", "server", "--data-dir", str(tmp_path / "d2"),
+            "--ingress-port", "0", "--admin-port", "0", "--config", str(config)]  # fmt: skip
+    proc = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"{config}:3: log.snapshot_evry: Extra inputs are not permitted")
+    ), proc.stderr

@@ -6,7 +6,8 @@ from sluice import protocol as p
 from sluice.broker.ids import InvocationId, partition_key_of
 
 from .._context import Ctx, failure
-from .._records import Phase, Status
+from .._records import AttachCaller, Status
+from ..lifecycle import shuffle
 from ..lifecycle.complete import answer_sink
 from ..lifecycle.invoke import caller_sink
 
@@ -39,24 +40,18 @@ def _target(cmd: p.AttachInvocationCommand) -> bytes | None:
 def attach(ctx: Ctx, st: Status, cmd: p.AttachInvocationCommand) -> None:
     sink = caller_sink(st.id, cmd.result_completion_id, 0x8012)
     target = _target(cmd)
-    tst = ctx.status(target) if target else None
-    if tst is None or target is None:
+    if target is None:
         answer_sink(ctx, sink, st.id, None, failure(404, "invocation not found"))
-    elif tst.phase == Phase.COMPLETED:
-        answer_sink(ctx, sink, target, tst.result, tst.failure)
-    else:
-        tst.sinks.append(sink)
-        ctx.put_status(tst)
+    else:  # (the target may be of another partition: lifecycle/shuffle.py)
+        shuffle.route(ctx, target, AttachCaller(id=target, sink=sink))
 
 
 def get_output(ctx: Ctx, st: Status, cmd: p.GetInvocationOutputCommand) -> None:
     target = _target(cmd)
-    tst = ctx.status(target) if target else None
-    n = p.GetInvocationOutputCompletionNotification(completion_id=cmd.result_completion_id)
-    if tst is None or tst.phase != Phase.COMPLETED:
+    if target is None:
+        n = p.GetInvocationOutputCompletionNotification(completion_id=cmd.result_completion_id)
         n.void = True
-    elif tst.failure is not None:
-        n.failure = tst.failure
-    else:
-        n.value = tst.result or b""
-    ctx.notify(st.id, n)
+        ctx.notify(st.id, n)
+        return
+    sink = caller_sink(st.id, cmd.result_completion_id, 0x8013)
+    shuffle.route(ctx, target, AttachCaller(id=target, sink=sink, output_only=True))

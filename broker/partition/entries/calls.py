@@ -8,9 +8,9 @@ from sluice.broker.ids import InvocationId, partition_key_of
 
 from .._context import Ctx, failure
 from .._records import Invoke, Kind, Status
-from ..lifecycle import egress
+from ..lifecycle import egress, shuffle
 from ..lifecycle.complete import answer_sink
-from ..lifecycle.invoke import caller_sink, invoke
+from ..lifecycle.invoke import caller_sink
 
 
 def target_id(
@@ -78,8 +78,9 @@ def _dispatch(ctx: Ctx, st: Status, cmd: p.CallCommand | p.OneWayCallCommand) ->
     if isinstance(cmd, p.CallCommand):
         st.children.append(callee.raw)
         ctx.put_status(st)
-    invoke(
+    shuffle.route(
         ctx,
+        callee.raw,
         Invoke(
             id=callee.raw,
             service=cmd.service_name,

@@ -6,8 +6,8 @@ from sluice import protocol as p
 from sluice.broker.ids import InvocationId, parse_awakeable_id
 
 from .._context import Ctx
-from .._records import Phase, Signal, Status
-from ..lifecycle.manage import cancel
+from .._records import Manage, Signal, Status, Terminate
+from ..lifecycle import shuffle
 
 
 def send_signal(ctx: Ctx, st: Status, cmd: p.SendSignalCommand) -> None:
@@ -16,9 +16,7 @@ def send_signal(ctx: Ctx, st: Status, cmd: p.SendSignalCommand) -> None:
     except ValueError:
         return
     if cmd.idx == p.CANCEL_SIGNAL:
-        tst = ctx.status(target)
-        if tst is not None and tst.phase != Phase.COMPLETED:
-            cancel(ctx, tst)
+        shuffle.route(ctx, target, Manage(id=target, action=Terminate.CANCEL))
         return
     n = p.SignalNotification(signal_idx=cmd.idx, signal_name=cmd.signal_name)
     if cmd.failure is not None:
@@ -27,7 +25,7 @@ def send_signal(ctx: Ctx, st: Status, cmd: p.SendSignalCommand) -> None:
         n.value = cmd.value
     else:
         n.void = True
-    ctx.notify(target, n)
+    shuffle.notify(ctx, target, n)
 
 
 def complete_awakeable(ctx: Ctx, st: Status, cmd: p.CompleteAwakeableCommand) -> None:
@@ -40,7 +38,7 @@ def complete_awakeable(ctx: Ctx, st: Status, cmd: p.CompleteAwakeableCommand) ->
         n.failure = cmd.failure
     else:
         n.value = cmd.value or b""
-    ctx.notify(target.raw, n)
+    shuffle.notify(ctx, target.raw, n)
 
 
 def external(ctx: Ctx, cmd: Signal) -> None:

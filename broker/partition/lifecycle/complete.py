@@ -9,6 +9,7 @@ from sluice import protocol as p
 from .. import actions as a
 from .._context import Ctx, key_prefix
 from .._records import Expire, Kind, Phase, Sink, SinkKind, Status, Timer
+from . import shuffle
 
 _U64 = struct.Struct(">Q")
 
@@ -29,7 +30,7 @@ def answer_sink(
             n.failure = fail
         else:
             n.value = value if value is not None else b""
-        ctx.notify(sink.invocation, n)
+        shuffle.notify(ctx, sink.invocation, n)  # the caller may be of another partition
     elif sink.kind == SinkKind.KAFKA:
         from .kafka import answer
 

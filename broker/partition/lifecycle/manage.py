@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sluice import protocol as p
 
 from .._context import Ctx, failure
@@ -37,11 +39,23 @@ def manage(ctx: Ctx, cmd: Manage) -> None:
     ctx.reply(cmd.waiter, "ok", id=cmd.id)
 
 
-def cancel(ctx: Ctx, st: Status) -> None:
+def _children(ctx: Ctx, st: Status, action: int) -> Iterator[Status]:
+    """The children of ``st`` this partition owns and that still run; those of other
+    partitions get ``action`` through their own logs (lifecycle/shuffle.py)."""
+    from .shuffle import route
+
     for child in st.children:
+        if ctx.owner(child) != ctx.partition:
+            route(ctx, child, Manage(id=child, action=action))
+            continue
         c = ctx.status(child)
         if c is not None and c.phase != Phase.COMPLETED:
-            cancel(ctx, c)
+            yield c
+
+
+def cancel(ctx: Ctx, st: Status) -> None:
+    for c in _children(ctx, st, Terminate.CANCEL):
+        cancel(ctx, c)
     if st.phase in (Phase.SCHEDULED, Phase.INBOXED):
         complete(ctx, st, None, failure(409, "canceled"))
         return
@@ -54,8 +68,6 @@ def cancel(ctx: Ctx, st: Status) -> None:
 
 
 def kill(ctx: Ctx, st: Status) -> None:
-    for child in st.children:
-        c = ctx.status(child)
-        if c is not None and c.phase != Phase.COMPLETED:
-            kill(ctx, c)
+    for c in _children(ctx, st, Terminate.KILL):
+        kill(ctx, c)
     complete(ctx, st, None, failure(409, "killed"))
