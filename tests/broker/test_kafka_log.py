@@ -1,13 +1,12 @@
 """The log on Kafka (broker/log/_kafka.py), against Tansu: records are applied once read back,
 in offset order, and replayed the same after a restart; foreign topics and partition counts that
-do not match are refused; and a broker that loses its whole data directory finishes from the
-Kafka log alone."""
+do not match are refused; corrupt tables are rebuilt from the log, and snapshots to an S3 that is
+down are retried. A broker that loses its whole data directory under load and finishes from the
+Kafka log alone: tests/reliability/test_disk_loss.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -102,89 +101,9 @@ def test_a_data_directory_of_another_log_is_refused(kafka: Tansu, tmp_path: Path
     assert "holds the tables of the embedded log, not of the log kafka://" in proc.stderr
 
 
-async def _until_snapshot(http: httpx.AsyncClient, admin: int) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        log = (await http.get(f"http://127.0.0.1:{admin}/health")).json()["log"]
-        if log["snapshot"]:
-            return
-        assert time.monotonic() < deadline, f"no snapshot was taken in 60 s: {log}"
-        await asyncio.sleep(0.5)
-
-
 def _order(customer: str, i: int) -> dict[str, object]:
     lines = [{"sku": "tea", "quantity": 1 + i % 3, "unit_price": 4.5}]
     return {"id": f"{customer}-{i}", "customer": customer, "lines": lines}
-
-
-@pytest.mark.parametrize("snapshots", [False, True], ids=["whole-log", "snapshot-dir"])
-async def test_a_broker_that_loses_its_data_directory_finishes_from_the_kafka_log(
-    kafka: Tansu, tmp_path: Path, snapshots: bool
-) -> None:
-    """Idempotent HTTP calls into a virtual object; the broker is SIGKILLed mid-stream and its
-    data directory deleted; a broker on an empty directory and the same --log answers the
-    retried calls from the log (the acknowledged ones with their first answers) and every
-    customer's totals count each order once. It replays the whole log, or (snapshot-dir)
-    restores the newest snapshot and replays the log from there."""
-    data = tmp_path / "data"
-    flags = ["--log", f"kafka://{kafka.bootstrap}/{_topic()}"]
-    if snapshots:
-        flags += ["--snapshots", str(tmp_path / "snapshots"), "--snapshot-every", "20"]
-    broker = BrokerProcess(data, *flags)
-    customers, per_customer = ("c1", "c2", "c3"), 40
-    calls = [(c, i) for i in range(per_customer) for c in customers]
-    first: dict[tuple[str, int], dict[str, object]] = {}
-    with ServiceProcess("examples.orders.service") as service:
-        broker.start()
-        try:
-            base = f"http://127.0.0.1:{broker.ingress}"
-            async with httpx.AsyncClient(timeout=30) as http:
-                r = await http.post(
-                    f"http://127.0.0.1:{broker.admin}/deployments", json={"uri": service.uri}
-                )
-                assert r.status_code in (200, 201), r.text
-
-                async def call(c: str, i: int) -> httpx.Response:
-                    return await http.post(
-                        f"{base}/Customer/{c}/add_order",
-                        json=_order(c, i),
-                        headers={"idempotency-key": f"{c}-{i}"},
-                    )
-
-                half = len(calls) // 2
-                for c, i in calls[:half]:  # one at a time: each answer is the totals so far
-                    r = await call(c, i)
-                    assert r.status_code == 200, r.text
-                    first[(c, i)] = r.json()
-                if snapshots:  # (the broker looks every 5 s whether one is due)
-                    await _until_snapshot(http, broker.admin)
-                # The rest in flight together while the broker dies.
-                pending = [asyncio.ensure_future(call(c, i)) for c, i in calls[half:]]
-                await asyncio.sleep(0.05)
-                broker.kill()
-                await asyncio.gather(*pending, return_exceptions=True)
-                shutil.rmtree(data)
-
-                broker.start()
-                for c, i in calls:
-                    r = await call(c, i)
-                    assert r.status_code == 200, r.text
-                    if (c, i) in first:
-                        assert r.json() == first[(c, i)], "an idempotent retry got a new answer"
-                for c in customers:
-                    r = await http.post(f"{base}/Customer/{c}/totals")
-                    totals = r.json()
-                    spent = sum((1 + i % 3) * 4.5 for i in range(per_customer))
-                    assert totals["orders"] == per_customer, (c, totals)
-                    assert totals["spent"] == pytest.approx(spent), (c, totals)
-                log = (await http.get(f"http://127.0.0.1:{broker.admin}/health")).json()["log"]
-                assert (log["kind"], log["start"]) == ("kafka", 1), log
-                assert 0 < log["applied"] <= log["high"], log
-        finally:
-            stderr = broker.stop()
-    restored = "restored the tables from the snapshot" in stderr
-    assert restored == snapshots, stderr[-3000:]
-    assert json.loads((data / "sluice.json").read_text())["log"].startswith("kafka://")
 
 
 def _waiting_broker(tmp_path: Path, kafka: Tansu) -> tuple[subprocess.Popen[bytes], int, Path]:

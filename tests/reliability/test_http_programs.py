@@ -61,21 +61,22 @@ class Plan:
         }
 
 
-def make_plan(rng: random.Random, n: int) -> Plan:
+def make_plan(rng: random.Random, n: int, *, key_count: int = KEYS) -> Plan:
+    """``n`` random programs over ``key_count`` keys."""
     run = f"{rng.getrandbits(32):08x}"
-    keys = [f"k{run}-{i}" for i in range(KEYS)]
+    keys = [f"k{run}-{i}" for i in range(key_count)]
     plan = Plan()
     for p in range(n):
-        own = rng.randrange(KEYS)
+        own = rng.randrange(key_count)
         steps = []
         for _ in range(rng.randint(1, 5)):
             op = rng.choices(OPS, WEIGHTS)[0]
-            if op == "call" and own == KEYS - 1:
+            if op == "call" and own == key_count - 1:
                 op = "add"  # calls go to higher keys only: no cycle of exclusive handlers
             step: dict[str, Any] = {"op": op, "n": rng.randint(1, 1000)}
             target = keys[own]
             if op == "call":
-                target = step["key"] = keys[rng.randrange(own + 1, KEYS)]
+                target = step["key"] = keys[rng.randrange(own + 1, key_count)]
             elif op == "send":
                 target = step["key"] = rng.choice(keys)
                 step["delay_ms"] = rng.randint(1, 1000)
