@@ -148,6 +148,8 @@ class Retrying:
         while True:
             try:
                 r = await self.client.request(method, url, **kw)
+            except httpx.UnsupportedProtocol:
+                raise  # a URL with no scheme or host (no base_url): no retry mends it
             except httpx.TransportError:
                 pass
             else:
