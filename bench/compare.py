@@ -1,11 +1,13 @@
 """Sluice vs restate-server 1.7.12, side by side in one run, on the same handler service.
 
     python -m bench [--duration 10] [--concurrency 32,64,128] [--scenarios noop,counter,workflow]
-                    [--brokers sluice,sluice-kafka-log,restate]
+                    [--brokers sluice,sluice-kafka-log,sluice-partitioned,restate]
 
 `sluice-kafka-log` is the Sluice broker with its log in Kafka (`--log kafka://...`): a Tansu
 with memory storage that the run starts, so its figures are upper bounds (Tansu does not
-fsync); the run then also prints its ratios to the embedded log.
+fsync); the run then also prints its ratios to the embedded log. `sluice-partitioned` is the
+same on physical partitions (`--physical-partitions`: a processor and a Kafka partition of the
+log per partition, 8).
 
 Each broker runs with durability on (Sluice fdatasyncs its log before acknowledging anything;
 restate-server with its defaults). Both run at once against one hypercorn process serving
@@ -226,6 +228,8 @@ def print_ratios(
         ("sluice", "restate"),
         ("sluice-kafka-log", "restate"),
         ("sluice-kafka-log", "sluice"),
+        ("sluice-partitioned", "sluice"),
+        ("sluice-partitioned", "sluice-kafka-log"),
     ):
         if a not in names or b not in names:
             continue
@@ -249,7 +253,7 @@ def print_ratios(
                 )
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     ap.add_argument("--concurrency", default="32,64,128")
@@ -260,16 +264,21 @@ def main() -> None:
     ap.add_argument(
         "--brokers",
         default="sluice,restate",
-        help="comma-separated: sluice, sluice-kafka-log, restate (measured in this order)",
+        help="comma-separated: sluice, sluice-kafka-log, sluice-partitioned, restate (measured "
+        "in this order)",
     )
     ap.add_argument("--only", choices=["sluice", "restate"], help="run one broker only")
     ap.add_argument("--json", help="also write the rows to this file")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     levels = [int(x) for x in args.concurrency.split(",")]
     scenarios = args.scenarios.split(",")
     binary = Path(args.restate_server)
     names = args.brokers.split(",") if not args.only else [args.only]
-    unknown = set(names) - {"sluice", "sluice-kafka-log", "restate"}
+    unknown = set(names) - {"sluice", "sluice-kafka-log", "sluice-partitioned", "restate"}
     if unknown:
         sys.exit(f"bench: unknown broker {', '.join(sorted(unknown))} in --brokers")
     if "restate" in names and not binary.exists():
@@ -289,14 +298,19 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{hport}/health")
 
-        def kafka_log() -> Broker:
-            nonlocal tansu
-            tansu, bootstrap = start_tansu()
-            return start_sluice("sluice-kafka-log", "--log", f"kafka://{bootstrap}/bench-log")
+        bootstrap = ""
+
+        def kafka_log(name: str, *flags: str) -> Broker:
+            """A Sluice broker on a topic of its own in the run's one Tansu."""
+            nonlocal tansu, bootstrap
+            if tansu is None:
+                tansu, bootstrap = start_tansu()
+            return start_sluice(name, "--log", f"kafka://{bootstrap}/bench-{name}", *flags)
 
         starters = {
             "sluice": start_sluice,
-            "sluice-kafka-log": kafka_log,
+            "sluice-kafka-log": lambda: kafka_log("sluice-kafka-log"),
+            "sluice-partitioned": lambda: kafka_log("sluice-partitioned", "--physical-partitions"),
             "restate": lambda: start_restate(binary),
         }
         brokers: dict[str, Broker] = {}
