@@ -29,6 +29,10 @@ class Log(abc.ABC):
     the callback that met it.
     """
 
+    # Whether each record's LSN is the one before it plus one: a recovery that meets a hole
+    # in such a log has lost records.
+    gapless = True
+
     @abc.abstractmethod
     def open(
         self,
