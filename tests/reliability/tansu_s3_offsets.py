@@ -74,24 +74,7 @@ def main(n: int, each: bool) -> dict[str, object]:
         tansu.kill()
         tansu.start()
         out["list_offsets_after_restart"] = _list_offsets(tansu, tp)
-        c = ck.Consumer(
-            {"bootstrap.servers": tansu.bootstrap, "group.id": "repro",
-             "enable.partition.eof": True, "enable.auto.commit": False}
-        )  # fmt: skip
-        c.assign([ck.TopicPartition(topic, 0, 0)])
-        got: dict[bytes, list[int]] = {}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None and err.code() == ck.KafkaError._PARTITION_EOF:
-                break
-            assert err is None, err
-            got.setdefault(m.value() or b"", []).append(m.offset() or 0)
-        out["fetch_high_watermark"] = c.get_watermark_offsets(tp, cached=True)[1]
-        c.close()
+        got, out["fetch_high_watermark"] = _read_all(tansu, topic)
         out["read"] = sum(len(v) for v in got.values())
         out["lost"] = sum(1 for v in acked if v not in got)
         out["duplicated"] = sum(len(o) - 1 for o in got.values())
@@ -205,24 +188,7 @@ def under_load(seconds: float = 3.0) -> dict[str, object]:
         time.sleep(seconds)
         stop.set()
         writer.join()
-        c = ck.Consumer(
-            {"bootstrap.servers": tansu.bootstrap, "group.id": "repro-load",
-             "enable.partition.eof": True, "auto.offset.reset": "error"}
-        )  # fmt: skip
-        c.assign([ck.TopicPartition(topic, 0, 0)])
-        got: dict[bytes, list[int]] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None and err.code() == ck.KafkaError._PARTITION_EOF:
-                break
-            assert err is None, err
-            got.setdefault(m.value() or b"", []).append(m.offset() or 0)
-        high = c.get_watermark_offsets(ck.TopicPartition(topic, 0), cached=True)[1]
-        c.close()
+        got, high = _read_all(tansu, topic)
         lost = sorted((o, v) for v, o in acked.items() if v not in got)
         return {
             "acknowledged_before_kill": before,
@@ -240,6 +206,31 @@ def under_load(seconds: float = 3.0) -> dict[str, object]:
         stop.set()
         tansu.stop()
         s3.stop()
+
+
+def _read_all(tansu: TansuS3, topic: str) -> tuple[dict[bytes, list[int]], int]:
+    """Partition 0 from offset 0 to the end that Fetch reports: the offsets of each value,
+    and that high watermark."""
+    c = ck.Consumer(
+        {"bootstrap.servers": tansu.bootstrap, "group.id": "repro-read",
+         "enable.partition.eof": True, "enable.auto.commit": False}
+    )  # fmt: skip
+    try:
+        c.assign([ck.TopicPartition(topic, 0, 0)])
+        got: dict[bytes, list[int]] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None and err.code() == ck.KafkaError._PARTITION_EOF:
+                break
+            assert err is None, err
+            got.setdefault(m.value() or b"", []).append(m.offset() or 0)
+        return got, c.get_watermark_offsets(ck.TopicPartition(topic, 0), cached=True)[1]
+    finally:
+        c.close()
 
 
 def _list_offsets(tansu: TansuS3, tp: ck.TopicPartition) -> tuple[int, int]:
