@@ -376,9 +376,14 @@ class KafkaLog(Log):
             self._fail(LogError(f"an append to the log topic {self.topic} failed: {why}"))
 
     def _poll_producer(self) -> None:
-        assert self._producer is not None
+        assert self._producer is not None and self._loop is not None
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a SIGKILL)
+                what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
+                self._loop.call_soon_threadsafe(self._fail, LogError(what))
+                return
 
     def _tail_reader(self) -> None:
         """Read the partition from ``_next`` on, and hand each batch to the loop in order."""
