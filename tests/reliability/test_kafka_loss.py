@@ -27,13 +27,15 @@ tansu_s3_offsets.py reproduces each with plain confluent-kafka):
   reserved their offsets, not yet written the batch; after the restart it answers librdkafka's
   retry as a duplicate, which librdkafka reports as delivered (offset unknown or a small bogus
   one). 6 runs in 13 lost 6 to 17 such acknowledged records, and the reserved offsets stay a
-  hole. The Kafka log catches such an acknowledgement (below what it has already read) and
-  fails, so the broker exits with the reason in its log; this test then starts it again, as
-  its supervisor would (``broker_restarts_for_appends_tansu_lost``), and the restarted broker
-  replays across the hole and finishes. Sluice cannot resume on its own there: Kafka told it
-  that a record it does not hold was written. (The embedded log's producers are not exposed
-  that way: the input is produced before the kills, and egress is transactional; it resumes on
-  its own in every run so far.)
+  hole. Other times the producer's sequence and Tansu's part ways (librdkafka's fatal
+  OUT_OF_ORDER_SEQUENCE_NUMBER). The Kafka log fails on either (an acknowledgement below what
+  it has already read; a fatal producer error), so the broker exits with the reason in its
+  log; this test then starts it again, as its supervisor would
+  (``broker_restarts_for_log_failures`` lists the reasons), and the restarted broker replays
+  across the hole and finishes. Sluice cannot resume on its own there: Kafka told it that a
+  record it does not hold was written, or refuses its producer. (The embedded log's producers
+  are not exposed that way: the input is produced before the kills, and egress recovers its
+  transactional producer; it resumed on its own in every run so far.)
 - ListOffsets "latest" lags: one past the base offset of the batch object with the newest S3
   modification time (whole seconds, ties to the lowest offset). Fetch reports the right high
   watermark.
@@ -56,7 +58,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +83,8 @@ PAUSE_S = 0.02  # between one customer's calls
 # partition's batch objects and a GET of each) with no records, again and again: a tailing
 # consumer with the Kafka log's default of 10 ms stalls for good (tansu_s3_offsets.py --tail).
 FETCH_WAIT_MS = 500
-# What the Kafka log says when Tansu acknowledged an append that it did not store.
-TANSU_LOST = "that was read before it"
+# What a broker whose log failed says before it exits (with status 3, to be restarted).
+LOG_FAILED = "the broker stops and must be restarted"
 RECOVERY_LIMIT_S = 120.0  # a broker that sends nothing this long after Tansu is back is stuck
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(600, 3600))]
@@ -205,22 +207,25 @@ class Run:
     http: httpx.AsyncClient
     log_topic: str | None
 
-    restarts: int = 0  # of the broker, after its log caught Tansu losing an append
+    # Why the broker was restarted: each time, its Kafka log's failure.
+    restarts: list[str] = field(default_factory=list)
 
     def alive(self) -> bool:
         return self.broker.proc is not None and self.broker.proc.poll() is None
 
     async def wait(self, done: Callable[[], bool], what: str) -> None:
-        """Until ``done()``, with RECOVERY_LIMIT_S of no progress at most. A broker that
-        exits because Tansu lost one of its log appends (its log says so) is started again,
-        as its operator would: that is what Sluice can do about it (module docstring)."""
+        """Until ``done()``, with RECOVERY_LIMIT_S of no progress at most. A broker that exits
+        because its Kafka log failed (Tansu lost an append, or broke its producer's sequence:
+        its log says which) is started again, as its supervisor would: that is what Sluice can
+        do about it (module docstring)."""
         while not await self.live.wait(done, alive=self.alive, within=RECOVERY_LIMIT_S):
             text = self.broker.log.read_text(errors="replace")
-            lost = text.count(TANSU_LOST) > self.restarts  # (a death not yet restarted)
-            assert not self.alive() and lost, await self.stuck(what)
+            deaths = [ln for ln in text.splitlines() if LOG_FAILED in ln and "log topic" in ln]
+            fresh = len(deaths) > len(self.restarts)  # (a death not restarted yet)
+            assert not self.alive() and fresh, await self.stuck(what)
             assert self.log_topic is not None  # (only the Kafka log appends to Tansu)
+            self.restarts.append(deaths[-1].split("fatal: ", 1)[-1][:200])
             self.broker.stop()
-            self.restarts += 1
             await asyncio.to_thread(self.broker.start)
 
     async def stuck(self, what: str) -> str:
@@ -318,10 +323,10 @@ async def test_tansu_on_s3_killed_under_load_loses_nothing(
             figures.update(score(got, model))
             check_exactly_once(got, model.keys)
             assert figures["wrong_sums"] == 0, "a key's count or running sum differs from the model"
-            figures["broker_restarts_for_appends_tansu_lost"] = it.restarts
+            figures["broker_restarts_for_log_failures"] = it.restarts
             # It resumed on its own: the process that started is the one that finished, unless
-            # Tansu lost one of its log appends (then it exited, and was started once more).
-            assert it.alive() and (broker.proc.pid == pid or it.restarts > 0)
+            # Tansu broke its Kafka log (then it exited, and was started once more).
+            assert it.alive() and (broker.proc.pid == pid or it.restarts)
     finally:
         broker.stop()
     text = broker.log.read_text(errors="replace")
