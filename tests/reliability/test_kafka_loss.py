@@ -8,8 +8,9 @@ Load, both at once:
 - a Kafka subscription (a 4-partition topic into the ``Tally`` virtual object, whose results
   leave through the subscription's output topic, tests/reliability/kafka_pipeline.py).
 
-Tansu is SIGKILLed KILLS times, each time once the committed output has passed a random count,
-stays down for a random 0.5 to 3 s, and starts again on the same port and bucket. On the Kafka
+The input comes in KILLS + 1 chunks. Tansu is SIGKILLed once the committed output is at a random
+point of each chunk but the last, stays down for a random 0.5 to 3 s, and starts again on the
+same port and bucket; then the next chunk is produced (into the restarted Tansu). On the Kafka
 log (``kafka-log``) the log topic lives in that same Tansu, so the broker loses its log for as
 long as Tansu is down; on the embedded log only ingress and egress lose their Kafka.
 
@@ -34,7 +35,7 @@ tansu_s3_offsets.py reproduces each with plain confluent-kafka):
   (``broker_restarts_for_log_failures`` lists the reasons), and the restarted broker replays
   across the hole and finishes. Sluice cannot resume on its own there: Kafka told it that a
   record it does not hold was written, or refuses its producer. (The embedded log's producers
-  are not exposed that way: the input is produced before the kills, and egress recovers its
+  are not exposed that way: the input is produced between the kills, and egress recovers its
   transactional producer; it resumed on its own in every run so far.)
 - ListOffsets "latest" lags: one past the base offset of the batch object with the newest S3
   modification time (whole seconds, ties to the lowest offset). Fetch reports the right high
@@ -235,30 +236,43 @@ class Run:
             parts.append(await asyncio.to_thread(_bucket, self.kafka, self.log_topic))
         return "\n".join(parts)
 
-    async def kill_tansu(self, rng: random.Random, targets: list[int]) -> dict[str, Any]:
-        """SIGKILL Tansu once the committed output passes each target, restart it after a
-        pause; returns the figures of the kills."""
-        down, recovery, answered = [], [], []
-        for k, target in enumerate(targets):
+    async def kill_tansu(
+        self, rng: random.Random, src: str, chunks: list[list[Any]]
+    ) -> dict[str, Any]:
+        """The input in chunks: produce one, SIGKILL Tansu once the committed output is at a
+        random point of it, restart Tansu after a pause, produce the next; returns the
+        figures of the kills."""
+        down, recovery, answered, out_at = [], [], [], []
+        produced = 0
+        for k, chunk in enumerate(chunks):
+            await asyncio.to_thread(produce, self.kafka, src, chunk, **{"enable.idempotence": True})
+            target = produced + round(len(chunk) * rng.uniform(0.1, 0.7))
+            produced += len(chunk)
+            if k == len(chunks) - 1:
+                break
             await self.wait(self.live.count(target), f"kill {k}: stuck")
             await asyncio.sleep(rng.uniform(0.0, 0.3))
             answered.append(len(self.calls.answers))
             self.kafka.kill()
             seen = len(self.live.records)
+            out_at.append(seen)
             pause = rng.uniform(0.5, 3.0)
             await asyncio.sleep(pause)
             await asyncio.to_thread(self.kafka.start)
             restarted = time.monotonic()
             down.append(round(pause, 2))
-            # (The last transaction before the kill may have carried the rest.)
-            await self.wait(self.live.count(seen + 1), f"kill {k}: no output after the restart")
-            recovery.append(time.monotonic() - restarted)
+            # (The last transaction before the kill may have carried the rest of the chunk.)
+            more = self.live.count(min(seen + 1, produced))
+            await self.wait(more, f"kill {k}: no output after the restart")
+            if seen < produced:
+                recovery.append(time.monotonic() - restarted)
         return {
-            "kills": len(targets),
+            "kills": len(chunks) - 1,
             "tansu_down_s": down,
+            "output_at_kills": out_at,
             "http_answered_at_kills": answered,
-            "recovery_s_median": round(statistics.median(recovery), 2),
-            "recovery_s_max": round(max(recovery), 2),
+            "recovery_s_median": round(statistics.median(recovery), 2) if recovery else None,
+            "recovery_s_max": round(max(recovery), 2) if recovery else None,
         }
 
 
@@ -277,8 +291,8 @@ async def test_tansu_on_s3_killed_under_load_loses_nothing(
     model = Model()
     keys = [f"loss-{run}-{k}".encode() for k in range(KEYS)]
     inputs = model.more(rng, RECORDS, keys)
-    await asyncio.to_thread(produce, kafka, src, inputs, **{"enable.idempotence": True})
-    targets = sorted(rng.sample(range(RECORDS // 10, RECORDS * 7 // 10), KILLS))
+    size = -(-RECORDS // (KILLS + 1))
+    chunks = [inputs[n : n + size] for n in range(0, RECORDS, size)]
     log_topic = f"log-{run}" if log == "kafka-log" else None
     flags: tuple[str, ...] = ()
     if log_topic is not None:
@@ -309,7 +323,7 @@ async def test_tansu_on_s3_killed_under_load_loses_nothing(
                 calls = Calls(c, f"http://127.0.0.1:{broker.ingress}", run)
                 http = asyncio.ensure_future(calls.run(within=RECOVERY_LIMIT_S))
                 it = Run(kafka, broker, live, calls, c, log_topic)
-                figures.update(await it.kill_tansu(rng, targets))
+                figures.update(await it.kill_tansu(rng, src, chunks))
                 await it.wait(live.count(RECORDS), "not every output")
                 figures["records_per_s"] = round(RECORDS / (time.monotonic() - started))
                 calls.stop.set()
