@@ -37,6 +37,13 @@ tansu_s3_offsets.py reproduces each with plain confluent-kafka):
   record it does not hold was written, or refuses its producer. (The embedded log's producers
   are not exposed that way: the input is produced between the kills, and egress recovers its
   transactional producer; it resumed on its own in every run so far.)
+- Once in 8 runs on the Kafka log, a transaction of the egress producer was left undecided by
+  the kill: on the restarted Tansu it held read_committed readers of the progress partition
+  back for good (Tansu has no transaction timeout; initializing the same transactional id
+  again, which usually ends an open one on Tansu, did not), so egress could not read its
+  marker and sent nothing more. Real Kafka aborts such a transaction after
+  ``transaction.timeout.ms``. The test then ends as an expected failure (xfail) that says so,
+  with egress's last warning in the figures (``tansu_undecided_transaction``).
 - ListOffsets "latest" lags: one past the base offset of the batch object with the newest S3
   modification time (whole seconds, ties to the lowest offset). Fetch reports the right high
   watermark.
@@ -86,6 +93,8 @@ PAUSE_S = 0.02  # between one customer's calls
 FETCH_WAIT_MS = 500
 # What a broker whose log failed says before it exits (with status 3, to be restarted).
 LOG_FAILED = "the broker stops and must be restarted"
+# What egress says while a transaction that Tansu never decides holds read_committed back.
+UNDECIDED = "an undecided transaction of another producer holds read_committed back"
 RECOVERY_LIMIT_S = 120.0  # a broker that sends nothing this long after Tansu is back is stuck
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(sized(600, 3600))]
@@ -207,6 +216,7 @@ class Run:
     calls: Calls
     http: httpx.AsyncClient
     log_topic: str | None
+    figures: dict[str, Any]
 
     # Why the broker was restarted: each time, its Kafka log's failure.
     restarts: list[str] = field(default_factory=list)
@@ -221,6 +231,10 @@ class Run:
         do about it (module docstring)."""
         while not await self.live.wait(done, alive=self.alive, within=RECOVERY_LIMIT_S):
             text = self.broker.log.read_text(errors="replace")
+            warnings = [ln for ln in text.splitlines() if " WARNING sluice." in ln]
+            if self.alive() and warnings and UNDECIDED in warnings[-1]:
+                self.figures["tansu_undecided_transaction"] = warnings[-1][:300]
+                pytest.xfail(f"{what}: Tansu left a transaction undecided (module docstring)")
             deaths = [ln for ln in text.splitlines() if LOG_FAILED in ln and "log topic" in ln]
             fresh = len(deaths) > len(self.restarts)  # (a death not restarted yet)
             assert not self.alive() and fresh, await self.stuck(what)
@@ -322,7 +336,7 @@ async def test_tansu_on_s3_killed_under_load_loses_nothing(
                 )  # fmt: skip
                 calls = Calls(c, f"http://127.0.0.1:{broker.ingress}", run)
                 http = asyncio.ensure_future(calls.run(within=RECOVERY_LIMIT_S))
-                it = Run(kafka, broker, live, calls, c, log_topic)
+                it = Run(kafka, broker, live, calls, c, log_topic, figures)
                 figures.update(await it.kill_tansu(rng, src, chunks))
                 await it.wait(live.count(RECORDS), "not every output")
                 figures["records_per_s"] = round(RECORDS / (time.monotonic() - started))
