@@ -37,13 +37,14 @@ tansu_s3_offsets.py reproduces each with plain confluent-kafka):
   record it does not hold was written, or refuses its producer. (The embedded log's producers
   are not exposed that way: the input is produced between the kills, and egress recovers its
   transactional producer; it resumed on its own in every run so far.)
-- Once in 8 runs on the Kafka log, a transaction of the egress producer was left undecided by
-  the kill: on the restarted Tansu it held read_committed readers of the progress partition
-  back for good (Tansu has no transaction timeout; initializing the same transactional id
-  again, which usually ends an open one on Tansu, did not), so egress could not read its
-  marker and sent nothing more. Real Kafka aborts such a transaction after
-  ``transaction.timeout.ms``. The test then ends as an expected failure (xfail) that says so,
-  with egress's last warning in the figures (``tansu_undecided_transaction``).
+- Once in 8 runs on the Kafka log, the kill left a transaction of the egress producer between
+  the two steps of its commit (PrepareCommit written, the commit not): on the restarted Tansu
+  it holds read_committed readers of the progress partition back for good. Tansu has no
+  transaction timeout, and its InitProducerId on the same transactional id ends an open
+  transaction only in state Begin (tansu-storage/src/dynostore.rs, ``init_producer``), so
+  egress cannot read its marker and sends nothing more. Real Kafka completes or aborts such a
+  transaction. The test then ends as an expected failure (xfail) that says so, with egress's
+  last warning in the figures (``tansu_undecided_transaction``).
 - ListOffsets "latest" lags: one past the base offset of the batch object with the newest S3
   modification time (whole seconds, ties to the lowest offset). Fetch reports the right high
   watermark.
