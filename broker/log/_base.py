@@ -33,6 +33,10 @@ class Log(abc.ABC):
     # below a snapshot kept elsewhere, never because the local tables hold its effects.
     outlives_disk = False
 
+    # Whether each record's LSN is the one before it plus one: a recovery that meets a hole
+    # in such a log has lost records.
+    gapless = True
+
     @abc.abstractmethod
     def open(
         self,

@@ -26,6 +26,7 @@ rebuilds its tables.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -168,6 +169,10 @@ class KafkaLog(Log):
     """One partition of the log topic as a ``Log``."""
 
     outlives_disk = True
+
+    # Offsets may skip: Tansu on S3, SIGKILLed in a produce, leaves the offsets it reserved
+    # for it empty (every reader sees the same hole, and its appends failed or fail the log).
+    gapless = False
 
     def __init__(
         self,
@@ -314,7 +319,7 @@ class KafkaLog(Log):
                     partition=self.partition,
                     timestamp=timestamp,
                     headers=_HEADERS,
-                    on_delivery=self._delivered,
+                    on_delivery=functools.partial(self._delivered, floor=self._next),
                 )
                 break
             except BufferError:  # librdkafka's queue is full: let it drain, then again
@@ -404,20 +409,32 @@ class KafkaLog(Log):
 
     # --- threads -------------------------------------------------------------------------
 
-    def _delivered(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
-        """(the producer thread) A produce finished; a failure fails the log."""
+    def _delivered(self, err: ck.KafkaError | None, msg: ck.Message, floor: int) -> None:
+        """(the producer thread) A produce finished; a failure fails the log, and so does an
+        acknowledgement below ``floor``, the offset read when it was produced: the record is
+        not there (Tansu on S3, killed with it in flight, takes its retry for a duplicate that
+        it never stored, tests/reliability/tansu_s3_offsets.py), so its outcome is unknown."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._settle, err)
+        why = None if err is None else err.str()
+        at = msg.offset()
+        if why is None and (at is None or at < floor):
+            why = f"acknowledged at offset {at}, below offset {floor} that was read before it"
+        self._loop.call_soon_threadsafe(self._settle, why)
 
-    def _settle(self, err: ck.KafkaError | None) -> None:
+    def _settle(self, why: str | None) -> None:
         self._in_flight -= 1
-        if err is not None:
-            self._fail(LogError(f"an append to the log topic {self.topic} failed: {err.str()}"))
+        if why is not None:
+            self._fail(LogError(f"an append to the log topic {self.topic} failed: {why}"))
 
     def _poll_producer(self) -> None:
-        assert self._producer is not None
+        assert self._producer is not None and self._loop is not None
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a SIGKILL)
+                what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
+                self._loop.call_soon_threadsafe(self._fail, LogError(what))
+                return
 
     def _tail_reader(self) -> None:
         """Read the partition from ``_next`` on, and hand each batch to the loop in order."""

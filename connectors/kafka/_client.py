@@ -375,7 +375,11 @@ class TransactionalProducer(Producer):
             return
         # (a delivered record has its topic, partition and offset)
         tp = (cast(str, msg.topic()), cast(int, msg.partition()))
-        end = cast(int, msg.offset()) + 1
+        offset = msg.offset()
+        if offset is None:  # (Tansu on S3 acknowledges so a record it lost in a SIGKILL)
+            self._errors.append(f"{tp[0]}[{tp[1]}]: acknowledged with no offset: unknown outcome")
+            return
+        end = offset + 1
         if end > self.delivered.get(tp, -1):
             self.delivered[tp] = end
 

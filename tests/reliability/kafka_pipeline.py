@@ -95,9 +95,10 @@ class LiveOutput:
     """Reads an output topic with read_committed in a thread while the test runs: ``records``
     grows as egress transactions commit. Use it as a context manager."""
 
-    def __init__(self, kafka: Tansu, topic: str) -> None:
+    def __init__(self, kafka: Tansu, topic: str, *, fetch_wait_ms: int = 20) -> None:
         self.kafka = kafka
         self.topic = topic
+        self.fetch_wait_ms = fetch_wait_ms
         self.records: list[Out] = []
         self.high: dict[int, int] = {}  # per partition, the highest offset read
         self._stop = threading.Event()
@@ -118,7 +119,7 @@ class LiveOutput:
                 "bootstrap.servers": self.kafka.bootstrap,
                 "group.id": "reliability-live-output",
                 "isolation.level": "read_committed",
-                "fetch.wait.max.ms": "20",
+                "fetch.wait.max.ms": str(self.fetch_wait_ms),
             }
         )
         try:
