@@ -1,15 +1,20 @@
 """The log on Kafka: one partition of a topic that only Sluice writes (DESIGN.md, "Scale-out").
 
     append ──produce──► Kafka (idempotent producer, acks=all)
-                            │ replicated, below the high watermark
-    on_durable ◄──batch── reader thread (consumes the partition in offset order)
+       ▲                    │ acknowledged: replicated   │ below the high watermark
+       └─ own records ◄──── delivery report (offset)     │
+    on_durable ◄─ in offset order, each once ◄──batch── reader thread (every writer's records)
 
-A record is applied once it is *read back* from the partition, not when its produce is
-acknowledged: a record below the high watermark is replicated to every in-sync replica, so
-acting on it keeps the acknowledgement invariant, and every node that reads the partition
-applies the same records in the same order, whoever wrote them (the cluster issue's
-followers). The LSN of the record at offset ``o`` is ``o + 1``, so that LSN 0 still means
-"nothing applied".
+A record is applied once Kafka holds it on every in-sync replica: this node's own records when
+their produce is acknowledged (``acks=all``; the delivery report carries the offset), the
+records of other writers, and every record on replay, once the reader reads them back. Both
+paths feed one cursor, the next offset to apply: an acknowledged record whose offset is not
+that one (another writer's records come before it) waits until the reader has delivered the
+gap, and what was applied on its acknowledgement is skipped when it is read back, after a check
+that Kafka returns the same record at that offset. So every node applies the same records in
+the same order, whoever wrote them (the cluster issue's followers), and none twice or out of
+order. The LSN of the record at offset ``o`` is ``o + 1``, so that LSN 0 still means "nothing
+applied".
 
 Records carry the header ``sluice-log: 1``: a topic whose first record lacks it is not a
 Sluice log (or is one of a newer format), and the log refuses to open on it.
@@ -30,6 +35,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -49,8 +55,9 @@ FORMAT = b"1"
 _HEADERS: list[tuple[str, str | bytes | None]] = [(FORMAT_HEADER, FORMAT)]
 log = logging.getLogger("sluice.log.kafka")
 STUCK_S = 5.0  # records below the high watermark that long unread: a new reader consumer
-# Each apply waits for a produce and a fetch: the broker's longest wait on an idle fetch and
-# the producer's batching delay are a round trip's floor.
+# An apply of another writer's record waits for a produce and a fetch (an own record: for the
+# produce): the broker's longest wait on an idle fetch and the producer's batching delay are a
+# round trip's floor.
 # (Measured on Tansu: 2 to 25 ms and 1 to 5 ms moved nothing beyond noise; 0 ms of linger
 # sent one record per request, and throughput fell a hundredfold.)
 FETCH_WAIT_MS = 10
@@ -190,7 +197,12 @@ class KafkaLog(Log):
         self._on_failed: Callable[[Fatal], None] | None = None
         self._failed: Fatal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._next = 0  # the offset the reader reads next
+        self._next = 0  # the offset applied next (before open: read next)
+        # Own records acknowledged ahead of ``_next`` (other writers' records come first), and
+        # own records applied on their acknowledgement that the reader has not yet read back.
+        self._early: dict[int, Record] = {}
+        self._unread: dict[int, Record] = {}
+        self._acked: deque[tuple[str | None, Record | None]] = deque()
         self._start, self._high = self._watermarks(self._consumer("sluice-log-probe"))
         self._check_format()
         self._in_flight = 0
@@ -384,15 +396,17 @@ class KafkaLog(Log):
 
     def status(self) -> dict[str, object]:
         """Positions as LSNs (offset + 1); ``high``: the last LSN Kafka holds, as the reader's
-        latest fetch reported it (Tansu's ListOffsets would count a batch as one record)."""
+        latest fetch reported it (Tansu's ListOffsets would count a batch as one record), or
+        the last one applied if the reader has not read it back yet."""
         return {
             "kind": "kafka",
             "topic": self.topic,
             "partition": self.partition,
             "start": self._start + 1,
-            "high": self._high,
+            "high": max(self._high, self._next),
             "read": self._next,
             "in_flight": self._in_flight,
+            "unread": len(self._unread),
         }
 
     @property
@@ -410,31 +424,59 @@ class KafkaLog(Log):
     # --- threads -------------------------------------------------------------------------
 
     def _delivered(self, err: ck.KafkaError | None, msg: ck.Message, floor: int) -> None:
-        """(the producer thread) A produce finished; a failure fails the log, and so does an
-        acknowledgement below ``floor``, the offset read when it was produced: the record is
-        not there (Tansu on S3, killed with it in flight, takes its retry for a duplicate that
-        it never stored, tests/reliability/tansu_s3_offsets.py), so its outcome is unknown."""
-        assert self._loop is not None
-        why = None if err is None else err.str()
-        at = msg.offset()
-        if why is None and (at is None or at < floor):
-            why = f"acknowledged at offset {at}, below offset {floor} that was read before it"
-        self._loop.call_soon_threadsafe(self._settle, why)
+        """(the producer's poll, on the producer thread or in ``flush``) A produce finished:
+        queue the record as Kafka placed it, or why its outcome is unknown, for the loop.
 
-    def _settle(self, why: str | None) -> None:
-        self._in_flight -= 1
-        if why is not None:
-            self._fail(LogError(f"an append to the log topic {self.topic} failed: {why}"))
+        Unknown: an error, or an acknowledgement with no offset or below ``floor``, the
+        offset read when it was produced, where the record cannot be (Tansu on S3, killed with
+        it in flight, takes its retry for a duplicate that it never stored, and acknowledges
+        it so: tests/reliability/tansu_s3_offsets.py)."""
+        offset = msg.offset()
+        kind, ts = msg.timestamp()
+        value = msg.value()
+        if err is not None:
+            self._acked.append((err.str(), None))
+        elif offset is None or offset < floor:
+            why = f"acknowledged at offset {offset}, below offset {floor} that was read before it"
+            self._acked.append((why, None))
+        elif kind == ck.TIMESTAMP_NOT_AVAILABLE:
+            self._acked.append((None, None))  # (at its offset, with no timestamp: read it)
+        else:
+            rec = Record(Lsn(offset + 1), int(ts), value if value is not None else b"")
+            self._acked.append((None, rec))
 
     def _poll_producer(self) -> None:
+        """Serve delivery reports, and hand each poll's worth to the loop at once."""
         assert self._producer is not None and self._loop is not None
-        while not self._stop.is_set():
-            try:
-                self._producer.poll(0.05)
-            except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a SIGKILL)
-                what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
-                self._loop.call_soon_threadsafe(self._fail, LogError(what))
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._producer.poll(0.05)
+                except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a kill)
+                    what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
+                    self._loop.call_soon_threadsafe(self._fail, LogError(what))
+                    return
+                self._hand_over_acked()
+            self._hand_over_acked()
+        except RuntimeError:  # the loop closed under us: the broker is gone
+            return
+
+    def _hand_over_acked(self) -> None:
+        assert self._loop is not None
+        acked = []
+        while self._acked:
+            acked.append(self._acked.popleft())
+        if acked:
+            self._loop.call_soon_threadsafe(self._settle, acked)
+
+    def _settle(self, acked: list[tuple[str | None, Record | None]]) -> None:
+        """(the loop) Produces that finished: apply what Kafka placed, or fail the log."""
+        self._in_flight -= len(acked)
+        for why, _ in acked:
+            if why is not None:
+                self._fail(LogError(f"an append to the log topic {self.topic} failed: {why}"))
                 return
+        self._take_in([rec for _, rec in acked if rec is not None], read=False)
 
     def _tail_reader(self) -> None:
         """Read the partition from ``_next`` on, and hand each batch to the loop in order."""
@@ -490,13 +532,48 @@ class KafkaLog(Log):
             c.close()
 
     def _deliver(self, batch: list[Record]) -> None:
+        """(the loop) A batch the reader read, in offset order."""
+        self._take_in(batch, read=True)
+
+    def _take_in(self, records: list[Record], *, read: bool) -> None:
+        """Apply, in one ``on_durable`` call, the records that come next in offset order: read
+        ones, and acknowledged own ones once everything before them is applied (before that,
+        they wait in ``_early``). A read record already applied on its acknowledgement must be
+        the one Kafka acknowledged at that offset."""
         if self._failed is not None:
             return
-        self._next = batch[-1].lsn
+        ready: list[Record] = []
+        for rec in records:
+            offset = rec.lsn - 1
+            if offset < self._next:  # applied already
+                if read and self._unread.pop(offset, rec) != rec:
+                    self._fail(
+                        LogError(
+                            f"the log topic {self.topic} returns at offset {offset} another "
+                            "record than the one Kafka acknowledged there"
+                        )
+                    )
+                    return
+                continue
+            if not read and offset > self._next:
+                self._early[offset] = rec
+                continue
+            # (a read record past ``_next``: the partition has a gap, which replay refuses)
+            ready.append(rec)
+            if not read:
+                self._unread[offset] = rec
+            self._next = offset + 1
+            while self._next in self._early:
+                own = self._early.pop(self._next)
+                ready.append(own)
+                self._unread[self._next] = own
+                self._next += 1
+        if not ready:
+            return
         faults.reached("after-log-append")
         assert self._on_durable is not None
         try:
-            self._on_durable(batch)
+            self._on_durable(ready)
         except Fatal as e:  # the tables failed to apply what the log holds
             self._fail(e)
 

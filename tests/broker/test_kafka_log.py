@@ -1,7 +1,8 @@
-"""The log on Kafka (broker/log/_kafka.py), against Tansu: records are applied once read back,
-in offset order, and replayed the same after a restart; foreign topics and partition counts that
-do not match are refused; corrupt tables are rebuilt from the log, and snapshots to an S3 that is
-down are retried. A broker that loses its whole data directory under load and finishes from the
+"""The log on Kafka (broker/log/_kafka.py), against Tansu: records are applied once Kafka holds
+them (a writer's own on their acknowledgement, others' once read back), each once, in offset
+order, and replayed the same after a restart; foreign topics and partition counts that do not
+match are refused; corrupt tables are rebuilt from the log, and snapshots to an S3 that is down
+are retried. A broker that loses its whole data directory under load and finishes from the
 Kafka log alone: tests/reliability/test_disk_loss.py."""
 
 from __future__ import annotations
@@ -67,6 +68,78 @@ async def test_appends_are_applied_in_offset_order_and_replayed_after_a_restart(
     again = KafkaLog(props, topic, partition=1)
     assert list(again.read_from(Lsn(1))) == got
     assert [r.lsn for r in again.read_from(Lsn(321))] == list(range(321, 501))
+
+
+async def test_two_writers_interleaved_apply_every_record_once_in_offset_order(
+    kafka: Tansu,
+) -> None:
+    """Two logs on one partition (two nodes of a cluster) append at once: each applies its own
+    records on their acknowledgement and the other's once read back, and both apply the same
+    records, each once, in offset order (what a replay reads)."""
+    props = {"bootstrap.servers": kafka.bootstrap}
+    topic = _topic()
+    ensure_topic(props, topic, 1)
+    # The first reader's fetches wait (for bytes that do not come) up to 200 ms: its own
+    # records are acknowledged before it has read the other's that come before them.
+    slow = {**props, "fetch.min.bytes": "10000000", "fetch.wait.max.ms": "200"}
+    logs = [KafkaLog(slow, topic), KafkaLog(props, topic)]
+    got: list[list[Record]] = [[], []]
+    done = [asyncio.Event(), asyncio.Event()]
+    total = 2 * 600
+
+    def on_durable(i: int) -> Callable[[list[Record]], None]:
+        def apply(records: list[Record]) -> None:
+            got[i].extend(records)
+            if len(got[i]) >= total:
+                done[i].set()
+
+        return apply
+
+    for i, log in enumerate(logs):
+        log.open(on_durable(i))
+    await asyncio.sleep(0.5)  # (both readers at the end of the partition)
+    for burst in range(60):  # bursts of 10, each writer's own acknowledged in between
+        for i, log in enumerate(logs):
+            for j in range(10):
+                log.append(f"w{i}-{burst * 10 + j}".encode(), 1_700_000_000_000 + burst)
+        await asyncio.sleep(0.002 * (burst % 4))
+    await asyncio.wait_for(asyncio.gather(*(d.wait() for d in done)), 30)
+    await asyncio.sleep(0.3)  # (anything applied twice would come in now)
+    for log in logs:
+        await log.close()
+    assert [r.lsn for r in got[0]] == list(range(1, total + 1)), "no gap, no double, in order"
+    assert got[1] == got[0], "both writers applied the same records in the same order"
+    for i in range(2):
+        mine = [r.payload for r in got[0] if r.payload.startswith(f"w{i}-".encode())]
+        assert mine == [f"w{i}-{n}".encode() for n in range(600)], "a writer's own order kept"
+    assert list(KafkaLog(props, topic).read_from(Lsn(1))) == got[0], "a replay reads the same"
+
+
+async def test_an_acknowledged_record_waits_for_the_records_before_it(kafka: Tansu) -> None:
+    """The order of the two paths into ``on_durable``, with their threads left out: an own
+    record acknowledged past the next offset waits for the reader to deliver what comes before
+    it; a record is applied once whichever path brings it first; a record read back that is
+    not the one acknowledged at its offset fails the log."""
+    props = {"bootstrap.servers": kafka.bootstrap}
+    topic = _topic()
+    ensure_topic(props, topic, 1)
+    log = KafkaLog(props, topic)
+    applied: list[list[int]] = []
+    failed: list[BaseException] = []
+    log._on_durable = lambda records: applied.append([r.lsn for r in records])
+    log._on_failed = failed.append
+
+    def rec(lsn: int, payload: bytes = b"") -> Record:
+        return Record(Lsn(lsn), 0, payload or f"r{lsn}".encode())
+
+    log._take_in([rec(3), rec(4)], read=False)  # own, acknowledged; 1 and 2 not read yet
+    assert applied == []
+    log._take_in([rec(1)], read=True)
+    log._take_in([rec(2), rec(3), rec(4), rec(5)], read=True)  # 3, 4: applied on the ack
+    log._take_in([rec(5), rec(6)], read=False)  # 5 was read first
+    assert applied == [[1], [2, 3, 4, 5], [6]]
+    log._take_in([rec(6, b"another record")], read=True)
+    assert len(failed) == 1 and "another record than the one Kafka acknowledged" in str(failed[0])
 
 
 def test_a_topic_of_other_records_is_refused(kafka: Tansu) -> None:
