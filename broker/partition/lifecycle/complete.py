@@ -41,6 +41,15 @@ def answer_sink(
             fill(ctx, sink.outbox, value, fail)
 
 
+def answer_or_wait(ctx: Ctx, st: Status, sink: Sink) -> None:
+    """Answer ``sink`` with ``st``'s result if it has one, else keep it until it does."""
+    if st.phase == Phase.COMPLETED:
+        answer_sink(ctx, sink, st.id, st.result, st.failure)
+    else:
+        st.sinks.append(sink)
+        ctx.put_status(st)
+
+
 def complete(ctx: Ctx, st: Status, value: bytes | None, fail: p.Failure | None) -> None:
     from .invoke import release_key
 

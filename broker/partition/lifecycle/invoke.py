@@ -10,7 +10,7 @@ from sluice import protocol as p
 from .._context import Ctx, failure, key_prefix
 from .._records import Invoke, Kind, Phase, Sink, SinkKind, Status, Timer, TimerKind
 from .attempt import start_attempt
-from .complete import answer_sink
+from .complete import answer_or_wait, answer_sink
 
 _U64 = struct.Struct(">Q")
 
@@ -67,11 +67,7 @@ def _dedup(ctx: Ctx, cmd: Invoke, st: Status) -> None:
         # A workflow's run handler runs once per id: another call is refused, like restate.
         answer_sink(ctx, sink, st.id, None, failure(409, "the workflow method was already invoked"))
         return
-    if st.phase == Phase.COMPLETED:
-        answer_sink(ctx, sink, st.id, st.result, st.failure)
-    else:
-        st.sinks.append(sink)
-        ctx.put_status(st)
+    answer_or_wait(ctx, st, sink)
 
 
 def start_scheduled(ctx: Ctx, timer: Timer) -> None:

@@ -91,7 +91,7 @@ def deliver(ctx: Ctx, cmd: Routable) -> None:
 
 
 def _attach(ctx: Ctx, cmd: AttachCaller) -> None:
-    from .complete import answer_sink
+    from .complete import answer_or_wait, answer_sink
 
     sink = cmd.sink
     assert sink is not None, "an attach names its caller"
@@ -107,11 +107,8 @@ def _attach(ctx: Ctx, cmd: AttachCaller) -> None:
         notify(ctx, sink.invocation, n)
     elif st is None:
         answer_sink(ctx, sink, cmd.id, None, failure(404, "invocation not found"))
-    elif st.phase == Phase.COMPLETED:
-        answer_sink(ctx, sink, cmd.id, st.result, st.failure)
     else:
-        st.sinks.append(sink)
-        ctx.put_status(st)
+        answer_or_wait(ctx, st, sink)
 
 
 def routed(ctx: Ctx, cmd: Routed) -> None:
