@@ -23,6 +23,7 @@ from sluice.broker.log import Log
 from sluice.broker.partition._records import Routed, ShuffleDelivered
 from sluice.broker.partition.lifecycle.shuffle import SEEN, outgoing
 from sluice.broker.partition.processor import Processor
+from sluice.broker.snapshots import Snapshots
 from sluice.broker.storage import RocksDBStore, Store
 from sluice.broker.timers import TimerService
 
@@ -38,6 +39,7 @@ class Partition:
     store: RocksDBStore
     processor: Processor
     timers: TimerService
+    snapshots: Snapshots | None  # with --snapshots
     snapped: int = 0  # the LSN of the newest snapshot taken or restored
     snapped_at: float = field(default_factory=time.monotonic)
     snapshot_error: str | None = None  # why the last snapshot failed, if it did

@@ -73,7 +73,6 @@ class Broker:
         self.dead = asyncio.Event()
         self.parts: list[Partition] = []  # the physical partitions (broker/partitions.py)
         self._shufflers: list[Shuffler] = []
-        self._snapshots: list[Snapshots] = []  # per partition, with --snapshots
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -176,22 +175,22 @@ class Broker:
             )
         return processors
 
-    async def _ensure_log_topic(self) -> None:
+    def _kafka_log(self) -> tuple[dict[str, str], str]:
+        """The Kafka log's client properties and topic."""
         s = self.settings
         assert s.log is not None
         where = KafkaLogAddress.parse(s.log)
-        props = {"bootstrap.servers": where.bootstrap, **s.log_properties}
-        backoff = 1.0
-        while True:  # Kafka may start after the broker: wait for it, nothing listens meanwhile
-            try:
-                await asyncio.to_thread(
-                    ensure_topic, props, where.topic, self.partitions, s.log_replication_factor, 5.0
-                )
-                return
-            except KafkaUnavailable as e:
-                log.warning("waiting for the log: %s; trying again in %.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        return {"bootstrap.servers": where.bootstrap, **s.log_properties}, where.topic
+
+    async def _ensure_log_topic(self) -> None:
+        # Kafka may start after the broker: wait for it, nothing listens meanwhile.
+        props, topic = self._kafka_log()
+        rf = self.settings.log_replication_factor
+        await _patiently(
+            lambda: ensure_topic(props, topic, self.partitions, rf, 5.0),
+            KafkaUnavailable,
+            "waiting for the log",
+        )
 
     async def _open_partition(self, index: int, processors: int, where: str) -> Partition:
         """Partition ``index``'s log, tables, processor and timers. With one processor, the
@@ -208,7 +207,6 @@ class Broker:
                 where if processors == 1 else f"{where}#{index}",
                 staging=root / "snapshot-staging",
             )
-            self._snapshots.append(snapshots)
         store, snapped = await self._open_tables(plog, snapshots, root / "db")
 
         def act(actions: list[a.Action]) -> None:
@@ -224,9 +222,8 @@ class Broker:
             address=f"{s.host}:{s.ingress_port}",
             index=index,
         )
-        part = Partition(index, plog, store, processor, TimerService(processor.propose))
-        part.snapped = snapped
-        return part
+        timers = TimerService(processor.propose)
+        return Partition(index, plog, store, processor, timers, snapshots, snapped=snapped)
 
     async def _open_tables(
         self, plog: Log, snapshots: Snapshots | None, db: Path
@@ -274,15 +271,9 @@ class Broker:
         a trimmed log no longer holds."""
         if snapshots is None:
             return None
-        backoff = 1.0
-        while True:
-            try:
-                snap = await asyncio.to_thread(snapshots.restore_from, db, at_least)
-                break
-            except Exception as e:
-                log.warning("cannot read the snapshots (%s); trying again in %.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        snap = await _patiently(
+            lambda: snapshots.restore_from(db, at_least), Exception, "cannot read the snapshots"
+        )
         if snap is None and at_least > 0:
             log.warning("no snapshot reaches LSN %d", at_least)
         elif snap is None:
@@ -293,16 +284,10 @@ class Broker:
         s = self.settings
         if s.log is None:
             return EmbeddedLog(root / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
-        where = KafkaLogAddress.parse(s.log)
-        props = {"bootstrap.servers": where.bootstrap, **s.log_properties}
-        backoff = 1.0
-        while True:
-            try:
-                return await asyncio.to_thread(KafkaLog, props, where.topic, index)
-            except KafkaUnavailable as e:
-                log.warning("waiting for the log: %s; trying again in %.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        props, topic = self._kafka_log()
+        return await _patiently(
+            lambda: KafkaLog(props, topic, index), KafkaUnavailable, "waiting for the log"
+        )
 
     # --- partitions ----------------------------------------------------------------------
 
@@ -330,16 +315,8 @@ class Broker:
         return self.parts[0].store
 
     @property
-    def log(self) -> Log:
-        return self.parts[0].log
-
-    @property
     def processor(self) -> Processor:
         return self.parts[0].processor
-
-    @property
-    def timers(self) -> TimerService:
-        return self.parts[0].timers
 
     async def _expire_loop(self, every: float = 5.0) -> None:
         """Ask each partition (through its log) to forget invocations past retention, and
@@ -362,15 +339,16 @@ class Broker:
 
     def snapshot_lsn(self, part: Partition | None = None) -> int | None:
         """The LSN of the newest snapshot taken or restored (None: no snapshots)."""
-        return (part or self.parts[0]).snapped if self._snapshots else None
+        part = part or self.parts[0]
+        return part.snapped if part.snapshots is not None else None
 
     async def _snapshot_if_due(self, part: Partition) -> None:
         """Take a snapshot when enough was applied or enough time passed, then trim the log
         below the oldest snapshot kept. A snapshot that fails (S3 unreachable, a full disk)
         is tried again on the next round; the log and the tables go on meanwhile."""
-        if not self._snapshots:
+        snapshots = part.snapshots
+        if snapshots is None:
             return
-        snapshots = self._snapshots[part.index]
         s, applied = self.settings, part.processor.applied
         due = applied - part.snapped >= s.snapshot_every_records or (
             applied > part.snapped and time.monotonic() - part.snapped_at >= s.snapshot_interval_s
@@ -389,10 +367,6 @@ class Broker:
         oldest = await asyncio.to_thread(snapshots.oldest)
         if oldest is not None:
             await asyncio.to_thread(part.log.trim, Lsn(oldest.applied))
-
-    @property
-    def snapshot_error(self) -> str | None:
-        return next((part.snapshot_error for part in self.parts if part.snapshot_error), None)
 
     async def checkpoint(self) -> int:
         """Sync the tables, then drop log segments they fully cover; return how many. (Not on
@@ -561,6 +535,19 @@ class Broker:
                 hook = self.action_hooks.get(type(act))
                 if hook is not None:
                     hook(act)
+
+
+async def _patiently(call: Callable[[], T], retriable: type[Exception], waiting: str) -> T:
+    """``call`` off the event loop, tried again with backoff (1 s, doubling up to 30 s, a
+    warning each time) while it raises ``retriable``."""
+    backoff = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(call)
+        except retriable as e:
+            log.warning("%s: %s; trying again in %.0fs", waiting, e, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
 
 def _describe(log: str) -> str:
