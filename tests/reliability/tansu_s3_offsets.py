@@ -41,10 +41,12 @@ duplicate, which librdkafka counts as delivered.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import boto3
 import confluent_kafka as ck
@@ -53,15 +55,26 @@ from tests.kafka import TansuS3
 from tests.s3 import S3Server
 
 
-def main(n: int, each: bool) -> dict[str, object]:
+@contextlib.contextmanager
+def _tansu_on_s3() -> Iterator[tuple[S3Server, TansuS3, str]]:
+    """A local S3, a Tansu on its bucket ``repro``, and a new topic of one partition there;
+    both stopped on the way out."""
     s3 = S3Server()
     s3.start()
     tansu = TansuS3(s3, "repro")
-    tansu.start()
-    topic = f"t{uuid.uuid4().hex[:6]}"
-    out: dict[str, object] = {"records": n, "batches": n if each else "one"}
     try:
+        tansu.start()
+        topic = f"t{uuid.uuid4().hex[:6]}"
         tansu.create_topic(topic, 1)
+        yield s3, tansu, topic
+    finally:
+        tansu.stop()
+        s3.stop()
+
+
+def main(n: int, each: bool) -> dict[str, object]:
+    out: dict[str, object] = {"records": n, "batches": n if each else "one"}
+    with _tansu_on_s3() as (s3, tansu, topic):
         tp = ck.TopicPartition(topic, 0)
         p = ck.Producer(
             {"bootstrap.servers": tansu.bootstrap, "enable.idempotence": True, "acks": "all"}
@@ -91,21 +104,13 @@ def main(n: int, each: bool) -> dict[str, object]:
         out["duplicated"] = sum(len(o) - 1 for o in got.values())
         out["at_another_offset"] = sum(1 for v, o in acked.items() if v in got and got[v] != [o])
         return out
-    finally:
-        tansu.stop()
-        s3.stop()
 
 
 def tail(wait_ms: int, seconds: float = 20.0) -> dict[str, object]:
-    s3 = S3Server()
-    s3.start()
-    tansu = TansuS3(s3, "repro")
-    tansu.start()
-    topic = f"t{uuid.uuid4().hex[:6]}"
     stop = threading.Event()
     acked: list[int] = []
-    try:
-        tansu.create_topic(topic, 1)
+    with _tansu_on_s3() as (_, tansu, topic), contextlib.ExitStack() as finish:
+        finish.callback(stop.set)
         tp = ck.TopicPartition(topic, 0)
         p = ck.Producer(
             {"bootstrap.servers": tansu.bootstrap, "enable.idempotence": True, "acks": "all",
@@ -150,26 +155,17 @@ def tail(wait_ms: int, seconds: float = 20.0) -> dict[str, object]:
             "read_to": position,
             "longest_s_without_a_record_below_the_high_watermark": round(longest, 1),
         }
-    finally:
-        stop.set()
-        tansu.stop()
-        s3.stop()
 
 
 def under_load(seconds: float = 3.0) -> dict[str, object]:
     """An idempotent acks=all producer writes for ``seconds``; Tansu is SIGKILLed, started
     again a second later, and the producer writes on for ``seconds`` more; then every
     acknowledged value is looked for in the partition, read from 0 to its end."""
-    s3 = S3Server()
-    s3.start()
-    tansu = TansuS3(s3, "repro")
-    tansu.start()
-    topic = f"t{uuid.uuid4().hex[:6]}"
     stop = threading.Event()
     acked: dict[bytes, int] = {}
     failed: list[str] = []
-    try:
-        tansu.create_topic(topic, 1)
+    with _tansu_on_s3() as (_, tansu, topic), contextlib.ExitStack() as finish:
+        finish.callback(stop.set)
         p = ck.Producer(
             {"bootstrap.servers": tansu.bootstrap, "enable.idempotence": True, "acks": "all",
              "linger.ms": 1}
@@ -213,10 +209,6 @@ def under_load(seconds: float = 3.0) -> dict[str, object]:
             "duplicated": sum(len(o) - 1 for o in got.values()),
             "at_another_offset": sum(1 for v, o in acked.items() if v in got and got[v] != [o]),
         }
-    finally:
-        stop.set()
-        tansu.stop()
-        s3.stop()
 
 
 def _read_all(tansu: TansuS3, topic: str) -> tuple[dict[bytes, list[int]], int]:
