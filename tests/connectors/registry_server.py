@@ -33,6 +33,14 @@ class RegistryServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def again(self) -> RegistryServer:
+        """A registry started again on the same port with the schemas this one held (as a
+        real registry keeps them), answering from its first request."""
+        other = RegistryServer(self._server.server_address[1])
+        other.schemas = dict(self.schemas)
+        other.subjects = {s: list(ids) for s, ids in self.subjects.items()}
+        return other
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         registry = self
 

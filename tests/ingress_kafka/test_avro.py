@@ -254,8 +254,7 @@ async def test_bad_avro_records_are_dead_lettered_with_reasons(
 
 
 def _fill(server: RegistryServer, src: str) -> HttpSchemaRegistry:
-    """SCHEMA and NEWER under ids 1 and 2 in a fresh (in-memory) registry: the same ids
-    again after a restart of the registry."""
+    """SCHEMA and NEWER under ids 1 and 2 in a fresh (in-memory) registry."""
     reg = HttpSchemaRegistry(server.url)
     assert reg.register(f"{src}-value", SCHEMA) == 1
     assert reg.register(f"{src}-value", NEWER) == 2
@@ -264,11 +263,11 @@ def _fill(server: RegistryServer, src: str) -> HttpSchemaRegistry:
 
 async def _registry_goes_down(
     kafka: Tansu, admin: Admin, port: int, *, src: str, out: str, dlq: str, n1: int, n2: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], RegistryServer]:
     """With a registry up on ``port`` (cluster 'local' declared with it), records 0..n1
     (schema id 1) go through a new subscription of ``src`` to ``out``; then the registry
     stops and records n1..n1+n2 are produced (every third of schema id 2, which the broker
-    has not fetched yet). Returns the subscription."""
+    has not fetched yet). Returns the subscription and the stopped registry."""
     keys = _keys(n1 + n2)
     with RegistryServer(port) as server:
         await admin.cluster(kafka, schema_registry=server.url)
@@ -289,7 +288,7 @@ async def _registry_goes_down(
         assert server.requests["GET /schemas"] == 1  # the broker fetched id 1 only
         later = [record(i) for i in range(n1, n1 + n2)]  # (the client caches the ids)
     produce(kafka, src, later)
-    return sub
+    return sub, server
 
 
 async def _status(admin: Admin, name: str, until: str, within: float = 30) -> dict[str, Any]:
@@ -315,7 +314,7 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
     src, out, dlq = new_topic(kafka, 2), new_topic(kafka, 2), new_topic(kafka, 1)
     n1, n2 = 100, 200
     keys = _keys(n1 + n2)
-    sub = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
+    sub, registry = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
 
     # The registry is gone: the subscription says why and waits.
     status = await _status(admin, sub["name"], "stalled")
@@ -328,9 +327,10 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
     early = await asyncio.to_thread(read_output, kafka, out, n1 + n2, 3)
     assert not [o for o in early if o.value["by"] == "v2"], "a v2 record got through"
 
-    with RegistryServer(port) as server:
-        _fill(server, src)
+    with registry.again():
         got = await asyncio.to_thread(read_output, kafka, out, n1 + n2)
+        dead = await asyncio.to_thread(read_output, kafka, dlq, 1, 2)
+        assert dead == [], [d.headers for d in dead]
         check_exactly_once(got, keys)
         assert {o.value["by"] for o in got if o.value["i"] >= n1 and o.value["i"] % 3 == 0} == {
             "v2"
@@ -339,8 +339,6 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
         assert status["state"] == "running", status
         assert sum(p["ingested"] for p in status["partitions"]) == n1 + n2, status
         assert sum(p["lag"] for p in status["partitions"]) == 0, status
-    dead = await asyncio.to_thread(read_output, kafka, dlq, 1, 2)
-    assert dead == [], [d.headers for d in dead]
 
 
 async def test_avro_subscription_settings(
@@ -403,12 +401,11 @@ async def test_broker_killed_while_stalled_loses_nothing(
     admin = Admin(proc.admin)
     try:
         await admin.register(egress_services.uri, http1=True)
-        sub = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
+        sub, registry = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
         status = await _status(admin, sub["name"], "stalled")
         assert "unreachable" in status["state"], status
         proc.kill()
-        with RegistryServer(port) as server:
-            _fill(server, src)
+        with registry.again():
             proc.start()
             got = await asyncio.to_thread(read_output, kafka, out, n1 + n2)
             check_exactly_once(got, _keys(n1 + n2))
