@@ -1,20 +1,25 @@
 """The log on Kafka: one partition of a topic that only Sluice writes (DESIGN.md, "Scale-out").
 
     append ──produce──► Kafka (idempotent producer, acks=all)
-       ▲                    │ acknowledged: replicated   │ below the high watermark
-       └─ own records ◄──── delivery report (offset)     │
-    on_durable ◄─ in offset order, each once ◄──batch── reader thread (every writer's records)
+       ▲                    │ acknowledged: replicated
+       └─ own records ◄──── delivery report (offset)
+    on_durable ◄─ in offset order, each once ◄── reader thread (other writers' records, on demand)
 
 A record is applied once Kafka holds it on every in-sync replica: this node's own records when
 their produce is acknowledged (``acks=all``; the delivery report carries the offset), the
-records of other writers, and every record on replay, once the reader reads them back. Both
-paths feed one cursor, the next offset to apply: an acknowledged record whose offset is not
-that one (another writer's records come before it) waits until the reader has delivered the
-gap, and what was applied on its acknowledgement is skipped when it is read back, after a check
-that Kafka returns the same record at that offset. So every node applies the same records in
-the same order, whoever wrote them (the cluster issue's followers), and none twice or out of
-order. The LSN of the record at offset ``o`` is ``o + 1``, so that LSN 0 still means "nothing
-applied".
+records of other writers, and every record on replay, once the reader reads them. Both paths
+feed one cursor, the next offset to apply: an acknowledged record at that offset is applied at
+once (nothing came between it and the record before), one past it waits until the reader has
+delivered what lies between (another writer's records, or offsets that Tansu left empty), and
+a record that reaches the cursor a second time is skipped. So every node applies the same
+records in the same order, whoever wrote them (the cluster issue's followers), and none twice
+or out of order. The LSN of the record at offset ``o`` is ``o + 1``, so that LSN 0 still means
+"nothing applied".
+
+The reader does not read back what was acknowledged: it reads from the cursor on, when an
+acknowledgement shows a gap and otherwise once every IDLE_READ_S, and is paused in between.
+(Reading back every own record cost the single broker a fifth to a third of its throughput on
+two cores: Tansu serving the fetches, librdkafka and Python decoding them.)
 
 Records carry the header ``sluice-log: 1``: a topic whose first record lacks it is not a
 Sluice log (or is one of a newer format), and the log refuses to open on it.
@@ -55,6 +60,7 @@ FORMAT = b"1"
 _HEADERS: list[tuple[str, str | bytes | None]] = [(FORMAT_HEADER, FORMAT)]
 log = logging.getLogger("sluice.log.kafka")
 STUCK_S = 5.0  # records below the high watermark that long unread: a new reader consumer
+IDLE_READ_S = 1.0  # with no gap to fill, the reader looks for other writers' records this often
 # An apply of another writer's record waits for a produce and a fetch (an own record: for the
 # produce): the broker's longest wait on an idle fetch and the producer's batching delay are a
 # round trip's floor.
@@ -198,10 +204,9 @@ class KafkaLog(Log):
         self._failed: Fatal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next = 0  # the offset applied next (before open: read next)
-        # Own records acknowledged ahead of ``_next`` (other writers' records come first), and
-        # own records applied on their acknowledgement that the reader has not yet read back.
+        # Own records acknowledged ahead of ``_next`` (other writers' records come first).
         self._early: dict[int, Record] = {}
-        self._unread: dict[int, Record] = {}
+        self._wanted = threading.Event()  # the reader has a gap to fill
         self._acked: deque[tuple[str | None, Record | None]] = deque()
         self._start, self._high = self._watermarks(self._consumer("sluice-log-probe"))
         self._check_format()
@@ -406,7 +411,7 @@ class KafkaLog(Log):
             "high": max(self._high, self._next),
             "read": self._next,
             "in_flight": self._in_flight,
-            "unread": len(self._unread),
+            "waiting": len(self._early),
         }
 
     @property
@@ -417,6 +422,7 @@ class KafkaLog(Log):
         if self._producer is not None and self._failed is None:
             await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
         self._stop.set()
+        self._wanted.set()
         for t in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
         self._threads = []
@@ -479,7 +485,8 @@ class KafkaLog(Log):
         self._take_in([rec for _, rec in acked if rec is not None], read=False)
 
     def _tail_reader(self) -> None:
-        """Read the partition from ``_next`` on, and hand each batch to the loop in order."""
+        """Read the partition from ``_next`` on when asked, and hand each batch to the loop in
+        order."""
         position = self._next
         try:
             while not self._stop.is_set():
@@ -488,48 +495,69 @@ class KafkaLog(Log):
             return
 
     def _read_tail(self, position: int) -> int:
-        """Read with one consumer until the log stops or the consumer is stuck: records below
-        the high watermark that do not come for STUCK_S (librdkafka was seen to stop fetching,
-        with no error, after Tansu restarted). Returns where to read on."""
-        assert self._loop is not None
+        """Read with one consumer, paused between reads, until the log stops or the consumer
+        is stuck: records below the high watermark that do not come for STUCK_S (librdkafka
+        was seen to stop fetching, with no error, after Tansu restarted). Returns where to read
+        on."""
         c = self._consumer("sluice-log-reader")
         tp = ck.TopicPartition(self.topic, self.partition)
-        progress = time.monotonic()
         try:
             c.assign([ck.TopicPartition(self.topic, self.partition, position)])
             while not self._stop.is_set():
-                batch: list[Record] = []
-                for m in self._take(c, 0.1):
-                    err = m.error()
-                    if err is None:
-                        batch.append(_record(m))
-                    elif err.code() != ck.KafkaError._PARTITION_EOF:
-                        what = f"reading the log topic {self.topic} failed: {err.str()}"
-                        if err.fatal() or err.code() in _LOST:
-                            self._loop.call_soon_threadsafe(self._fail, LogError(what))
-                            self._stop.set()
-                            return position
-                        log.warning("%s; librdkafka retries", what)  # a broker went away
-                if batch:
-                    position = batch[-1].lsn  # (the next offset)
-                    progress = time.monotonic()
-                    self._loop.call_soon_threadsafe(self._deliver, batch)
-                # (here: a consumer's calls wait for each other, so no other thread asks it)
-                high = c.get_watermark_offsets(tp, cached=True)[1]
-                if high >= 0:  # (negative: none fetched yet)
-                    self._high = high
-                if high <= position:
-                    progress = time.monotonic()
-                elif time.monotonic() - progress > STUCK_S:
-                    log.warning(
-                        "the log reader got no record for %.0fs at offset %d of %s, below its "
-                        "high watermark %d: reading on with a new consumer",
-                        STUCK_S, position, self.topic, high,
-                    )  # fmt: skip
+                # What is applied needs no reading: from the cursor on. (``_next`` belongs to
+                # the loop; reading an int here is safe, and a stale one only reads more.)
+                if self._next > position:
+                    position = self._next
+                    c.seek(ck.TopicPartition(self.topic, self.partition, position))
+                at = self._read_to_end(c, tp, position)
+                if at is None:
                     return position
+                position = at
+                c.pause([tp])
+                self._wanted.wait(IDLE_READ_S)
+                self._wanted.clear()
+                c.resume([tp])
             return position
         finally:
             c.close()
+
+    def _read_to_end(self, c: ck.Consumer, tp: ck.TopicPartition, position: int) -> int | None:
+        """Deliver what the partition holds from ``position`` on, until a read finds nothing
+        more while no acknowledged record waits for a gap to be filled. Returns where it got
+        (None: the log failed, or the consumer is stuck and a new one should read on)."""
+        assert self._loop is not None
+        progress = time.monotonic()
+        while not self._stop.is_set():
+            batch: list[Record] = []
+            for m in self._take(c, 0.1):
+                err = m.error()
+                if err is None:
+                    batch.append(_record(m))
+                elif err.code() != ck.KafkaError._PARTITION_EOF:
+                    what = f"reading the log topic {self.topic} failed: {err.str()}"
+                    if err.fatal() or err.code() in _LOST:
+                        self._loop.call_soon_threadsafe(self._fail, LogError(what))
+                        self._stop.set()
+                        return None
+                    log.warning("%s; librdkafka retries", what)  # a broker went away
+            if batch:
+                position = batch[-1].lsn  # (the next offset)
+                progress = time.monotonic()
+                self._loop.call_soon_threadsafe(self._deliver, batch)
+            # (here: a consumer's calls wait for each other, so no other thread asks it)
+            high = c.get_watermark_offsets(tp, cached=True)[1]
+            if high >= 0:  # (negative: none fetched yet)
+                self._high = high
+            if high > position and time.monotonic() - progress > STUCK_S:
+                log.warning(
+                    "the log reader got no record for %.0fs at offset %d of %s, below its "
+                    "high watermark %d: reading on with a new consumer",
+                    STUCK_S, position, self.topic, high,
+                )  # fmt: skip
+                return None
+            if not batch and high <= position and not self._early:
+                return position
+        return position
 
     def _deliver(self, batch: list[Record]) -> None:
         """(the loop) A batch the reader read, in offset order."""
@@ -538,35 +566,24 @@ class KafkaLog(Log):
     def _take_in(self, records: list[Record], *, read: bool) -> None:
         """Apply, in one ``on_durable`` call, the records that come next in offset order: read
         ones, and acknowledged own ones once everything before them is applied (before that,
-        they wait in ``_early``). A read record already applied on its acknowledgement must be
-        the one Kafka acknowledged at that offset."""
+        they wait in ``_early``, and the reader is asked for the gap)."""
         if self._failed is not None:
             return
         ready: list[Record] = []
         for rec in records:
             offset = rec.lsn - 1
-            if offset < self._next:  # applied already
-                if read and self._unread.pop(offset, rec) != rec:
-                    self._fail(
-                        LogError(
-                            f"the log topic {self.topic} returns at offset {offset} another "
-                            "record than the one Kafka acknowledged there"
-                        )
-                    )
-                    return
+            if offset < self._next:  # applied already (read, or acknowledged)
                 continue
             if not read and offset > self._next:
                 self._early[offset] = rec
+                self._wanted.set()
                 continue
-            # (a read record past ``_next``: the partition has a gap, which replay refuses)
+            # (a read record past ``_next``: offsets left empty, which every reader skips)
             ready.append(rec)
-            if not read:
-                self._unread[offset] = rec
+            self._early.pop(offset, None)
             self._next = offset + 1
             while self._next in self._early:
-                own = self._early.pop(self._next)
-                ready.append(own)
-                self._unread[self._next] = own
+                ready.append(self._early.pop(self._next))
                 self._next += 1
         if not ready:
             return
