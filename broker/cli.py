@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sluice.broker.config import BrokerSettings
+    from sluice.broker.server import Broker
 
 
 class CliError(Exception):
@@ -32,6 +34,10 @@ class CliError(Exception):
 
 
 EXIT_MISSING_EXTRA = 2
+# A broker whose Kafka log was interrupted starts again in its process (broker/errors.py), up
+# to this many times in this many seconds; more often, it exits for its supervisor.
+RESUMES_PER_WINDOW, RESUME_WINDOW_S = 5, 300.0
+log = logging.getLogger("sluice.cli")
 # Import names of the broker extra's distributions (pyproject.toml).
 BROKER_EXTRA = {
     "pydantic", "rocksdict", "h2", "rich", "confluent_kafka", "orjson", "fastavro", "tomli_w",
@@ -105,70 +111,112 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
 
 
 def _server(args: argparse.Namespace) -> None:
-    from sluice.broker.errors import EXIT_FATAL, Fatal
-    from sluice.broker.server import Broker
-    from sluice.subscriptions import DeclarationError
-
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = _settings(args)
+    _run_loop(_serve(_settings(args)))
 
-    async def run() -> None:
-        # Signals first: a stop asked for while the broker starts is a clean stop once it has.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        broker = Broker(settings)
-        starting = asyncio.ensure_future(broker.start())
-        stopping = asyncio.ensure_future(stop.wait())
-        # A start can wait (for a Kafka log that is not reachable yet): a stop ends the wait.
-        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            print("sluice: stopped before the broker had started", file=sys.stderr)
-            return
-        try:
-            starting.result()
-        except OSError as e:
-            raise CliError(f"cannot start: {e}") from None
-        except Fatal as e:  # the log or the tables cannot be opened (a full disk, corruption)
-            raise CliError(f"cannot start: {e.reason}") from None
-        except DeclarationError as e:
-            await broker.stop()
-            raise CliError(str(e)) from None
-        print(
-            f"sluice: ingress on http://{settings.host}:{broker.ingress_port}, "
-            f"admin on http://{settings.host}:{broker.admin_port}, data in {settings.data_dir}",
-            flush=True,
-        )
-        # What startup built (modules, schemas, recovered tables) lives as long as the
-        # process: frozen, a full collection no longer walks it again each time (under load
-        # its pauses went from 80-140 ms to 13-20 ms).
-        gc.collect()
-        gc.freeze()
+
+async def _serve(settings: BrokerSettings) -> None:
+    """Run a broker until a stop is asked for; one whose Kafka log was interrupted starts
+    again in this process (broker/errors.py), any other fatal error exits for a restart."""
+    from sluice.broker.errors import EXIT_FATAL, LogInterrupted
+    from sluice.broker.server import Broker
+
+    # Signals first: a stop asked for while the broker starts is a clean stop once it has.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    broker = await _start(Broker(settings), stopping)
+    if broker is None:
+        print("sluice: stopped before the broker had started", file=sys.stderr)
+        return
+    print(
+        f"sluice: ingress on http://{settings.host}:{broker.ingress_port}, "
+        f"admin on http://{settings.host}:{broker.admin_port}, data in {settings.data_dir}",
+        flush=True,
+    )
+    # What startup built (modules, schemas, recovered tables) lives as long as the
+    # process: frozen, a full collection no longer walks it again each time (under load
+    # its pauses went from 80-140 ms to 13-20 ms).
+    gc.collect()
+    gc.freeze()
+    resumed: list[float] = []  # when the broker was started again in this process
+    while True:
         waits = [stopping, asyncio.ensure_future(broker.dead.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if broker.fatal is not None:
-            # The waiting requests have their 503s: let them go out, then exit the way a
-            # crash would (nothing more is flushed or closed: the tables and the log may be
-            # what failed), for the supervisor to restart. Recovery cuts the unsynced tail.
-            await asyncio.sleep(settings.fatal_grace_s)
+        fatal = broker.fatal
+        if fatal is None:
+            break
+        # The waiting requests have their 503s: let them go out first.
+        await asyncio.sleep(settings.fatal_grace_s)
+        now = time.monotonic()
+        resumed = [t for t in resumed if now - t < RESUME_WINDOW_S]
+        if not isinstance(fatal, LogInterrupted) or len(resumed) >= RESUMES_PER_WINDOW:
+            # Exit the way a crash would (nothing more is flushed or closed: the tables
+            # and the log may be what failed), for the supervisor to restart. Recovery
+            # cuts the unsynced tail.
             print(
-                f"sluice: fatal: {broker.fatal.reason}; exiting with status {EXIT_FATAL} "
-                "to be restarted",
+                f"sluice: fatal: {fatal.reason}; exiting with status {EXIT_FATAL} to be restarted",
                 file=sys.stderr,
                 flush=True,
             )
             os._exit(EXIT_FATAL)
-        await broker.stop()
+        # Only the Kafka log's Kafka failed: the tables hold nothing it does not, so a new
+        # broker on them and on the same ports is what a restart of the process would be.
+        resumed.append(now)
+        print(
+            f"sluice: {fatal.reason}; the broker starts again in this process, from what "
+            "its log holds",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await broker.stop()
+        except Exception:
+            log.exception("stopping the failed broker")
+        again = settings.model_copy(
+            update={"ingress_port": broker.ingress_port, "admin_port": broker.admin_port}
+        )
+        started = await _start(Broker(again), stopping)
+        if started is None:
+            return
+        broker = started
+        print(
+            f"sluice: started again in {time.monotonic() - now:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    await broker.stop()
 
-    _run_loop(run())
+
+async def _start(broker: Broker, stopping: asyncio.Future[Any]) -> Broker | None:
+    """``broker`` started, or None when a stop came first. A start can wait (for a Kafka
+    log that is not reachable yet): a stop ends the wait."""
+    from sluice.broker.errors import Fatal
+    from sluice.subscriptions import DeclarationError
+
+    starting = asyncio.ensure_future(broker.start())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return None
+    try:
+        starting.result()
+    except OSError as e:
+        raise CliError(f"cannot start: {e}") from None
+    except Fatal as e:  # the log or the tables cannot be opened (a full disk, corruption)
+        raise CliError(f"cannot start: {e.reason}") from None
+    except DeclarationError as e:
+        await broker.stop()
+        raise CliError(str(e)) from None
+    return broker
 
 
 def _run_loop(coro: Any) -> None:

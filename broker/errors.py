@@ -11,6 +11,11 @@ Two kinds of trouble, handled in two ways:
   already have dropped the dirty pages). The broker then fails every pending waiter with
   a 503, reports itself unhealthy, and exits with ``EXIT_FATAL`` so that its supervisor
   restarts it; recovery cuts the unsynced tail and replays the rest.
+
+  One fatal error is resumed in the same process: ``LogInterrupted``, a Kafka log whose
+  Kafka lost or refused an append. What the log holds is Kafka's, not this process's (no page
+  cache to distrust): the broker is stopped and a new one is started on the same data
+  directory and ports, which is what a supervisor's restart would do (broker/cli.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ class Fatal(BaseException):
 
 class LogError(Fatal):
     """Writing or syncing the log failed (EIO, ENOSPC, ...)."""
+
+
+class LogInterrupted(LogError):
+    """The Kafka log's Kafka lost or refused an append (its outcome is unknown), while what
+    the log holds is intact: a new broker in this process goes on from it."""
 
 
 class StorageError(Fatal):

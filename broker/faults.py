@@ -24,6 +24,10 @@ fail with ENOSPC; without ``:ERRNO`` the error is EIO.
     log-fsync             the log's fdatasync of one group commit
     storage-write         one write batch of the tables (RocksDB)
     dead-letter-produce   one delivery of dead letters to Kafka (a cluster that refuses them)
+
+Once points fail the N-th pass only (what broke recovers):
+
+    log-produce           one acknowledgement of the Kafka log, taken as a failed produce
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import signal
 
 ENV = "SLUICE_FAULTS"
 POINTS = ("after-kafka-poll", "after-log-append", "before-egress-commit", "after-egress-commit")
-ERROR_POINTS = ("log-fsync", "storage-write", "dead-letter-produce")
+ERROR_POINTS = ("log-fsync", "storage-write", "dead-letter-produce", "log-produce")
+ONCE = frozenset({"log-produce"})
 
 
 def parse(spec: str) -> dict[str, int]:
@@ -93,4 +98,6 @@ def check(point: str) -> None:
     if left == 1:
         os.write(2, f"sluice fault: {errno.errorcode[err]} at {point}\n".encode())
         _armed[point] = (0, err)
+        if point in ONCE:
+            del _armed[point]
     raise OSError(err, f"{os.strerror(err)} (injected at {point})")

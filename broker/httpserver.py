@@ -105,14 +105,16 @@ class _Conn(asyncio.Protocol):
         "_eof",
         "_handler",
         "_limit",
+        "_live",
         "_loop",
         "_timeout",
         "_timer",
         "_transport",
     )
 
-    def __init__(self, handler: Handler, limit: int, read_timeout: float) -> None:
+    def __init__(self, handler: Handler, limit: int, read_timeout: float, live: set[_Conn]) -> None:
         self._handler = handler
+        self._live = live
         self._limit = limit
         self._buf = bytearray()
         self._busy = False
@@ -127,11 +129,13 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio.Protocol declares a BaseTransport (no write); a stream server's is a stream.
         self._transport = cast(_Stream, transport)
+        self._live.add(self)
         self._deadline = self._loop.time() + self._timeout
         self._timer = self._loop.call_later(self._timeout, self._check_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._live.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -168,6 +172,13 @@ class _Conn(asyncio.Protocol):
             ),
             close=True,
         )
+
+    def retire(self) -> None:
+        """Close once the request in flight, if any, is answered (the server goes away)."""
+        self._eof = True
+        if not self._busy and self._transport is not None:
+            self._closing = True
+            self._transport.close()
 
     def eof_received(self) -> bool:
         # A client may half-close after its request (HTTP/1.1 allows it): answer the request
@@ -319,14 +330,35 @@ def _headers(lines: list[str]) -> dict[str, str]:
     return headers
 
 
+class Listener:
+    """A listening socket and the connections it accepted."""
+
+    def __init__(self, server: asyncio.Server, connections: set[_Conn]) -> None:
+        self.server = server
+        self.connections = connections
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        """Stop listening, and close each connection once its request in flight is answered
+        (a kept-alive client reconnects, to whatever listens on the port next)."""
+        self.server.close()
+        for conn in list(self.connections):
+            conn.retire()
+
+
 async def serve(
     handler: Handler, host: str, port: int, *, body_limit: int, read_timeout: float
-) -> asyncio.Server:
+) -> Listener:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: _Conn(handler, body_limit, read_timeout),
+    live: set[_Conn] = set()
+    server = await loop.create_server(
+        lambda: _Conn(handler, body_limit, read_timeout, live),
         host,
         port,
         reuse_address=True,
         backlog=1024,
     )
+    return Listener(server, live)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice import protocol as p
 from sluice.broker.config import BrokerSettings
-from sluice.broker.errors import Fatal, LogError
+from sluice.broker.errors import Fatal, LogError, LogInterrupted
 from sluice.broker.files import write_durably
 from sluice.broker.ids import Lsn
 from sluice.broker.invoker import Invoker, InvokerOptions
@@ -48,6 +48,8 @@ from sluice.broker.timers import TimerService
 if TYPE_CHECKING:
     from asyncio import _CoroutineLike  # typeshed's: what the loop hands a task factory
 
+    from sluice.broker.httpserver import Listener
+
 log = logging.getLogger("sluice.broker")
 T = TypeVar("T")
 
@@ -59,7 +61,7 @@ class Broker:
         self._waiters: dict[int, asyncio.Future[a.Reply]] = {}
         self._boot = int.from_bytes(os.urandom(3), "big") << 32
         self._counter = 0
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Listener] = []
         self.ingress_port = settings.ingress_port
         self.admin_port = settings.admin_port
         self.partitions = settings.partitions
@@ -135,7 +137,7 @@ class Broker:
                 handler, s.host, port, body_limit=s.body_limit, read_timeout=s.read_timeout_s
             )
             self._servers.append(srv)
-            return int(srv.sockets[0].getsockname()[1])
+            return srv.port
 
         self.ingress_port = await listen(Ingress(self).handle, s.ingress_port)
         self.admin_port = await listen(AdminApi(self).handle, s.admin_port)
@@ -387,7 +389,11 @@ class Broker:
         if self.fatal is not None:
             return
         self.fatal = error
-        log.critical("fatal: %s; the broker stops and must be restarted", error.reason)
+        if isinstance(error, LogInterrupted):
+            log.error("the Kafka log was interrupted: %s; the broker stops, to start again",
+                      error.reason)  # fmt: skip
+        else:
+            log.critical("fatal: %s; the broker stops and must be restarted", error.reason)
         message = (
             f"the broker stopped before it could confirm this ({error.reason}); it restarts "
             "and finishes what its log holds: retry with the same idempotency key"

@@ -50,7 +50,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from sluice.broker import faults
-from sluice.broker.errors import Fatal, LogError
+from sluice.broker.errors import Fatal, LogError, LogInterrupted
 from sluice.broker.ids import Lsn
 
 from ._base import Log, Record
@@ -419,8 +419,15 @@ class KafkaLog(Log):
         return self._failed
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._producer is not None and self._failed is None:
-            await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
+            await loop.run_in_executor(None, self._producer.flush, 30)
+        elif self._producer is not None:
+            # Failed: what is still queued or in flight is dropped, not sent later, behind
+            # the back of a log opened next in this process. (A request already sent may still
+            # be written: its proposals carry this leader's epoch, which the next one fences.)
+            self._producer.purge()
+            await loop.run_in_executor(None, self._producer.flush, 5)
         self._stop.set()
         self._wanted.set()
         for t in self._threads:
@@ -440,6 +447,11 @@ class KafkaLog(Log):
         offset = msg.offset()
         kind, ts = msg.timestamp()
         value = msg.value()
+        try:
+            faults.check("log-produce")
+        except OSError as e:
+            self._acked.append((str(e), None))
+            return
         if err is not None:
             self._acked.append((err.str(), None))
         elif offset is None or offset < floor:
@@ -460,7 +472,7 @@ class KafkaLog(Log):
                     self._producer.poll(0.05)
                 except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a kill)
                     what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
-                    self._loop.call_soon_threadsafe(self._fail, LogError(what))
+                    self._loop.call_soon_threadsafe(self._fail, LogInterrupted(what))
                     return
                 self._hand_over_acked()
             self._hand_over_acked()
@@ -480,7 +492,7 @@ class KafkaLog(Log):
         self._in_flight -= len(acked)
         for why, _ in acked:
             if why is not None:
-                self._fail(LogError(f"an append to the log topic {self.topic} failed: {why}"))
+                self._fail(LogInterrupted(f"an append to the log topic {self.topic} failed: {why}"))
                 return
         self._take_in([rec for _, rec in acked if rec is not None], read=False)
 

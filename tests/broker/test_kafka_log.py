@@ -345,3 +345,55 @@ def test_the_log_can_be_declared_in_sluice_toml(kafka: Tansu, tmp_path: Path) ->
         .splitlines()[-1]
         .endswith(f"{config}:3: log.snapshot_evry: Extra inputs are not permitted")
     ), proc.stderr
+
+
+async def test_an_interrupted_log_starts_the_broker_again_in_its_process(
+    kafka: Tansu, tmp_path: Path
+) -> None:
+    """Kafka fails one append (injected: ``log-produce``) while idempotent adds are in flight:
+    the broker answers what it cannot confirm with 503, starts again in the same process on the
+    same ports, and finishes from what the log holds. Each add is counted once, and nobody
+    restarted the process."""
+    svc = ServiceProcess("tests.broker.restate_services")
+    svc.start()
+    broker = BrokerProcess(tmp_path / "data", "--log", f"kafka://{kafka.bootstrap}/{_topic()}")
+    broker.start({"SLUICE_FAULTS": "log-produce=150"})
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    adds = 400
+    try:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as c:
+            r = await c.post(f"http://127.0.0.1:{broker.admin}/deployments", json={"uri": svc.uri})
+            assert r.status_code == 201, r.text
+            base = f"http://127.0.0.1:{broker.ingress}"
+            sem = asyncio.Semaphore(64)
+
+            async def add(i: int) -> int:
+                async with sem:
+                    while True:
+                        try:
+                            r = await c.post(
+                                f"{base}/Counter/resumed/add",
+                                content=b"1",
+                                headers={"idempotency-key": f"add-{i}"},
+                            )
+                            if r.status_code == 200:
+                                return int(r.json())
+                            assert r.status_code == 503, r.text
+                        except httpx.TransportError:  # (between the two brokers, nothing listens)
+                            assert broker.proc.poll() is None, "the broker exited"
+                        await asyncio.sleep(0.1)
+
+            results = await asyncio.wait_for(asyncio.gather(*map(add, range(adds))), 120)
+            assert sorted(results) == list(range(1, adds + 1)), "an add was lost or counted twice"
+            r = await c.post(f"{base}/Counter/resumed/get")
+            assert int(r.json()) == adds
+            health = await c.get(f"http://127.0.0.1:{broker.admin}/health")
+            assert health.status_code == 200, health.text
+        assert broker.proc.poll() is None and broker.proc.pid == pid, "the process was replaced"
+    finally:
+        err = broker.stop()
+        svc.stop()
+    assert "sluice fault: EIO at log-produce" in err, err[-3000:]
+    assert err.count("the broker starts again in this process") == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]

@@ -314,7 +314,9 @@ async def test_registry_down_stalls_the_subscription_then_everything_arrives_onc
     src, out, dlq = new_topic(kafka, 2), new_topic(kafka, 2), new_topic(kafka, 1)
     n1, n2 = 100, 200
     keys = _keys(n1 + n2)
-    sub, registry = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
+    sub, registry = await _registry_goes_down(
+        kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2
+    )
 
     # The registry is gone: the subscription says why and waits.
     status = await _status(admin, sub["name"], "stalled")
@@ -401,7 +403,9 @@ async def test_broker_killed_while_stalled_loses_nothing(
     admin = Admin(proc.admin)
     try:
         await admin.register(egress_services.uri, http1=True)
-        sub, registry = await _registry_goes_down(kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2)
+        sub, registry = await _registry_goes_down(
+            kafka, admin, port, src=src, out=out, dlq=dlq, n1=n1, n2=n2
+        )
         status = await _status(admin, sub["name"], "stalled")
         assert "unreachable" in status["state"], status
         proc.kill()
