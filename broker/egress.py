@@ -6,7 +6,9 @@
 
 The producer id (transactional id, ``sluice-producer`` header, marker key) is
 ``sluice-<node>-<cluster>-<partition>``: ``<node>`` is created once per data directory, so a
-restarted broker reuses it (fencing its dead self) and two brokers never share one.
+restarted broker reuses it (fencing its dead self) and two brokers never share one. On
+physical partitions each Sluice partition has its own outbox and its own sinks, with
+``-p<index>`` after the id: the results of one partition do not queue behind another's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from sluice.connectors.serde import DecodeError
 from .egress_encoding import OutputEncoder
 
 if TYPE_CHECKING:
+    from sluice.broker.partitions import Partition
     from sluice.broker.server import Broker
 
 log = logging.getLogger("sluice.egress")
@@ -90,28 +93,29 @@ class Egress:
         self.broker = broker
         self.node = ""  # (start)
         self.new_node = False
-        self.workers: dict[tuple[str, int], SinkWorker] = {}
+        self.workers: dict[tuple[int, str, int], SinkWorker] = {}
 
     async def start(self) -> None:
         self.node, self.new_node = await node_id(self.broker)
         self.broker.action_hooks[OutboxReady] = self._ready
-        seen = set()
-        for k, _ in self.broker.store.scan("outbox", b""):
-            cluster, sink, _ = parse_outbox_key(k)
-            seen.add((cluster, sink))
-        for cluster, sink in sorted(seen):
-            self._ready(OutboxReady(cluster, sink))
+        for part in self.broker.parts:
+            seen = set()
+            for k, _ in part.store.scan("outbox", b""):
+                cluster, sink, _ = parse_outbox_key(k)
+                seen.add((cluster, sink))
+            for cluster, sink in sorted(seen):
+                self._ready(OutboxReady(cluster, sink), part)
 
     async def stop(self) -> None:
         for w in list(self.workers.values()):
             await w.stop()
         self.workers.clear()
 
-    def _ready(self, act: OutboxReady) -> None:
-        key = (act.cluster, act.sink)
+    def _ready(self, act: OutboxReady, part: Partition) -> None:
+        key = (part.index, act.cluster, act.sink)
         w = self.workers.get(key)
         if w is None:
-            w = self.workers[key] = SinkWorker(self, act.cluster, act.sink)
+            w = self.workers[key] = SinkWorker(self, part, act.cluster, act.sink)
             w.start()
         w.wake()
 
@@ -120,12 +124,15 @@ class Egress:
 
 
 class SinkWorker:
-    def __init__(self, egress: Egress, cluster: str, sink: int) -> None:
+    def __init__(self, egress: Egress, part: Partition, cluster: str, sink: int) -> None:
         self.egress = egress
         self.broker = egress.broker
+        self.part = part  # whose outbox it sends, and whose log trims it
         self.cluster = cluster
         self.sink = sink
         self.producer_id = f"sluice-{egress.node}-{cluster}-{sink}"
+        if len(self.broker.parts) > 1:
+            self.producer_id += f"-p{part.index}"
         self.status = "starting"
         self.cursor = 1  # every row below it is sent (or trimmed)
         self.progress = Progress()  # the last marker committed
@@ -166,6 +173,7 @@ class SinkWorker:
         return {
             "cluster": self.cluster,
             "partition": self.sink,
+            "sluice_partition": self.part.index,
             "producer": self.producer_id,
             "state": self.status,
             "next_seq": self.cursor,
@@ -222,7 +230,7 @@ class SinkWorker:
         topics: set[str] = set()
         rows: list[tuple[int, OutboxEntry]] = []
         prefix = outbox_prefix(self.cluster, self.sink)
-        for k, raw in self.broker.store.scan("outbox", prefix):
+        for k, raw in self.part.store.scan("outbox", prefix):
             e = OutboxEntry.decode(raw)
             topics.update(r.topic for r in records_of(e))
             if e.topic:
@@ -286,7 +294,7 @@ class SinkWorker:
             cmd.waiter = wid
             named = {(f.seq, f.part) for f in failed}
             fut.add_done_callback(lambda _: self._confirmed(named))
-        self.broker.submit(cmd)
+        self.broker.submit(cmd, self.part)
 
     def _confirmed(self, named: set[tuple[int, int]]) -> None:
         self._unconfirmed = [f for f in self._unconfirmed if (f[0], f[1]) not in named]
@@ -302,7 +310,7 @@ class SinkWorker:
         low = top = 0
         seen: set[int] = set()  # of the rows sent before
         cut = None
-        for k, raw in self.broker.store.scan("outbox", prefix):
+        for k, raw in self.part.store.scan("outbox", prefix):
             seq = int.from_bytes(k[len(prefix) :], "big")
             if seq < self.cursor:
                 continue

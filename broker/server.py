@@ -17,7 +17,7 @@ from sluice import protocol as p
 from sluice.broker.config import BrokerSettings
 from sluice.broker.errors import Fatal, LogError, LogInterrupted
 from sluice.broker.files import write_durably
-from sluice.broker.ids import Lsn
+from sluice.broker.ids import Lsn, partition_key_of
 from sluice.broker.invoker import Invoker, InvokerOptions
 from sluice.broker.log import (
     EmbeddedLog,
@@ -33,6 +33,7 @@ from sluice.broker.partition._records import (
     Attach,
     Expire,
     Invoke,
+    KafkaIngest,
     Manage,
     RequestCommand,
     Signal,
@@ -65,8 +66,9 @@ class Broker:
         self.ingress_port = settings.ingress_port
         self.admin_port = settings.admin_port
         self.partitions = settings.partitions
-        # Actions of extensions (Kafka subscriptions): type -> callback, set by their owner.
-        self.action_hooks: dict[type, Callable[[Any], None]] = {}
+        # Actions of extensions (Kafka subscriptions, egress): type -> callback(action, the
+        # partition whose state machine emitted it), set by their owner.
+        self.action_hooks: dict[type, Callable[[Any, Partition], None]] = {}
         # Admitted work not finished yet, per source (ingress, subscriptions): admission.
         self.admitted: list[Callable[[], int]] = []
         # Set once the log or the tables failed (broker/errors.py): nothing more is accepted,
@@ -308,7 +310,14 @@ class Broker:
             return self.part_of(cmd.id)
         if isinstance(cmd, Signal):
             return self.part_of(cmd.target)
+        if isinstance(cmd, KafkaIngest):
+            return self.parts[self.ingesting(cmd.producer)]
         return self.parts[0]
+
+    def ingesting(self, producer: bytes) -> int:
+        """The partition that ingests a Kafka source partition (``producer``: its id in
+        lifecycle/kafka.py): it keeps the position and the outbox rows of its records."""
+        return partition_key_of(producer) % len(self.parts)
 
     @property
     def store(self) -> RocksDBStore:
@@ -426,6 +435,8 @@ class Broker:
         def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             exc = context.get("exception")
             if isinstance(exc, Fatal):
+                if self.fatal is not None:
+                    return  # (what runs on until the broker stops meets the failure again)
                 self.die(exc)
             if default is not None:
                 default(loop, context)
@@ -439,6 +450,7 @@ class Broker:
         # and silence asyncio's "never retrieved" report of it.)
         exc = None if task.cancelled() else getattr(task, "_exception", None)
         if isinstance(exc, Fatal):
+            task.exception()  # (handled here: not reported again when the task is collected)
             self.die(exc)
 
     async def stop(self) -> None:
@@ -489,10 +501,11 @@ class Broker:
 
     # --- requests ------------------------------------------------------------------------
 
-    def submit(self, cmd: p.Message) -> None:
+    def submit(self, cmd: p.Message, part: Partition | None = None) -> None:
+        """Append ``cmd`` to the log of ``part``, by default the partition it is about."""
         if self.fatal is not None:
             raise Fatal("nothing more is accepted", self.fatal)
-        self._part_for(cmd).processor.submit(cmd)
+        (part or self._part_for(cmd)).processor.submit(cmd)
 
     def waiter(self) -> tuple[int, asyncio.Future[a.Reply]]:
         if self.fatal is not None:
@@ -506,11 +519,12 @@ class Broker:
     def forget(self, wid: int) -> None:
         self._waiters.pop(wid, None)
 
-    async def request(self, cmd: RequestCommand) -> a.Reply:
-        """Append a command carrying a fresh waiter id and wait for its reply."""
+    async def request(self, cmd: RequestCommand, part: Partition | None = None) -> a.Reply:
+        """Append a command carrying a fresh waiter id (to ``part``, by default the partition
+        it is about) and wait for its reply."""
         wid, fut = self.waiter()
         cmd.waiter = wid
-        self.submit(cmd)
+        self.submit(cmd, part)
         try:
             return await fut
         finally:
@@ -540,7 +554,7 @@ class Broker:
             else:
                 hook = self.action_hooks.get(type(act))
                 if hook is not None:
-                    hook(act)
+                    hook(act, part)
 
 
 async def _patiently(call: Callable[[], T], retriable: type[Exception], waiting: str) -> T:

@@ -23,7 +23,7 @@ from sluice.broker.partition._records import SubscriptionUpdate
 from sluice.broker.partition.lifecycle.kafka import subscription_prefix
 from sluice.ingress.kafka import DeadLetterSender, PartitionStats, SubscriptionConsumer
 
-from ._declarations import DeclarationError, load_declarations
+from ._declarations import load_declarations
 from ._models import KafkaCluster, Subscription
 
 if TYPE_CHECKING:
@@ -34,14 +34,6 @@ log = logging.getLogger("sluice.subscriptions")
 
 def _err(status: int, message: str) -> Response:
     return json_response(status, {"message": message})
-
-
-# Kafka subscriptions and egress run on the first partition's tables (their positions, outbox
-# and dead letters); on physical partitions they are not wired yet (issue 12).
-_ONE_PROCESSOR = (
-    "Kafka clusters and subscriptions need a broker with one processor for now: this one runs "
-    "physical partitions (--physical-partitions)"
-)
 
 
 class Controller:
@@ -61,11 +53,11 @@ class Controller:
         if path is not None:
             await self._apply_file(Path(path))
         hooks = self.broker.action_hooks
-        hooks[a.SubscriptionsChanged] = lambda _: self.reconcile()
-        hooks[a.SchemaChanged] = lambda _: self.reconcile()
-        hooks[a.KafkaDone] = self._done
+        hooks[a.SubscriptionsChanged] = lambda _, __: self.reconcile()
+        hooks[a.SchemaChanged] = lambda _, __: self.reconcile()
+        hooks[a.KafkaDone] = lambda act, _: self._done(act)
         self.broker.admitted.append(lambda: sum(c.work() for c in self.consumers.values()))
-        hooks[a.DeadLetterPending] = lambda act: self.dlq.add(act.key)
+        hooks[a.DeadLetterPending] = lambda act, part: self.dlq.add(part.index, act.key)
         self.dlq.start()
         self.reconcile()
 
@@ -76,8 +68,6 @@ class Controller:
 
     async def _apply_file(self, path: Path) -> None:
         decl = load_declarations(path)  # DeclarationError: FILE:LINE: reason, before anything runs
-        if (decl.kafka_clusters or decl.subscriptions) and len(self.broker.parts) > 1:
-            raise DeclarationError(f"{path}: {_ONE_PROCESSOR}")
         now = int(time.time() * 1000)
         for c in decl.kafka_clusters:
             known = self.clusters().get(c.name)
@@ -99,11 +89,15 @@ class Controller:
                 await self._put("subscriptions", name, b"")
 
     async def _put(self, table: str, name: str, row: bytes, reset: bytes = b"") -> None:
-        reply = await self.broker.request(
-            SubscriptionUpdate(table=table, name=name, row=row, reset=reset)
-        )
-        if reply.kind == "error":
-            raise RuntimeError(reply.message)
+        """Change a row in every partition (on physical partitions each ingests some source
+        partitions, keeps their positions, and sends to the clusters), the first one last:
+        its change is what starts, changes or stops consumers."""
+        for part in [*self.broker.parts[1:], self.broker.parts[0]]:
+            reply = await self.broker.request(
+                SubscriptionUpdate(table=table, name=name, row=row, reset=reset), part
+            )
+            if reply.kind == "error":
+                raise RuntimeError(reply.message)
 
     # --- the tables ----------------------------------------------------------------------
 
@@ -220,9 +214,6 @@ class Controller:
 
     async def admin(self, req: Request, seg: list[str]) -> Response:
         try:
-            posting = seg[0] in ("kafka-clusters", "subscriptions") and req.method == "POST"
-            if posting and len(self.broker.parts) > 1:
-                return _err(400, _ONE_PROCESSOR)
             if seg[0] == "kafka-clusters":
                 return await self._clusters_api(req, seg[1:])
             if seg[0] == "subscriptions":

@@ -36,22 +36,38 @@ def s3() -> Iterator[S3Server]:
 @dataclass(frozen=True)
 class ServerLog:
     """Which log a test's brokers run on: ``flags(name)`` are the ``sluice server`` flags of
-    one broker's log (the same name: the same log, for a restart; another name: another)."""
+    one broker's log (the same name: the same log, for a restart; another name: another);
+    ``physical``: on the Kafka log, a processor per partition (``--physical-partitions``)."""
 
     kafka: Tansu | None
+    physical: bool = False
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def flags(self, name: str = "broker") -> tuple[str, ...]:
         if self.kafka is None:
             return ()
-        return ("--log", f"kafka://{self.kafka.bootstrap}/log-{self.run}-{name}")
+        log = ("--log", f"kafka://{self.kafka.bootstrap}/log-{self.run}-{name}")
+        return (*log, "--physical-partitions", "--partitions", "4") if self.physical else log
+
+
+def _server_log(request: pytest.FixtureRequest) -> ServerLog:
+    if request.param == "embedded":
+        return ServerLog(None)
+    return ServerLog(request.getfixturevalue("kafka"), physical=request.param == "partitioned")
 
 
 @pytest.fixture(params=["embedded", "kafka-log"])
 def server_log(request: pytest.FixtureRequest) -> ServerLog:
     """Parametrized: a test that takes it runs on the embedded log and on the Kafka log (topics
     of its own on the session's Tansu)."""
-    return ServerLog(request.getfixturevalue("kafka") if request.param == "kafka-log" else None)
+    return _server_log(request)
+
+
+@pytest.fixture(params=["embedded", "kafka-log", "partitioned"])
+def kafka_server_log(request: pytest.FixtureRequest) -> ServerLog:
+    """``server_log``, and the Kafka log on physical partitions as well (each ingests some
+    source partitions, owns some keys, and has an outbox and egress of its own)."""
+    return _server_log(request)
 
 
 @contextlib.asynccontextmanager

@@ -43,6 +43,7 @@ class Sink(Message):
     subscription: str = ""
     dead_letter_topic: str = ""
     outbox: bytes = b""  # the outbox row reserved for the result (lifecycle/egress.py)
+    outbox_partition: int = 0  # the partition whose outbox holds that row
     _schema: ClassVar = (
         (1, "kind", UINT),
         (2, "waiter", UINT),
@@ -52,6 +53,7 @@ class Sink(Message):
         (6, "subscription", STRING),
         (7, "dead_letter_topic", STRING),
         (8, "outbox", BYTES),
+        (9, "outbox_partition", UINT),
     )
 
 
@@ -344,6 +346,24 @@ class AttachCaller(Message):
 
 
 @dataclass(slots=True)
+class FillOutbox(Message):
+    """The invocation that reserved an outbox row of this partition (a Kafka record ingested
+    here, invoked in another partition) ended: its result fills the row; or (``release``) it
+    was paused: the row lets the later rows of its lane go (lifecycle/egress.py)."""
+
+    key: bytes = b""
+    value: bytes | None = None
+    failure: Failure | None = None
+    release: bool = False
+    _schema: ClassVar = (
+        (1, "key", BYTES),
+        (2, "value", OPT_BYTES),
+        (3, "failure", MSG, Failure),
+        (4, "release", BOOL),
+    )
+
+
+@dataclass(slots=True)
 class ShuffleDelivered(Message):
     """The leader appended this partition's outbox rows for ``target`` up to ``upto`` to the
     target's log: they can go."""
@@ -389,6 +409,7 @@ COMMANDS: dict[int, type[Message]] = {
     51: Notify,
     52: AttachCaller,
     53: ShuffleDelivered,
+    54: FillOutbox,
 }
 COMMAND_CODES: dict[type[Message], int] = {cls: code for code, cls in COMMANDS.items()}
 # The commands a request can wait on (``Broker.request``): each names it in ``waiter``.

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice import protocol as p
 from sluice.broker import faults
-from sluice.broker.partition._positions import read_position
+from sluice.broker.partition._positions import KafkaPosition, read_position
 from sluice.broker.partition._records import KafkaIngest, KafkaRecord, Kind
 from sluice.broker.partition.lifecycle.egress import pack_batches, pack_messages
 from sluice.broker.partition.lifecycle.kafka import producer_id
@@ -234,7 +234,7 @@ class SubscriptionConsumer:
         recreated = []
         for n in parts:
             stats = self._stats(n)
-            pos = read_position(self.broker.store, stats.producer)
+            pos = self._position(stats.producer)
             stats.epoch = pos.epoch
             if pos.last >= 0 or pos.epoch:
                 offset = pos.last + 1
@@ -250,12 +250,17 @@ class SubscriptionConsumer:
         self._throttled = False
         self._checked = time.monotonic()
         if recreated:
-            old = read_position(self.broker.store, self.partitions[recreated[0]].producer)
+            old = self._position(self.partitions[recreated[0]].producer)
             why = f"its id changed from {old.topic_id} to {self.topic_id}"
             assign += await self._recreated(recreated, why)
         await self._call(consumer.assign, assign)
         if not self.halted:
             self.status = "paused" if self._paused else "running"
+
+    def _position(self, producer: bytes) -> KafkaPosition:
+        """The position the log holds for a source partition (in the partition that
+        ingests it)."""
+        return read_position(self.broker.parts[self.broker.ingesting(producer)].store, producer)
 
     def _stats(self, n: int) -> PartitionStats:
         stats = self.partitions.get(n)

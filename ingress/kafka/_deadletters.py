@@ -9,6 +9,10 @@ cluster the row names: a dead letter decided is delivered, whatever happens to i
 subscription. A row whose cluster is not defined (any more) stays in the table and is tried
 again every ``RETRY_UNKNOWN_S``. After a failed delivery the producers are built anew: an
 idempotent producer that hit a fatal error refuses everything after it.
+
+On physical partitions each partition keeps its own rows (of the invocations it owns, and of
+the records it ingests): a row is named by its partition and its key, and deleted through
+that partition's log.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.kafka")
 
 RETRY_UNKNOWN_S = 10.0
+Row = tuple[int, bytes]  # a kafka_dlq row: (its partition, its key)
 
 
 class DeadLetterSender:
@@ -45,15 +50,16 @@ class DeadLetterSender:
         self.broker = broker
         self._lookup = lookup
         self._count = count
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[Row] = asyncio.Queue()
         self._producers: dict[str, Producer] = {}
         self._ex = ThreadPoolExecutor(1, thread_name_prefix="kafka-dlq")
         self._task: asyncio.Task[None] | None = None
-        self._queued: set[bytes] = set()
+        self._queued: set[Row] = set()
 
     def start(self) -> None:
-        for k, _ in self.broker.store.scan("kafka_dlq", b""):
-            self.add(k)
+        for part in self.broker.parts:
+            for k, _ in part.store.scan("kafka_dlq", b""):
+                self.add(part.index, k)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-dlq")
 
     async def stop(self) -> None:
@@ -63,10 +69,11 @@ class DeadLetterSender:
                 await self._task
         self._ex.shutdown(wait=False)
 
-    def add(self, key: bytes) -> None:
-        if key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+    def add(self, partition: int, key: bytes) -> None:
+        row = (partition, key)
+        if row not in self._queued:
+            self._queued.add(row)
+            self._queue.put_nowait(row)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -76,7 +83,7 @@ class DeadLetterSender:
                 keys.append(self._queue.get_nowait())
             rows = []
             for k in keys:
-                raw = self.broker.store.get("kafka_dlq", k)
+                raw = self.broker.parts[k[0]].store.get("kafka_dlq", k[1])
                 if raw is not None:
                     rows.append((k, DeadLetter.decode(raw)))
             try:
@@ -92,9 +99,11 @@ class DeadLetterSender:
                 self._queued.discard(k)
             left = {k for k, _ in rows} - {k for k, _ in done}
             for k in left:  # (no cluster to send it to, now)
-                loop.call_later(RETRY_UNKNOWN_S, self.add, k)
+                loop.call_later(RETRY_UNKNOWN_S, self.add, *k)
             if done:
-                self.broker.submit(DeadLettered(keys=[k for k, _ in done]))
+                for part in {k[0] for k, _ in done}:
+                    sent = [k[1] for k, _ in done if k[0] == part]
+                    self.broker.submit(DeadLettered(keys=sent), self.broker.parts[part])
                 for _, row in done:
                     h = {x.key: x.value for x in row.headers}
                     try:
@@ -103,7 +112,7 @@ class DeadLetterSender:
                         part = -1
                     self._count(h.get(H_SUBSCRIPTION, ""), part)
 
-    def _produce(self, rows: list[tuple[bytes, DeadLetter]]) -> list[tuple[bytes, DeadLetter]]:
+    def _produce(self, rows: list[tuple[Row, DeadLetter]]) -> list[tuple[Row, DeadLetter]]:
         faults.check("dead-letter-produce")
         done = []
         used: set[str] = set()

@@ -79,13 +79,16 @@ async def test_calls_across_partitions_survive_a_kill_exactly_once(
 
 
 async def _check_admin(http: httpx.AsyncClient, admin: str) -> None:
-    """Every partition applied work; Kafka clusters are refused (not wired yet); the CLI
-    lists each partition's log."""
+    """Every partition applied work; a Kafka cluster declared (in every partition's tables)
+    is listed once; the CLI lists each partition's log."""
     parts = (await http.get(f"{admin}/health")).json()["partitions"]
     assert [p["partition"] for p in parts] == list(range(PARTITIONS)), parts
     assert all(p["applied"] > 0 for p in parts), parts
-    r = await http.post(f"{admin}/kafka-clusters", json={"name": "k", "properties": {}})
-    assert r.status_code == 400 and "one processor" in r.json()["message"], r.text
+    props = {"bootstrap.servers": "127.0.0.1:9"}
+    r = await http.post(f"{admin}/kafka-clusters", json={"name": "k", "properties": props})
+    assert r.status_code == 201, r.text
+    listed = (await http.get(f"{admin}/kafka-clusters")).json()
+    assert [c["name"] for c in listed["clusters"]] == ["k"], listed
     status = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "sluice.broker", "log", "--admin-url", admin, "status"],

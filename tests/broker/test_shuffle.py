@@ -214,3 +214,50 @@ def test_one_processor_and_two_end_with_the_same_result() -> None:
 
 def _journal(part: Partition, iid: InvocationId) -> list[bytes]:
     return [v for _, v in part.store.scan("journal", iid.raw)]
+
+
+def test_a_kafka_record_of_a_key_of_another_partition_runs_there_and_fills_its_row_here() -> None:
+    """P0 ingests a source partition (its position and outbox rows stay in P0); the record of a
+    key that P1 owns becomes P1's invocation, and its result comes back to fill P0's row, which
+    P0's egress then sends. Ingested again (a consumer that read it twice), nothing more."""
+    import json
+
+    from sluice.broker.partition._outbox import EgressTarget, OutboxEntry, OutboxReady, OutboxState
+    from sluice.broker.partition._records import KafkaIngest, KafkaRecord, Kind
+
+    p0, p1 = Partition(0), Partition(1)
+    mine, theirs = key_in(0), key_in(1)
+    ingest = KafkaIngest(
+        subscription="s",
+        producer=b"p" * 20,
+        topic="in",
+        service="Obj",
+        handler="ex",
+        kind=Kind.EXCLUSIVE,
+        records=[
+            KafkaRecord(offset=o, key=k, input=json.dumps({"i": o}).encode())
+            for o, k in enumerate((mine, theirs))
+        ],
+        output=EgressTarget(cluster="c", topic="out"),
+    )
+    acts = p0.apply(ingest)
+    assert len(of(acts, a.StartAttempt)) == 1, "the record of P0's key runs in P0"
+    assert of(acts, a.ShuffleReady) == [a.ShuffleReady(1)]
+    rows = [OutboxEntry.decode(v) for _, v in p0.store.scan("outbox", b"")]
+    assert [r.state for r in rows] == [OutboxState.PENDING] * 2, "both rows reserved in P0"
+
+    (start,) = of(carry(p0, p1), a.StartAttempt)
+    theirs_id = InvocationId(start.id)
+    assert p1.status(theirs_id) is not None and p0.status(theirs_id) is None
+    acts = p1.effects(theirs_id, 1, p.OutputCommand(value=b'{"r":1}'), p.EndMessage())
+    assert not list(p1.store.scan("outbox", b"")), "P1 has no row of its own for it"
+    assert of(acts, a.ShuffleReady) == [a.ShuffleReady(0)], "the result goes back to P0"
+    acts = carry(p1, p0)
+    assert of(acts, OutboxReady), "P0's egress is told"
+    rows = [OutboxEntry.decode(v) for _, v in p0.store.scan("outbox", b"")]
+    assert [r.state for r in rows] == [OutboxState.PENDING, OutboxState.READY]
+    assert rows[1].records[0].value == b'{"r":1}'
+
+    acts = p0.apply(ingest)  # read twice: deduplicated by offset in P0
+    assert not of(acts, a.StartAttempt) and not of(acts, a.ShuffleReady)
+    assert p0.waiting(1) == []

@@ -52,7 +52,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
     kafka: Tansu,
     tmp_path: Path,
     egress_services: ServiceProcess,
-    server_log: ServerLog,
+    kafka_server_log: ServerLog,
 ) -> None:
     src = new_topic(kafka, 4)
     out_map, out_obj, out_stream = new_topic(kafka, 4), new_topic(kafka, 4), new_topic(kafka, 4)
@@ -60,7 +60,7 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
     want = {i: f"key-{rng.randrange(KEYS)}".encode() for i in range(RECORDS)}
     produce(kafka, src, [(want[i].decode(), {"i": i}, None) for i in range(RECORDS)])
 
-    broker = BrokerProcess(tmp_path / "data", *server_log.flags())
+    broker = BrokerProcess(tmp_path / "data", *kafka_server_log.flags())
     broker.start()
     admin = f"http://127.0.0.1:{broker.admin}"
     started = time.monotonic()
@@ -142,6 +142,10 @@ async def test_sigkill_with_egress_is_exactly_once(  # noqa: PLR0915 - one scena
                 per_key.setdefault(o.key, []).append(o.value["n"])
             for key, counts in per_key.items():
                 assert counts == list(range(1, len(counts) + 1)), f"{key!r}: {counts[:20]}"
+            if kafka_server_log.physical:
+                # Each partition sends what it ingested, with a producer of its own.
+                producers = {o.headers["sluice-producer"] for o in got_map + got_obj}
+                assert len(producers) > 1 and all("-p" in p for p in producers), producers
     finally:
         broker.stop()
     log = broker.log.read_text(errors="replace")

@@ -42,7 +42,7 @@ async def test_sigkill_while_ingesting_is_exactly_once(
     kafka: Tansu,
     tmp_path: Path,
     request: pytest.FixtureRequest,
-    server_log: ServerLog,
+    kafka_server_log: ServerLog,
 ) -> None:
     svc: ServiceProcess = request.getfixturevalue(f"{sdk_name}_counter")
     topic = new_topic(kafka, 4)
@@ -57,7 +57,7 @@ async def test_sigkill_while_ingesting_is_exactly_once(
         records.append((key, {"v": v, "i": i}, None))
     produce(kafka, topic, records)
 
-    broker = BrokerProcess(tmp_path / "data", *server_log.flags())
+    broker = BrokerProcess(tmp_path / "data", *kafka_server_log.flags())
     broker.start()
     admin = f"http://127.0.0.1:{broker.admin}"
     try:

@@ -7,7 +7,7 @@ from sluice.broker.ids import InvocationId
 
 from .. import actions as a
 from .._context import Ctx, RetryPolicy, key_prefix
-from .._records import Kind, Phase, Status, Timer, TimerKind
+from .._records import FillOutbox, Kind, Phase, Status, Timer, TimerKind
 
 
 def start_attempt(ctx: Ctx, st: Status) -> None:
@@ -109,11 +109,12 @@ def attempt_failed(
 
 def _release_outputs(ctx: Ctx, st: Status) -> None:
     """A paused invocation holds back no other input's results (``_outbox``'s docstring)."""
-    from .egress import release  # lazy: egress.py imports the lifecycle
+    from . import shuffle  # lazy: shuffle's deliver imports the lifecycle
 
     for sink in st.sinks:
-        if sink.outbox:
-            release(ctx, sink.outbox)
+        if sink.outbox:  # (in the outbox of the partition that ingested the record)
+            cmd = FillOutbox(key=sink.outbox, release=True)
+            shuffle.route_to(ctx, sink.outbox_partition, cmd)
 
 
 def retry_due(ctx: Ctx, timer: Timer) -> None:

@@ -8,7 +8,7 @@ from sluice import protocol as p
 
 from .. import actions as a
 from .._context import Ctx, key_prefix
-from .._records import Expire, Kind, Phase, Sink, SinkKind, Status, Timer
+from .._records import Expire, FillOutbox, Kind, Phase, Sink, SinkKind, Status, Timer
 from . import shuffle
 
 _U64 = struct.Struct(">Q")
@@ -35,10 +35,9 @@ def answer_sink(
         from .kafka import answer
 
         answer(ctx, sink, id, fail)
-        if sink.outbox:
-            from .egress import fill
-
-            fill(ctx, sink.outbox, value, fail)
+        if sink.outbox:  # (reserved by the partition that ingested the record)
+            fill = FillOutbox(key=sink.outbox, value=value, failure=fail)
+            shuffle.route_to(ctx, sink.outbox_partition, fill)
 
 
 def answer_or_wait(ctx: Ctx, st: Status, sink: Sink) -> None:

@@ -450,6 +450,7 @@ def ingest_batches(ctx: Ctx, cmd: KafkaIngest) -> None:
                     subscription=cmd.subscription,
                     dead_letter_topic=cmd.dead_letter_topic,
                     outbox=out,
+                    outbox_partition=ctx.partition,
                 ),
             ),
         )

@@ -37,7 +37,7 @@ from .._records import (
     Status,
     SubscriptionUpdate,
 )
-from . import egress
+from . import egress, shuffle
 from .complete import complete
 from .invoke import invoke
 
@@ -100,26 +100,32 @@ def ingest(ctx: Ctx, cmd: KafkaIngest) -> None:
             pk, "kafka", cmd.producer, _U64.pack(cmd.generation), *pos.id_parts(),
             _U64.pack(rec.offset),
         )  # fmt: skip
-        if ctx.status(iid.raw) is not None:
+        here = ctx.owner(iid.raw) == ctx.partition
+        if here and ctx.status(iid.raw) is not None:
             continue
-        invoke(
-            ctx,
-            Invoke(
-                id=iid.raw,
-                service=cmd.service,
-                handler=cmd.handler,
-                key=rec.key if keyed else "",
-                kind=cmd.kind,
-                input=rec.input,
-                headers=rec.headers,
-                sink=Sink(
-                    kind=SinkKind.KAFKA,
-                    subscription=cmd.subscription,
-                    dead_letter_topic=cmd.dead_letter_topic,
-                    outbox=egress.reserve_for(ctx, cmd, rec),
-                ),
+        call = Invoke(
+            id=iid.raw,
+            service=cmd.service,
+            handler=cmd.handler,
+            key=rec.key if keyed else "",
+            kind=cmd.kind,
+            input=rec.input,
+            headers=rec.headers,
+            sink=Sink(
+                kind=SinkKind.KAFKA,
+                subscription=cmd.subscription,
+                dead_letter_topic=cmd.dead_letter_topic,
+                outbox=egress.reserve_for(ctx, cmd, rec),
+                outbox_partition=ctx.partition,
             ),
         )
+        if not here:
+            # The key's partition owns the invocation (and sends its KafkaDone); a record it
+            # receives twice finds the invocation there.
+            shuffle.route(ctx, iid.raw, call)
+            created += 1
+            continue
+        invoke(ctx, call)
         new = ctx.status(iid.raw)
         if new is not None and new.phase != Phase.COMPLETED:
             created += 1  # in flight until its KafkaDone (not: failed at once, e.g. no handler)
@@ -242,6 +248,8 @@ def dead_lettered(ctx: Ctx, cmd: DeadLettered) -> None:
 
 
 def update(ctx: Ctx, cmd: SubscriptionUpdate) -> None:
+    """A cluster or subscription row changed (in every partition); ``reset`` drops the
+    positions of a re-created subscription's partitions."""
     if cmd.table not in ("kafka_clusters", "subscriptions"):
         ctx.reply(cmd.waiter, "error", code=400, message=f"unknown table {cmd.table!r}")
         return

@@ -15,9 +15,11 @@ with a sequence above the last it applied from that source, so once. An effect o
 invocation this partition owns is applied at once, as if it had come back through the log:
 with one partition per processor everything is local and nothing changes.
 
-The effects: a call or send (``Invoke`` of the callee), a result or signal for an invocation
-(``Notify``), an attach or output request to another invocation (``AttachCaller``), and the
-cancellation or kill of a child (``Manage``).
+The effects: a call or send (``Invoke`` of the callee, or of a Kafka record's invocation
+from the partition that ingested it), a result or signal for an invocation (``Notify``), an
+attach or output request to another invocation (``AttachCaller``), the cancellation or kill of
+a child (``Manage``), and the result of a Kafka record's invocation for the outbox row that
+its ingesting partition reserved (``FillOutbox``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .. import actions as a
 from .._context import Ctx, failure
 from .._records import (
     AttachCaller,
+    FillOutbox,
     Invoke,
     Manage,
     Notify,
@@ -47,13 +50,17 @@ _U64 = struct.Struct(">Q")
 _SEQ = b"shuffle_seq"  # meta: the last sequence this partition gave a row
 SEEN = b"shuffle_seen/"  # meta, + u32 source: the last sequence applied from that source
 
-Routable = Invoke | Notify | AttachCaller | Manage
+Routable = Invoke | Notify | AttachCaller | Manage | FillOutbox
 
 
 def route(ctx: Ctx, target: bytes, cmd: Routable) -> None:
     """Apply ``cmd`` for the invocation ``target`` here if this partition owns it, else keep
     it for the partition that does."""
-    owner = ctx.owner(target)
+    route_to(ctx, ctx.owner(target), cmd)
+
+
+def route_to(ctx: Ctx, owner: int, cmd: Routable) -> None:
+    """Apply ``cmd`` here if ``owner`` is this partition, else keep it for that one."""
     if owner == ctx.partition:
         deliver(ctx, cmd)
         return
@@ -84,6 +91,13 @@ def deliver(ctx: Ctx, cmd: Routable) -> None:
         ctx.notify(cmd.id, n)
     elif isinstance(cmd, AttachCaller):
         _attach(ctx, cmd)
+    elif isinstance(cmd, FillOutbox):
+        from .egress import fill, release
+
+        if cmd.release:
+            release(ctx, cmd.key)
+        else:
+            fill(ctx, cmd.key, cmd.value, cmd.failure)
     else:
         from .manage import manage
 
@@ -119,7 +133,7 @@ def routed(ctx: Ctx, cmd: Routed) -> None:
         return  # sent again by a leader that did not see its delivery recorded
     ctx.tx.put("meta", key, _U64.pack(cmd.seq))
     inner = decode_command(cmd.command)
-    if isinstance(inner, Invoke | Notify | AttachCaller | Manage):
+    if isinstance(inner, Invoke | Notify | AttachCaller | Manage | FillOutbox):
         deliver(ctx, inner)
 
 
