@@ -2,7 +2,7 @@
 Kafka-protocol broker (Tansu), same handler service.
 
     python -m bench.kafka_ingest [--records 50000] [--partitions 4] [--keys 1000]
-                                 [--brokers sluice,sluice-kafka-log,restate]
+                                 [--brokers sluice,sluice-kafka-log,sluice-partitioned,restate]
 
 50,000 records are pre-loaded into a 4-partition topic; each broker then gets a subscription
 from that topic into a counter virtual object (1,000 keys) served by bench/kafka_handlers.py
@@ -13,7 +13,9 @@ its log before committing an offset). Tansu keeps everything in memory, so these
 bounds for what either broker does against a real Kafka.
 
 `sluice-kafka-log` is the Sluice broker with its log in a topic of the same Tansu
-(`--log kafka://...`): every record then goes through Tansu twice, in and into the log.
+(`--log kafka://...`): every record then goes through Tansu twice, in and into the log;
+`sluice-partitioned` the same on physical partitions (`--physical-partitions`: a processor per
+log partition, and each record's invocation in the partition of its key).
 
 restate-server joins a consumer group; on Tansu a join waits for the rebalance timeout, so
 its consumer gets session.timeout.ms=6000 and max.poll.interval.ms=10000 (DESIGN.md). Sluice
@@ -150,10 +152,11 @@ def run_one(
 def print_ratios(results: list[dict[str, Any]]) -> None:
     """Sluice/Restate, and the Kafka log against the embedded one."""
     by = {r["broker"]: r for r in results}
-    if "sluice" in by and "sluice-kafka-log" in by and by["sluice"]["records_per_s"]:
-        k, e = by["sluice-kafka-log"], by["sluice"]
-        print(f"\nKafka log/embedded log: {k['records_per_s'] / e['records_per_s']:.2f}x "
-              "records/s overall")  # fmt: skip
+    for name, what in (("sluice-kafka-log", "Kafka log"), ("sluice-partitioned", "physical")):
+        if "sluice" in by and name in by and by["sluice"]["records_per_s"]:
+            k, e = by[name], by["sluice"]
+            print(f"\n{what}/embedded log: {k['records_per_s'] / e['records_per_s']:.2f}x "
+                  "records/s overall")  # fmt: skip
     if "sluice" in by and "restate" in by and by["restate"]["records_per_s"]:
         s, r = by["sluice"], by["restate"]
         ratio = s["records_per_s"] / r["records_per_s"]
@@ -178,7 +181,8 @@ def main() -> None:
     ap.add_argument(
         "--brokers",
         default="sluice,restate",
-        help="comma-separated: sluice, sluice-kafka-log, restate (measured in this order)",
+        help="comma-separated: sluice, sluice-kafka-log, sluice-partitioned, restate (measured "
+        "in this order)",
     )
     ap.add_argument("--only", choices=["sluice", "restate"])
     ap.add_argument("--json", help="also write the results to this file")
@@ -211,6 +215,12 @@ def main() -> None:
             "sluice": start_sluice,
             "sluice-kafka-log": lambda: start_sluice(
                 "sluice-kafka-log", "--log", f"kafka://{bootstrap}/log-{os.getpid()}"
+            ),
+            "sluice-partitioned": lambda: start_sluice(
+                "sluice-partitioned",
+                "--log",
+                f"kafka://{bootstrap}/logp-{os.getpid()}",
+                "--physical-partitions",
             ),
             "restate": lambda: start_restate(Path(args.restate_server)),
         }
