@@ -25,6 +25,7 @@ from sluice.broker.log import (
     KafkaLogAddress,
     KafkaUnavailable,
     Log,
+    LogProducer,
     ensure_topic,
 )
 from sluice.broker.partition import actions as a
@@ -76,6 +77,7 @@ class Broker:
         self.fatal: Fatal | None = None
         self.dead = asyncio.Event()
         self.parts: list[Partition] = []  # the physical partitions (broker/partitions.py)
+        self._log_producer: LogProducer | None = None  # (on the Kafka log)
         self._shufflers: list[Shuffler] = []
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -289,8 +291,13 @@ class Broker:
         if s.log is None:
             return EmbeddedLog(root / "log", fsync=s.fsync, segment_bytes=s.log_segment_bytes)
         props, topic = self._kafka_log()
+        if self._log_producer is None:  # (one for every partition's log)
+            self._log_producer = LogProducer(props, topic, f"sluice-log-{topic}")
+        producer = self._log_producer
         return await _patiently(
-            lambda: KafkaLog(props, topic, index), KafkaUnavailable, "waiting for the log"
+            lambda: KafkaLog(props, topic, index, producer=producer),
+            KafkaUnavailable,
+            "waiting for the log",
         )
 
     # --- partitions ----------------------------------------------------------------------

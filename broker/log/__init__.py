@@ -2,7 +2,14 @@
 
 from ._base import Log, Record
 from ._embedded import EmbeddedLog, LogCorrupted
-from ._kafka import KafkaLog, KafkaLogAddress, KafkaLogError, KafkaUnavailable, ensure_topic
+from ._kafka import (
+    KafkaLog,
+    KafkaLogAddress,
+    KafkaLogError,
+    KafkaUnavailable,
+    LogProducer,
+    ensure_topic,
+)
 
 __all__ = [
     "EmbeddedLog",
@@ -12,6 +19,7 @@ __all__ = [
     "KafkaUnavailable",
     "Log",
     "LogCorrupted",
+    "LogProducer",
     "Record",
     "ensure_topic",
 ]

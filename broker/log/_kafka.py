@@ -36,6 +36,7 @@ rebuilds its tables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -178,6 +179,72 @@ def ensure_topic(
     return rf
 
 
+class LogProducer:
+    """The idempotent producer (``acks=all``) of every partition of the log topic that this
+    process writes, and the thread that serves its delivery reports: with a processor per
+    partition, one client and one produce request carry the batches of all of them.
+
+    Each log ``attach``es when it opens and ``release``s when it closes; the last release
+    flushes what is in flight, or, when a log failed, drops it (``purge``): nothing is sent
+    later behind the back of a log opened next in this process. (A request already sent may
+    still be written: its proposals carry this leader's epoch, which the next one fences.)"""
+
+    def __init__(self, properties: Mapping[str, str], topic: str, client_id: str) -> None:
+        self.topic = topic
+        self.client = ck.Producer(
+            {
+                "linger.ms": LINGER_MS,  # (a --log-property can change it)
+                **properties,
+                "enable.idempotence": True,
+                "acks": "all",
+                "client.id": client_id,
+            }
+        )
+        self._logs: list[KafkaLog] = []
+        self._attached = 0
+        self._failed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def attach(self, log: KafkaLog) -> None:
+        self._logs.append(log)
+        self._attached += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="sluice-log-producer")
+            self._thread.daemon = True
+            self._thread.start()
+
+    async def release(self, *, failed: bool) -> None:
+        self._failed = self._failed or failed
+        self._attached -= 1
+        if self._attached > 0:
+            return
+        loop = asyncio.get_running_loop()
+        if self._failed:
+            self.client.purge()
+            await loop.run_in_executor(None, self.client.flush, 5)
+        else:
+            await loop.run_in_executor(None, self.client.flush, 30)
+        self._stop.set()
+        if self._thread is not None:
+            await loop.run_in_executor(None, self._thread.join, 10)
+
+    def _poll(self) -> None:
+        """Serve delivery reports, and hand each poll's worth to the loop at once."""
+        while not self._stop.is_set():
+            try:
+                self.client.poll(0.05)
+            except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a kill)
+                what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
+                for log in self._logs:
+                    log.interrupted(LogInterrupted(what))
+                return
+            for log in self._logs:
+                log.hand_over_acked()
+        for log in self._logs:
+            log.hand_over_acked()
+
+
 class KafkaLog(Log):
     """One partition of the log topic as a ``Log``."""
 
@@ -194,7 +261,10 @@ class KafkaLog(Log):
         partition: int = 0,
         *,
         read_batch: int = 2_000,
+        producer: LogProducer | None = None,
     ) -> None:
+        """``producer``: shared with the logs of the other partitions this process writes
+        (else the log makes its own)."""
         self._props = dict(properties)
         self.topic = topic
         self.partition = partition
@@ -213,7 +283,8 @@ class KafkaLog(Log):
         self._in_flight = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._producer: ck.Producer | None = None
+        self._producer = producer
+        self._opened = False
         self._trim_refused = False
         self._trim_failures = 0  # DeleteRecords failed in a row (see trim)
 
@@ -310,27 +381,22 @@ class KafkaLog(Log):
         self._on_failed = on_failed
         self._loop = asyncio.get_running_loop()
         self._next = max(self._next, self._start)
-        self._producer = ck.Producer(
-            {
-                "linger.ms": LINGER_MS,  # (a --log-property can change it)
-                **self._props,
-                "enable.idempotence": True,
-                "acks": "all",
-                "client.id": f"sluice-log-{self.topic}-{self.partition}",
-            }
-        )
-        for target, name in ((self._tail_reader, "reader"), (self._poll_producer, "producer")):
-            t = threading.Thread(target=target, name=f"sluice-log-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        if self._producer is None:
+            client = f"sluice-log-{self.topic}-{self.partition}"
+            self._producer = LogProducer(self._props, self.topic, client)
+        self._producer.attach(self)
+        self._opened = True
+        t = threading.Thread(target=self._tail_reader, name="sluice-log-reader", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def append(self, payload: bytes, timestamp: int) -> Lsn:
         if self._failed is not None:
             raise LogError("the log failed earlier; the broker must restart", self._failed)
-        assert self._producer is not None, "append before open"
+        assert self._opened and self._producer is not None, "append before open"
         while True:
             try:
-                self._producer.produce(
+                self._producer.client.produce(
                     self.topic,
                     payload,
                     partition=self.partition,
@@ -340,7 +406,7 @@ class KafkaLog(Log):
                 )
                 break
             except BufferError:  # librdkafka's queue is full: let it drain, then again
-                self._producer.poll(0.05)
+                self._producer.client.poll(0.05)
         self._in_flight += 1
         return self.tail
 
@@ -419,15 +485,9 @@ class KafkaLog(Log):
         return self._failed
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._producer is not None and self._failed is None:
-            await loop.run_in_executor(None, self._producer.flush, 30)
-        elif self._producer is not None:
-            # Failed: what is still queued or in flight is dropped, not sent later, behind
-            # the back of a log opened next in this process. (A request already sent may still
-            # be written: its proposals carry this leader's epoch, which the next one fences.)
-            self._producer.purge()
-            await loop.run_in_executor(None, self._producer.flush, 5)
+        if self._opened and self._producer is not None:
+            self._opened = False
+            await self._producer.release(failed=self._failed is not None)
         self._stop.set()
         self._wanted.set()
         for t in self._threads:
@@ -463,29 +523,20 @@ class KafkaLog(Log):
             rec = Record(Lsn(offset + 1), int(ts), value if value is not None else b"")
             self._acked.append((None, rec))
 
-    def _poll_producer(self) -> None:
-        """Serve delivery reports, and hand each poll's worth to the loop at once."""
-        assert self._producer is not None and self._loop is not None
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._producer.poll(0.05)
-                except ck.KafkaException as e:  # fatal (e.g. a sequence Tansu lost in a kill)
-                    what = f"the producer of the log topic {self.topic} failed: {e.args[0].str()}"
-                    self._loop.call_soon_threadsafe(self._fail, LogInterrupted(what))
-                    return
-                self._hand_over_acked()
-            self._hand_over_acked()
-        except RuntimeError:  # the loop closed under us: the broker is gone
-            return
-
-    def _hand_over_acked(self) -> None:
+    def interrupted(self, exc: Fatal) -> None:
+        """(the producer's thread) The producer failed for good."""
         assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # (the loop closed: the broker is gone)
+            self._loop.call_soon_threadsafe(self._fail, exc)
+
+    def hand_over_acked(self) -> None:
+        """(the producer's thread) Hand the delivery reports queued so far to the loop."""
         acked = []
         while self._acked:
             acked.append(self._acked.popleft())
-        if acked:
-            self._loop.call_soon_threadsafe(self._settle, acked)
+        if acked and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # (the loop closed: the broker is gone)
+                self._loop.call_soon_threadsafe(self._settle, acked)
 
     def _settle(self, acked: list[tuple[str | None, Record | None]]) -> None:
         """(the loop) Produces that finished: apply what Kafka placed, or fail the log."""
