@@ -18,6 +18,7 @@ def test_exported_names() -> None:
         "KafkaUnavailable",
         "Log",
         "LogCorrupted",
+        "LogProducer",
         "Record",
         "ensure_topic",
     ]
