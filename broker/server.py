@@ -318,13 +318,13 @@ class Broker:
         if isinstance(cmd, Signal):
             return self.part_of(cmd.target)
         if isinstance(cmd, KafkaIngest):
-            return self.parts[self.ingesting(cmd.producer)]
+            return self.ingesting(cmd.producer)
         return self.parts[0]
 
-    def ingesting(self, producer: bytes) -> int:
+    def ingesting(self, producer: bytes) -> Partition:
         """The partition that ingests a Kafka source partition (``producer``: its id in
         lifecycle/kafka.py): it keeps the position and the outbox rows of its records."""
-        return partition_key_of(producer) % len(self.parts)
+        return self.parts[partition_key_of(producer) % len(self.parts)]
 
     @property
     def store(self) -> RocksDBStore:

@@ -260,7 +260,7 @@ class SubscriptionConsumer:
     def _position(self, producer: bytes) -> KafkaPosition:
         """The position the log holds for a source partition (in the partition that
         ingests it)."""
-        return read_position(self.broker.parts[self.broker.ingesting(producer)].store, producer)
+        return read_position(self.broker.ingesting(producer).store, producer)
 
     def _stats(self, n: int) -> PartitionStats:
         stats = self.partitions.get(n)
