@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sluice.broker import faults
+from sluice.broker.errors import Fatal
 from sluice.broker.files import write_durably
 from sluice.broker.partition._outbox import (
     EGRESS_NODE_KEY,
@@ -160,7 +161,9 @@ class SinkWorker:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            # (a task that ended with the broker's failure raises it again here; the broker
+            # was told when the task ended: a stop goes on to close the rest)
+            with contextlib.suppress(asyncio.CancelledError, Exception, Fatal):
                 await self._task
         if self._kafka is not None:
             await asyncio.get_running_loop().run_in_executor(self._ex, self._kafka.close)

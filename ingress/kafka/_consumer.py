@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice import protocol as p
 from sluice.broker import faults
+from sluice.broker.errors import Fatal
 from sluice.broker.partition._positions import KafkaPosition, read_position
 from sluice.broker.partition._records import KafkaIngest, KafkaRecord, Kind
 from sluice.broker.partition.lifecycle.egress import pack_batches, pack_messages
@@ -151,7 +152,9 @@ class SubscriptionConsumer:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            # (a task that ended with the broker's failure raises it again here; the broker
+            # was told when the task ended: a stop goes on to close the rest)
+            with contextlib.suppress(asyncio.CancelledError, Exception, Fatal):
                 await self._task
         if self._consumer is not None:
             await self._call(self._consumer.close)

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from sluice.broker import faults
+from sluice.broker.errors import Fatal
 from sluice.broker.partition._records import DeadLettered
 from sluice.broker.partition.lifecycle.kafka import H_PARTITION, H_SUBSCRIPTION, DeadLetter
 from sluice.connectors.kafka import Producer
@@ -65,7 +66,9 @@ class DeadLetterSender:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            # (a task that ended with the broker's failure raises it again here; the broker
+            # was told when the task ended: a stop goes on to close the rest)
+            with contextlib.suppress(asyncio.CancelledError, Exception, Fatal):
                 await self._task
         self._ex.shutdown(wait=False)
 
